@@ -1,0 +1,33 @@
+//! walcast: change-data-capture from PostgreSQL to browsers.
+//!
+//! walcast tails a logical-replication slot (pgoutput), turns every committed
+//! row change into a typed JSON [`event::ChangeEvent`], publishes it to
+//! RabbitMQ with publisher confirms, and fans it out to browsers over
+//! Socket.IO. The tree follows the pipeline:
+//!
+//! ```text
+//! Postgres WAL ──▶ wal/ ──▶ decoder/ ──▶ event ──▶ publisher/ ──▶ RabbitMQ
+//!                  (replication       (pgoutput, sans-io)       (confirms)
+//!                   connection)                                     │
+//! browser ◀── fanout/ (Socket.IO rooms, replay) ◀── consumer/ ◀─────┘
+//! api/  (axum CRUD + dashboard, the side door: writes go to Postgres only)
+//! ```
+//!
+//! `config` loads and validates settings, `cli` holds the command-line
+//! commands (slot management, preflight checks, `tail`), `capture` drives
+//! wal → decoder → a sink and moves the slot only past what the sink made
+//! durable, and `app` wires the stages of `walcast run` together.
+
+pub mod wal;
+
+pub mod decoder;
+
+pub mod event;
+
+pub mod capture;
+
+pub mod config;
+
+pub mod catalog;
+
+pub mod cli;
