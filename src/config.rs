@@ -1,1 +1,816 @@
-//! config (in progress).
+//! Settings: loading, layering and validation.
+//!
+//! Settings come from three layers, each overriding the one before:
+//! `config.toml` (or the file named by `--config` / `WALCAST_CONFIG`), the
+//! environment (`WALCAST_<SECTION>_<KEY>`, plus `DATABASE_URL` and
+//! `RABBITMQ_URL` as commonly used), and command-line flags. Unknown keys are
+//! errors, never silently ignored. [`Config::validate`] is pure and reports
+//! every problem with the field it belongs to.
+//!
+//! Secrets: URLs may carry passwords. Anything that prints a URL goes through
+//! [`redact_url`]; `Debug` of [`Config`] redacts too.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+}
+
+/// One problem found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All of walcast's settings. See `config.toml` for each one's meaning.
+#[derive(Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub rabbitmq: RabbitConfig,
+    pub http: HttpConfig,
+    pub fanout: FanoutConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection URL of the database whose changes are captured.
+    pub url: String,
+    /// Logical replication slot walcast reads from.
+    pub slot: String,
+    /// Publication that names the captured tables.
+    pub publication: String,
+    /// Captured tables, `schema.table` (schema defaults to `public`).
+    pub tables: Vec<String>,
+    /// How often a standby status update is sent, in milliseconds.
+    pub status_interval_ms: u64,
+    /// Connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait between reconnect attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// `application_name` reported to Postgres (shows in pg_stat_replication).
+    pub application_name: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            slot: "walcast".into(),
+            publication: "walcast".into(),
+            tables: vec!["public.orders".into()],
+            status_interval_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            max_backoff_ms: 30_000,
+            application_name: "walcast".into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitConfig {
+    /// AMQP URL of the broker.
+    pub url: String,
+    /// Topic exchange events are published to.
+    pub exchange: String,
+    /// This gateway's own durable queue, bound to the exchange. Every gateway
+    /// instance needs its own; empty means `walcast.gateway.<hostname>`.
+    pub queue: String,
+    /// Deliveries the broker may push to this gateway before it acks (basic.qos).
+    pub prefetch: u16,
+    /// Published but unconfirmed messages the publisher allows in flight.
+    pub publish_window: usize,
+    /// Longest wait between reconnect attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        RabbitConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "walcast.changes".into(),
+            queue: String::new(),
+            prefetch: 1000,
+            publish_window: 1024,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl RabbitConfig {
+    /// The gateway queue name, with the hostname default filled in.
+    pub fn queue_name(&self) -> String {
+        if !self.queue.is_empty() {
+            return self.queue.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "local".into());
+        format!("walcast.gateway.{host}")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// Recent events held for `since` replay and snapshot hand-off.
+    pub replay_buffer: usize,
+    /// Events queued per socket before it counts as too slow and is
+    /// disconnected (it reconnects with `since` and loses nothing).
+    pub socket_buffer: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            replay_buffer: 10_000,
+            socket_buffer: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP API, dashboard and Socket.IO listen on.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("postgres", &self.postgres)
+            .field("rabbitmq", &self.rabbitmq)
+            .field("http", &self.http)
+            .field("fanout", &self.fanout)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(&self.url))
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("tables", &self.tables)
+            .field("status_interval_ms", &self.status_interval_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("url", &redact_url(&self.url))
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("publish_window", &self.publish_window)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .finish()
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    pub tables: Option<Vec<String>>,
+    pub rabbitmq_url: Option<String>,
+    pub exchange: Option<String>,
+    pub listen: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// The sections a `WALCAST_<SECTION>_<KEY>` variable may name.
+const SECTIONS: [&str; 5] = ["postgres", "rabbitmq", "http", "fanout", "log"];
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    ///
+    /// `path` is the file named on the command line; without it
+    /// `WALCAST_CONFIG` is used, and then `./config.toml` if it exists.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("WALCAST_CONFIG").map(PathBuf::from));
+        let mut table = match &explicit {
+            Some(path) => read_table(path)?,
+            None if Path::new("config.toml").exists() => read_table(Path::new("config.toml"))?,
+            None => toml::Table::new(),
+        };
+        let source = explicit.unwrap_or_else(|| PathBuf::from("config.toml"));
+        apply_env(&mut table, env)?;
+        let mut config: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: source,
+                message: e.message().to_owned(),
+            })?;
+        config.apply(overrides);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Parses a TOML document (no layering); for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: PathBuf::from("<string>"),
+                message: e.message().to_owned(),
+            })?;
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.message().to_owned(),
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        let set = |slot: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                slot.clone_from(value);
+            }
+        };
+        set(&mut self.postgres.url, &o.database_url);
+        set(&mut self.postgres.slot, &o.slot);
+        set(&mut self.postgres.publication, &o.publication);
+        if let Some(tables) = &o.tables {
+            self.postgres.tables.clone_from(tables);
+        }
+        set(&mut self.rabbitmq.url, &o.rabbitmq_url);
+        set(&mut self.rabbitmq.exchange, &o.exchange);
+        set(&mut self.http.listen, &o.listen);
+        set(&mut self.log.level, &o.log_level);
+        set(&mut self.log.format, &o.log_format);
+    }
+
+    /// Every problem with these settings, each with its field. Pure.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &'static str, message: String| {
+            problems.push(Problem { field, message });
+        };
+
+        let pg = &self.postgres;
+        match pg.url.parse::<tokio_postgres::Config>() {
+            Ok(parsed) => {
+                if parsed.get_hosts().is_empty() {
+                    problem("postgres.url", "names no host".into());
+                }
+            }
+            Err(e) => problem(
+                "postgres.url",
+                format!(
+                    "{:?} is not a valid Postgres URL ({e}); expected postgres://user:password@host:port/database",
+                    redact_url(&pg.url)
+                ),
+            ),
+        }
+        if let Err(message) = check_slot_name(&pg.slot) {
+            problem("postgres.slot", message);
+        }
+        if let Err(message) = check_identifier(&pg.publication) {
+            problem("postgres.publication", message);
+        }
+        if pg.tables.is_empty() {
+            problem(
+                "postgres.tables",
+                "is empty; name at least one table, e.g. [\"public.orders\"]".into(),
+            );
+        }
+        for table in &pg.tables {
+            if let Err(message) = TableName::parse(table) {
+                problem("postgres.tables", message);
+            }
+        }
+        if !(100..=3_600_000).contains(&pg.status_interval_ms) {
+            problem(
+                "postgres.status_interval_ms",
+                format!("{} is out of range 100..=3600000", pg.status_interval_ms),
+            );
+        }
+        if !(100..=600_000).contains(&pg.connect_timeout_ms) {
+            problem(
+                "postgres.connect_timeout_ms",
+                format!("{} is out of range 100..=600000", pg.connect_timeout_ms),
+            );
+        }
+        if !(100..=3_600_000).contains(&pg.max_backoff_ms) {
+            problem(
+                "postgres.max_backoff_ms",
+                format!("{} is out of range 100..=3600000", pg.max_backoff_ms),
+            );
+        }
+        if pg.application_name.is_empty() || pg.application_name.len() > 63 {
+            problem(
+                "postgres.application_name",
+                "must be 1 to 63 characters".into(),
+            );
+        }
+
+        let mq = &self.rabbitmq;
+        if !(mq.url.starts_with("amqp://") || mq.url.starts_with("amqps://")) {
+            problem(
+                "rabbitmq.url",
+                format!(
+                    "{:?} is not an AMQP URL; expected amqp://user:password@host:5672/%2f",
+                    redact_url(&mq.url)
+                ),
+            );
+        }
+        if mq.exchange.is_empty() || mq.exchange.len() > 255 {
+            problem("rabbitmq.exchange", "must be 1 to 255 characters".into());
+        }
+        if mq.queue.len() > 255 {
+            problem("rabbitmq.queue", "must be at most 255 characters".into());
+        }
+        if mq.prefetch == 0 {
+            problem("rabbitmq.prefetch", "must be at least 1".into());
+        }
+        if !(1..=65_535).contains(&mq.publish_window) {
+            problem(
+                "rabbitmq.publish_window",
+                format!("{} is out of range 1..=65535", mq.publish_window),
+            );
+        }
+        if !(100..=3_600_000).contains(&mq.max_backoff_ms) {
+            problem(
+                "rabbitmq.max_backoff_ms",
+                format!("{} is out of range 100..=3600000", mq.max_backoff_ms),
+            );
+        }
+        if !(1..=10_000_000).contains(&self.fanout.replay_buffer) {
+            problem(
+                "fanout.replay_buffer",
+                format!("{} is out of range 1..=10000000", self.fanout.replay_buffer),
+            );
+        }
+        if !(16..=1_000_000).contains(&self.fanout.socket_buffer) {
+            problem(
+                "fanout.socket_buffer",
+                format!("{} is out of range 16..=1000000", self.fanout.socket_buffer),
+            );
+        }
+
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            problem(
+                "http.listen",
+                format!(
+                    "{:?} is not a socket address; expected host:port, e.g. 127.0.0.1:8080",
+                    self.http.listen
+                ),
+            );
+        }
+
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problem(
+                "log.level",
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or filter directive",
+                    self.log.level
+                ),
+            );
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            problem(
+                "log.format",
+                format!("{:?} is not one of: text, json", self.log.format),
+            );
+        }
+        problems
+    }
+
+    /// The parsed Postgres connection settings (valid after `validate`).
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut config: tokio_postgres::Config = self
+            .postgres
+            .url
+            .parse()
+            .unwrap_or_else(|_| tokio_postgres::Config::new());
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_millis(self.postgres.connect_timeout_ms));
+        }
+        config.application_name(&self.postgres.application_name);
+        config
+    }
+
+    /// The captured tables, parsed (valid after `validate`).
+    pub fn tables(&self) -> Vec<TableName> {
+        self.postgres
+            .tables
+            .iter()
+            .filter_map(|t| TableName::parse(t).ok())
+            .collect()
+    }
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`).
+    pub fn parse(text: &str) -> Result<TableName, String> {
+        let (schema, table) = match text.split_once('.') {
+            Some((schema, table)) => (schema, table),
+            None => ("public", text),
+        };
+        check_identifier(schema).map_err(|m| format!("{text:?}: schema {m}"))?;
+        check_identifier(table).map_err(|m| format!("{text:?}: table {m}"))?;
+        Ok(TableName {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_identifier(&self.schema),
+            quote_identifier(&self.table)
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Quotes an SQL identifier (doubling embedded quotes).
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > 63 {
+        return Err(format!("name {name:?} is longer than 63 bytes"));
+    }
+    if name.contains('\0') || name.contains('.') {
+        return Err(format!("name {name:?} contains '.' or a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Postgres allows only lower-case letters, digits and underscores in slot names.
+pub fn check_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("slot name {name:?} must be 1 to 63 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "slot name {name:?} may contain only lower-case letters, digits and underscores"
+        ));
+    }
+    Ok(())
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return redact_query_password(url);
+    };
+    let userinfo = &authority[..at];
+    let redacted_userinfo = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => userinfo.to_owned(),
+    };
+    redact_query_password(&format!(
+        "{}{}@{}",
+        &url[..scheme_end + 3],
+        redacted_userinfo,
+        &rest[at..].trim_start_matches('@')
+    ))
+}
+
+fn redact_query_password(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+/// Lays `WALCAST_<SECTION>_<KEY>`, `DATABASE_URL` and `RABBITMQ_URL` over the
+/// file's table. A `WALCAST_` variable whose section is not one of walcast's
+/// is not a setting (`WALCAST_CONFIG`, test harness variables) and is left alone.
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let mut set = |section: &str, key: &str, value: toml::Value| {
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_owned(), value);
+                Ok(())
+            }
+            _ => Err(format!("[{section}] in the config file is not a table")),
+        }
+    };
+    // The common names first, so WALCAST_* wins over them.
+    for (var, section) in [("DATABASE_URL", "postgres"), ("RABBITMQ_URL", "rabbitmq")] {
+        if let Some(value) = env.get(var) {
+            set(section, "url", toml::Value::String(value.clone())).map_err(|message| {
+                ConfigError::Env {
+                    var: var.into(),
+                    message,
+                }
+            })?;
+        }
+    }
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("WALCAST_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let value = env_value(key, value);
+        set(section, key, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// Environment values are strings; numbers and lists are converted by key.
+fn env_value(key: &str, value: &str) -> toml::Value {
+    if key == "tables" {
+        return toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| toml::Value::String(t.to_owned()))
+                .collect(),
+        );
+    }
+    if key.ends_with("_ms")
+        || matches!(
+            key,
+            "prefetch" | "publish_window" | "replay_buffer" | "socket_buffer"
+        )
+    {
+        if let Ok(n) = value.trim().parse::<i64>() {
+            return toml::Value::Integer(n);
+        }
+    }
+    toml::Value::String(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), vec![]);
+    }
+
+    #[test]
+    fn shipped_config_toml_parses_and_validates() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+            .expect("config.toml at the repository root");
+        let config = Config::from_toml(&text).expect("config.toml parses");
+        assert_eq!(config.validate(), vec![]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[postgres]\nslott = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `slott`"), "{err}");
+        let err = Config::from_toml("[nope]\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `nope`"), "{err}");
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[postgres]\nslot = \"from_file\"\npublication = \"file_pub\"\nurl = \"postgres://a@h/d\"\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("WALCAST_POSTGRES_PUBLICATION", "env_pub"),
+            ("WALCAST_POSTGRES_STATUS_INTERVAL_MS", "2500"),
+            ("WALCAST_POSTGRES_TABLES", "public.orders, shop.items"),
+            ("DATABASE_URL", "postgres://common@h/d"),
+            ("WALCAST_TEST_PG_URL", "ignored, not a setting"),
+        ]);
+        let overrides = Overrides {
+            slot: Some("from_flag".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), &vars, &overrides).unwrap();
+        assert_eq!(config.postgres.slot, "from_flag");
+        assert_eq!(config.postgres.publication, "env_pub");
+        assert_eq!(config.postgres.url, "postgres://common@h/d");
+        assert_eq!(config.postgres.status_interval_ms, 2500);
+        assert_eq!(config.postgres.tables, vec!["public.orders", "shop.items"]);
+    }
+
+    #[test]
+    fn walcast_url_variable_wins_over_the_common_name() {
+        let vars = env(&[
+            ("DATABASE_URL", "postgres://common@h/d"),
+            ("WALCAST_POSTGRES_URL", "postgres://specific@h/d"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.postgres.url, "postgres://specific@h/d");
+    }
+
+    #[test]
+    fn unknown_environment_key_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let vars = env(&[("WALCAST_POSTGRES_SLOTT", "x")]);
+        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("slott"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_field() {
+        let mut config = Config::default();
+        config.postgres.slot = "Bad-Slot".into();
+        config.postgres.tables = vec!["a.b.c".into()];
+        config.postgres.status_interval_ms = 1;
+        config.rabbitmq.url = "http://x".into();
+        config.http.listen = "nowhere".into();
+        config.log.format = "xml".into();
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "postgres.slot",
+                "postgres.tables",
+                "postgres.status_interval_ms",
+                "rabbitmq.url",
+                "http.listen",
+                "log.format"
+            ]
+        );
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("postgres://user:s3cret@host:5432/db"),
+            "postgres://user:***@host:5432/db"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://host/db?user=u&password=s3cret"),
+            "postgres://host/db?user=u&password=***"
+        );
+        assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
+        let mut config = Config::default();
+        config.postgres.url = "postgres://u:s3cret@h/d".into();
+        config.rabbitmq.url = "amqp://u:s3cret@h/".into();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        config.rabbitmq.url = "http://u:s3cret@h/".into();
+        let problems = config.validate();
+        assert!(!format!("{problems:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn table_names_default_to_public() {
+        assert_eq!(
+            TableName::parse("orders").unwrap(),
+            TableName {
+                schema: "public".into(),
+                table: "orders".into()
+            }
+        );
+        assert_eq!(
+            TableName::parse("shop.Items").unwrap().quoted(),
+            "\"shop\".\"Items\""
+        );
+        assert!(TableName::parse("").is_err());
+    }
+}

@@ -351,7 +351,16 @@ mod tests {
 
     #[test]
     fn malformed_lsns_are_rejected() {
-        for bad in ["", "16B3748", "0/", "/1", "0/xyz", "123456789/0", "0/1/2", " 0/1"] {
+        for bad in [
+            "",
+            "16B3748",
+            "0/",
+            "/1",
+            "0/xyz",
+            "123456789/0",
+            "0/1/2",
+            " 0/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
         }
     }

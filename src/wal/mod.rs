@@ -93,10 +93,7 @@ impl ReplicationClient {
         let _ = (slot, wait);
         Err(WalError::Protocol("not implemented".into()))
     }
-    pub async fn simple_query(
-        &mut self,
-        sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, WalError> {
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WalError> {
         let _ = sql;
         Err(WalError::Protocol("not implemented".into()))
     }

@@ -1,0 +1,279 @@
+//! `walcast check`: a preflight that says exactly what is wrong and how to
+//! fix it, before anything streams.
+
+use std::process::ExitCode;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{quote_identifier, Config, TableName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    lines: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn add(&mut self, level: Level, message: impl Into<String>) {
+        let message = message.into();
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag} {message}");
+        self.lines.push((level, message));
+    }
+
+    fn failed(&self) -> bool {
+        self.lines.iter().any(|(level, _)| *level == Level::Fail)
+    }
+}
+
+/// Fails with the fix when the server cannot do logical decoding; used by
+/// the commands that need it before they try.
+pub async fn require_logical(catalog: &Catalog) -> anyhow::Result<()> {
+    let wal_level = catalog.setting("wal_level").await?;
+    if wal_level != "logical" {
+        anyhow::bail!(
+            "wal_level is {wal_level:?}; set wal_level=logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let mut report = Report { lines: Vec::new() };
+    let catalog = match Catalog::connect(&config.pg_config()).await {
+        Ok(catalog) => {
+            report.add(
+                Level::Ok,
+                format!(
+                    "connected to {}",
+                    crate::config::redact_url(&config.postgres.url)
+                ),
+            );
+            catalog
+        }
+        Err(e) => {
+            report.add(
+                Level::Fail,
+                format!("{e}; check postgres.url (DATABASE_URL)"),
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(e) = checks(config, &catalog, &mut report).await {
+        report.add(Level::Fail, format!("check aborted: {e}"));
+    }
+    let warnings = report
+        .lines
+        .iter()
+        .filter(|(l, _)| *l == Level::Warn)
+        .count();
+    if report.failed() {
+        let failures = report
+            .lines
+            .iter()
+            .filter(|(l, _)| *l == Level::Fail)
+            .count();
+        println!("{failures} problem(s) must be fixed, {warnings} warning(s)");
+        Ok(ExitCode::FAILURE)
+    } else {
+        println!("ready to stream ({warnings} warning(s))");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn checks(
+    config: &Config,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<(), CatalogError> {
+    let client = catalog.client();
+    let pg = &config.postgres;
+
+    let wal_level = catalog.setting("wal_level").await?;
+    if wal_level == "logical" {
+        report.add(Level::Ok, "wal_level is logical");
+    } else {
+        report.add(
+            Level::Fail,
+            format!("wal_level is {wal_level:?}; set wal_level=logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres"),
+        );
+    }
+
+    let role = client
+        .query_one(
+            "SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (user, replication, superuser): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
+    if replication || superuser {
+        report.add(Level::Ok, format!("role {user} may replicate"));
+    } else {
+        report.add(
+            Level::Fail,
+            format!(
+                "role {user} lacks the REPLICATION attribute; run ALTER ROLE {} REPLICATION",
+                quote_identifier(&user)
+            ),
+        );
+    }
+
+    let slot = catalog.slot(&pg.slot).await?;
+    let max_slots: i64 = catalog
+        .setting("max_replication_slots")
+        .await?
+        .parse()
+        .unwrap_or(0);
+    let used_slots = catalog.slots().await?.len() as i64;
+    if slot.is_none() && used_slots >= max_slots {
+        report.add(
+            Level::Fail,
+            format!("all {max_slots} replication slots are in use (max_replication_slots); raise it and restart Postgres, or drop an unused slot"),
+        );
+    }
+
+    let publication = catalog.publication_tables(&pg.publication).await?;
+    match &publication {
+        None => report.add(
+            Level::Fail,
+            format!(
+                "publication {:?} does not exist; run `walcast setup` or CREATE PUBLICATION {} FOR TABLE {}",
+                pg.publication,
+                quote_identifier(&pg.publication),
+                config
+                    .tables()
+                    .iter()
+                    .map(TableName::quoted)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(_) => report.add(Level::Ok, format!("publication {} exists", pg.publication)),
+    }
+
+    for table in config.tables() {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text, \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&table.schema, &table.table],
+            )
+            .await?;
+        let Some(row) = row else {
+            report.add(
+                Level::Fail,
+                format!("table {table} does not exist; create it (for the demo schema: `walcast setup`)"),
+            );
+            continue;
+        };
+        let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
+        if let Some(tables) = &publication {
+            if tables.contains(&table) {
+                report.add(Level::Ok, format!("table {table} is in the publication"));
+            } else {
+                report.add(
+                    Level::Fail,
+                    format!(
+                        "table {table} is not in publication {:?}; run ALTER PUBLICATION {} ADD TABLE {}",
+                        pg.publication,
+                        quote_identifier(&pg.publication),
+                        table.quoted()
+                    ),
+                );
+            }
+        }
+        let fix_full = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
+        match (identity.as_str(), has_pk) {
+            ("f", _) => report.add(Level::Ok, format!("table {table} has REPLICA IDENTITY FULL")),
+            ("d", true) | ("i", _) => report.add(
+                Level::Warn,
+                format!("table {table} sends only key columns as the old row (REPLICA IDENTITY DEFAULT/INDEX): events carry no whole `old` row, no `changed` list, and unchanged TOAST values cannot be filled; for those run {fix_full}"),
+            ),
+            ("d", false) => report.add(
+                Level::Fail,
+                format!("table {table} has no primary key and REPLICA IDENTITY DEFAULT: UPDATE and DELETE on it will fail once it is published; add a primary key or run {fix_full}"),
+            ),
+            _ => report.add(
+                Level::Fail,
+                format!("table {table} has REPLICA IDENTITY NOTHING: UPDATE and DELETE on it will fail once it is published; run {fix_full}"),
+            ),
+        }
+    }
+
+    let current_db: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await?
+        .get(0);
+    match slot {
+        None => report.add(
+            Level::Fail,
+            format!(
+                "replication slot {:?} does not exist; run `walcast slot create` or `walcast setup`",
+                pg.slot
+            ),
+        ),
+        Some(slot) => {
+            if slot.slot_type != "logical" || slot.plugin.as_deref() != Some("pgoutput") {
+                report.add(
+                    Level::Fail,
+                    format!(
+                        "slot {} is a {} slot with plugin {:?}, not logical/pgoutput; drop it and run `walcast slot create`",
+                        slot.slot_name, slot.slot_type, slot.plugin
+                    ),
+                );
+            } else if slot.database.as_deref() != Some(current_db.as_str()) {
+                report.add(
+                    Level::Fail,
+                    format!(
+                        "slot {} belongs to database {:?}, not {current_db:?}; use another slot name or point postgres.url at that database",
+                        slot.slot_name, slot.database
+                    ),
+                );
+            } else if slot.wal_status.as_deref() == Some("lost") {
+                report.add(
+                    Level::Fail,
+                    format!("slot {} has lost WAL it needed (wal_status lost, max_slot_wal_keep_size exceeded): changes were skipped; drop and recreate it and reload clients from a snapshot", slot.slot_name),
+                );
+            } else {
+                let level = if slot.wal_status.as_deref() == Some("unreserved") {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                };
+                report.add(
+                    level,
+                    format!(
+                        "slot {} is ready (wal_status {}, retains {})",
+                        slot.slot_name,
+                        slot.wal_status.as_deref().unwrap_or("-"),
+                        slot.retained_wal_bytes
+                            .map(crate::catalog::human_bytes)
+                            .unwrap_or_else(|| "-".into())
+                    ),
+                );
+            }
+        }
+    }
+
+    let keep = catalog.setting("max_slot_wal_keep_size").await?;
+    if keep == "-1" {
+        report.add(
+            Level::Warn,
+            "max_slot_wal_keep_size is unset (-1): a stopped walcast lets the slot retain WAL until the disk fills; set it, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();",
+        );
+    } else {
+        report.add(Level::Ok, format!("max_slot_wal_keep_size is {keep}"));
+    }
+    Ok(())
+}

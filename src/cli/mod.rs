@@ -1,0 +1,170 @@
+//! The command line: argument definitions and the commands that are not the
+//! long-running daemon (slot management, preflight, setup, `tail`).
+//!
+//! Each command returns an `anyhow::Result` to `main`, which prints one
+//! `error: …` line; commands never print backtraces or panic on bad input.
+
+mod check;
+mod setup;
+mod slot;
+mod tail;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Overrides};
+use crate::event::Lsn;
+
+/// walcast: stream committed PostgreSQL row changes (logical replication,
+/// pgoutput) to RabbitMQ and browsers.
+#[derive(Debug, Parser)]
+#[command(name = "walcast", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings that override config.toml and the environment.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: ./config.toml if present; env WALCAST_CONFIG]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Postgres URL (postgres.url; env WALCAST_POSTGRES_URL or DATABASE_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Replication slot name (postgres.slot)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Publication name (postgres.publication)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub publication: Option<String>,
+    /// Captured tables, comma-separated schema.table (postgres.tables)
+    #[arg(long, global = true, value_name = "TABLES", value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// RabbitMQ URL (rabbitmq.url; env WALCAST_RABBITMQ_URL or RABBITMQ_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub rabbitmq_url: Option<String>,
+    /// RabbitMQ exchange (rabbitmq.exchange)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub exchange: Option<String>,
+    /// HTTP listen address (http.listen)
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log level or tracing filter (log.level)
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json (log.format)
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl GlobalArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            database_url: self.database_url.clone(),
+            slot: self.slot.clone(),
+            publication: self.publication.clone(),
+            tables: self.tables.clone(),
+            rabbitmq_url: self.rabbitmq_url.clone(),
+            exchange: self.exchange.clone(),
+            listen: self.listen.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the shipped schema (sql/), then create the publication and the
+    /// slot if they are missing. Safe to run again.
+    Setup(setup::SetupArgs),
+    /// Preflight: check wal_level, privileges, publication, replica identity,
+    /// the slot and WAL retention limits, and say how to fix what is wrong.
+    Check,
+    /// Create, drop, list and inspect replication slots.
+    Slot {
+        #[command(subcommand)]
+        command: slot::SlotCommand,
+    },
+    /// Stream change events from the slot to stdout as JSON lines.
+    ///
+    /// The slot advances only past transactions written and flushed to
+    /// stdout. Ctrl-C stops cleanly and reports the last flushed position.
+    Tail(tail::TailArgs),
+}
+
+/// Runs one command to completion.
+pub async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Setup(args) => setup::run(&config, args).await,
+        Command::Check => check::run(&config).await,
+        Command::Slot { command } => slot::run(&config, command).await,
+        Command::Tail(args) => tail::run(&config, args, shutdown_on_signals()).await,
+    }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}
+
+/// clap value parser for LSN arguments.
+fn parse_lsn(text: &str) -> Result<Lsn, String> {
+    text.parse::<Lsn>().map_err(|e| e.to_string())
+}
+
+/// Turns a replication error into an operator's message with the fix.
+fn explain_wal_error(error: crate::wal::WalError, slot: &str) -> anyhow::Error {
+    let hint = match error.code() {
+        Some("42704") => Some(format!(
+            "replication slot {slot:?} does not exist; create it with `walcast slot create` or `walcast setup`"
+        )),
+        Some("55000") => Some(
+            "the server is not set up for logical replication: set wal_level=logical and restart Postgres (`walcast check` lists what else is missing)".to_owned(),
+        ),
+        Some("28P01") | Some("28000") => Some(
+            "check the user and password in postgres.url (DATABASE_URL)".to_owned(),
+        ),
+        Some("42501") => Some(
+            "the user needs the REPLICATION attribute: ALTER ROLE <user> REPLICATION".to_owned(),
+        ),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("{error}: {hint}"),
+        None => anyhow::Error::new(error),
+    }
+}
