@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what is
+# missing (PostgreSQL with wal_level=logical on 5433, RabbitMQ, Node
+# packages for the Socket.IO and browser tests), then runs cargo fmt,
+# clippy and every test against the real services.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh --test tail     # extra arguments go to `cargo test`
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+
+bash scripts/ensure-services.sh
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+
+# Node packages for the Socket.IO client and browser tests.
+if command -v npm >/dev/null 2>&1; then
+  for dir in tests/js; do
+    if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+      log "npm install in $dir"
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+  done
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --all-targets "$@"
