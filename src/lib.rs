@@ -31,3 +31,5 @@ pub mod config;
 pub mod catalog;
 
 pub mod cli;
+
+pub mod app;
