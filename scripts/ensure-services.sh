@@ -24,15 +24,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# --- PostgreSQL: the dedicated logical cluster --------------------------------
-v="$WALCAST_PG_VERSION"; c="$WALCAST_PG_CLUSTER"; port="$WALCAST_PG_PORT"
-confdir="/etc/postgresql/$v/$c"
-if [ ! -d "$confdir" ]; then
-  log "creating cluster $v/$c on port $port"
-  pg_createcluster "$v" "$c" -p "$port" >/dev/null
-fi
-mkdir -p "$confdir/conf.d"
-cat > "$confdir/conf.d/walcast.conf" <<CONF
+# --- PostgreSQL: dedicated logical clusters ------------------------------------
+# ensure_cluster NAME PORT SHARED_BUFFERS
+ensure_cluster() {
+  local v="$WALCAST_PG_VERSION" c="$1" port="$2" shared_buffers="$3"
+  local confdir="/etc/postgresql/$v/$c"
+  if [ ! -d "$confdir" ]; then
+    log "creating cluster $v/$c on port $port"
+    pg_createcluster "$v" "$c" -p "$port" >/dev/null
+  fi
+  mkdir -p "$confdir/conf.d"
+  cat > "$confdir/conf.d/walcast.conf" <<CONF
 # Managed by walcast's scripts/ensure-services.sh
 listen_addresses = '127.0.0.1'
 port = $port
@@ -44,12 +46,12 @@ max_slot_wal_keep_size = 4GB
 wal_sender_timeout = 60s
 fsync = on
 synchronous_commit = on
-shared_buffers = 256MB
+shared_buffers = $shared_buffers
 max_wal_size = 4GB
 CONF
-# Trust for the superuser (tests), real password methods for dedicated roles
-# so authentication paths are exercised against a real server.
-cat > "$confdir/pg_hba.conf" <<HBA
+  # Trust for the superuser (tests), real password methods for dedicated
+  # roles so authentication paths are exercised against a real server.
+  cat > "$confdir/pg_hba.conf" <<HBA
 # Managed by walcast's scripts/ensure-services.sh
 local   all  all                          trust
 host    all  walcast_scram   127.0.0.1/32 scram-sha-256
@@ -60,24 +62,32 @@ host    all  all             ::1/128      trust
 local   replication all                   trust
 host    replication all      127.0.0.1/32 trust
 HBA
-chown -R postgres:postgres "$confdir"
-status=$(pg_lsclusters -h | awk -v v="$v" -v c="$c" '$1==v && $2==c {print $4}')
-if [ "$status" != "online" ]; then
-  log "starting cluster $v/$c"
-  pg_ctlcluster --skip-systemctl-redirect "$v" "$c" start
-else
-  # Pick up config changes that a reload can apply (pg_hba, most settings).
-  pg_ctlcluster --skip-systemctl-redirect "$v" "$c" reload >/dev/null 2>&1 || true
-fi
-wal_level=$(psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'show wal_level')
-if [ "$wal_level" != "logical" ]; then
-  log "restarting $v/$c to apply wal_level=logical"
-  pg_ctlcluster --skip-systemctl-redirect "$v" "$c" restart
-fi
-for _ in $(seq 1 60); do
-  pg_isready -q -h 127.0.0.1 -p "$port" && break
-  sleep 0.5
-done
+  chown -R postgres:postgres "$confdir"
+  local status
+  status=$(pg_lsclusters -h | awk -v v="$v" -v c="$c" '$1==v && $2==c {print $4}')
+  if [ "$status" != "online" ]; then
+    log "starting cluster $v/$c"
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$c" start
+  else
+    # Pick up what a reload can apply (pg_hba, most settings).
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$c" reload >/dev/null 2>&1 || true
+  fi
+  if [ "$(psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'show wal_level')" != "logical" ]; then
+    log "restarting $v/$c to apply wal_level=logical"
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$c" restart
+  fi
+  for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.5
+  done
+}
+
+v="$WALCAST_PG_VERSION"; port="$WALCAST_PG_PORT"
+ensure_cluster "$WALCAST_PG_CLUSTER" "$WALCAST_PG_PORT" 256MB
+# A second cluster that fault tests stop and restart on purpose, so that the
+# shared one stays up for every other test.
+ensure_cluster "$WALCAST_PG_FAULT_CLUSTER" "$WALCAST_PG_FAULT_PORT" 64MB
+
 # Password roles for the authentication tests (password_encryption decides
 # how the secret is stored: md5 for the md5 role, scram for the others).
 psql -h 127.0.0.1 -p "$port" -U postgres -q -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
