@@ -81,6 +81,26 @@ pub(crate) enum OldTuple<'a> {
     Full(TupleData<'a>),
 }
 
+impl<'a> OldTuple<'a> {
+    pub fn tuple(&self) -> &TupleData<'a> {
+        match self {
+            OldTuple::Key(tuple) | OldTuple::Full(tuple) => tuple,
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        matches!(self, OldTuple::Full(_))
+    }
+
+    /// How errors name it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OldTuple::Key(_) => "key tuple",
+            OldTuple::Full(_) => "old tuple",
+        }
+    }
+}
+
 /// One column of a tuple, as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TupleValue<'a> {

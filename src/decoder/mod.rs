@@ -388,21 +388,11 @@ impl Change<'_> {
         new: TupleData<'_>,
     ) -> Result<ChangeEvent, DecodeError> {
         self.check_arity(&new, "new tuple")?;
-        let (old_tuple, old_is_full) = match &old {
-            Some(OldTuple::Key(tuple)) => (Some(tuple), false),
-            Some(OldTuple::Full(tuple)) => (Some(tuple), true),
-            None => (None, false),
-        };
-        if let Some(tuple) = old_tuple {
-            self.check_arity(
-                tuple,
-                if old_is_full {
-                    "old tuple"
-                } else {
-                    "key tuple"
-                },
-            )?;
+        if let Some(old) = &old {
+            self.check_arity(old.tuple(), old.label())?;
         }
+        let old_is_full = old.as_ref().is_some_and(OldTuple::is_full);
+        let old_tuple = old.as_ref().map(OldTuple::tuple);
 
         let columns = &self.relation.columns;
         let mut key = Vec::new();
@@ -471,11 +461,8 @@ impl Change<'_> {
 
     /// Delete: `old` and the key come from the key or old tuple.
     fn delete(self, lsn: Lsn, old: OldTuple<'_>) -> Result<ChangeEvent, DecodeError> {
-        let (tuple, is_full) = match &old {
-            OldTuple::Key(tuple) => (tuple, false),
-            OldTuple::Full(tuple) => (tuple, true),
-        };
-        self.check_arity(tuple, if is_full { "old tuple" } else { "key tuple" })?;
+        let (tuple, is_full) = (old.tuple(), old.is_full());
+        self.check_arity(tuple, old.label())?;
         let columns = &self.relation.columns;
         let mut key = Vec::new();
         let mut old_row = Vec::with_capacity(columns.len());
