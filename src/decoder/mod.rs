@@ -1,17 +1,75 @@
 //! pgoutput decoding, sans-io: bytes in, change events out.
 //!
-//! STUB: the interface the rest of walcast is written against. The real
-//! implementation replaces this file.
+//! [`Decoder::decode`] takes the payload of one XLogData message (a pgoutput
+//! protocol version 1 message) and returns what it meant: a transaction
+//! boundary, a relation description, or a typed [`ChangeEvent`] in the
+//! contract's shape (`../shared/contract.md` section 1). The decoder keeps
+//! the state the protocol relies on: the relation cache (Relation messages
+//! are sent once per table per session and again after ALTER TABLE), the
+//! custom type cache (Type messages) and the current transaction, which
+//! gives every change its `xid`, commit LSN, commit time and ordinal.
+//!
+//! It never does I/O and never panics on input: anything malformed, truncated
+//! or inconsistent with the cached relation is a [`DecodeError`]. It does not
+//! know about replication connections, slots or feedback (that is `wal`), nor
+//! how events are delivered.
+//!
+//! - `message`: the wire layout, parsed without copying.
+//! - `value`: a column's text form → [`Datum`] by type.
+//! - `array`: array literals.
 
+mod array;
+mod message;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, Lsn, PgTimestamp};
+use crate::event::{ChangeEvent, ColumnName, Datum, EventId, Lsn, Op, PgTimestamp, Row};
+
+use message::{Message, OldTuple, RelationMessage, TupleData, TupleValue, TypeMessage};
+use value::{Scalar, ValueKind};
 
 /// Why a pgoutput message could not be decoded.
+///
+/// Every variant is definite: feeding the same bytes again fails the same
+/// way, so the caller should stop rather than retry.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed pgoutput message: {0}")]
     Malformed(String),
+    /// Something walcast does not ask Postgres for (binary tuples,
+    /// streaming or two-phase messages): check the replication options.
+    #[error("unsupported pgoutput content: {0}")]
+    Unsupported(String),
+    /// A change arrived outside Begin/Commit.
+    #[error("{message} message outside a transaction (no Begin before it)")]
+    OutsideTransaction { message: &'static str },
+    /// A change names a relation no Relation message described.
+    #[error(
+        "{message} message for relation oid {oid}, which no Relation message described; \
+         the stream must be read from the start of the replication session"
+    )]
+    UnknownRelation { message: &'static str, oid: u32 },
+    /// A tuple's column count differs from the cached relation's, e.g. a
+    /// Relation message after ALTER TABLE was lost. Mapping the values by
+    /// position anyway would put them under the wrong column names.
+    #[error(
+        "{message} message for {schema}.{table} (oid {oid}): {tuple} has {actual} columns, \
+         the relation has {expected}"
+    )]
+    ColumnCountMismatch {
+        message: &'static str,
+        oid: u32,
+        schema: Arc<str>,
+        table: Arc<str>,
+        tuple: &'static str,
+        expected: usize,
+        actual: usize,
+    },
 }
 
 /// A transaction starts.
@@ -53,7 +111,38 @@ pub enum Decoded {
 
 /// The pgoutput decoder with its relation and type caches.
 #[derive(Debug, Default)]
-pub struct Decoder {}
+pub struct Decoder {
+    relations: HashMap<u32, Relation>,
+    /// `set_key_columns` overrides, kept apart from `relations` so they
+    /// survive a Relation message replacing the cached description.
+    key_columns: HashMap<u32, Vec<String>>,
+    /// Custom types from Type messages: oid → type name.
+    type_names: HashMap<u32, Arc<str>>,
+    transaction: Option<Transaction>,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    begin: Begin,
+    next_ordinal: u32,
+}
+
+#[derive(Debug)]
+struct Relation {
+    info: RelationInfo,
+    columns: Vec<Column>,
+}
+
+#[derive(Debug)]
+struct Column {
+    name: ColumnName,
+    type_oid: u32,
+    kind: ValueKind,
+    /// Flagged as part of the replica identity in the Relation message.
+    is_identity: bool,
+    /// Part of the event's `key`.
+    is_key: bool,
+}
 
 impl Decoder {
     pub fn new() -> Self {
@@ -63,14 +152,412 @@ impl Decoder {
     /// Decodes one pgoutput message that arrived in an XLogData whose
     /// WAL start was `wal_start`.
     pub fn decode(&mut self, wal_start: Lsn, data: &[u8]) -> Result<Decoded, DecodeError> {
-        let _ = (wal_start, data);
-        Err(DecodeError::Malformed("decoder not implemented".into()))
+        match Message::parse(data)? {
+            Message::Begin(begin) => {
+                // A Begin inside an open transaction is accepted: after a
+                // reconnect Postgres replays the interrupted transaction
+                // from its Begin, and the half we saw is simply abandoned.
+                self.transaction = Some(Transaction {
+                    begin,
+                    next_ordinal: 0,
+                });
+                Ok(Decoded::Begin(begin))
+            }
+            Message::Commit(commit) => {
+                let transaction = self
+                    .transaction
+                    .take()
+                    .ok_or(DecodeError::OutsideTransaction { message: "Commit" })?;
+                if commit.commit_lsn != transaction.begin.final_lsn {
+                    // Event ids were built from Begin's final LSN; a
+                    // different commit LSN would make them wrong.
+                    return Err(DecodeError::Malformed(format!(
+                        "Commit message: commit LSN {} differs from the final LSN {} \
+                         announced by Begin (xid {})",
+                        commit.commit_lsn, transaction.begin.final_lsn, transaction.begin.xid
+                    )));
+                }
+                Ok(Decoded::Commit(commit))
+            }
+            Message::Relation(relation) => Ok(Decoded::Relation(self.cache_relation(relation))),
+            Message::Type(type_message) => {
+                self.cache_type(type_message);
+                Ok(Decoded::Other)
+            }
+            Message::Insert { relation_oid, new } => {
+                let change = self.begin_change("Insert", relation_oid)?;
+                let event = change.upsert(Op::Insert, wal_start, None, new)?;
+                Ok(Decoded::Change(event))
+            }
+            Message::Update {
+                relation_oid,
+                old,
+                new,
+            } => {
+                let change = self.begin_change("Update", relation_oid)?;
+                let event = change.upsert(Op::Update, wal_start, old, new)?;
+                Ok(Decoded::Change(event))
+            }
+            Message::Delete { relation_oid, old } => {
+                let change = self.begin_change("Delete", relation_oid)?;
+                Ok(Decoded::Change(change.delete(wal_start, old)?))
+            }
+            Message::Truncate { relation_oids } => {
+                let transaction =
+                    self.transaction
+                        .as_mut()
+                        .ok_or(DecodeError::OutsideTransaction {
+                            message: "Truncate",
+                        })?;
+                // Look every relation up before numbering any event, so a
+                // failure leaves the ordinal sequence untouched.
+                let relations = relation_oids
+                    .iter()
+                    .map(|oid| {
+                        self.relations
+                            .get(&oid)
+                            .ok_or(DecodeError::UnknownRelation {
+                                message: "Truncate",
+                                oid,
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut events = Vec::with_capacity(relation_oids.len());
+                for relation in relations {
+                    let change = Change {
+                        message: "Truncate",
+                        transaction: &mut *transaction,
+                        relation,
+                    };
+                    events.push(change.event(Op::Truncate, wal_start, RowParts::default())?);
+                }
+                Ok(Decoded::Truncate(events))
+            }
+            Message::Origin | Message::Logical => Ok(Decoded::Other),
+        }
     }
 
     /// Sets the columns that form `key` for relation `oid` (its primary key),
     /// overriding the replica-identity flags (which cover every column under
     /// REPLICA IDENTITY FULL).
+    ///
+    /// The override outlives later Relation messages for the same oid (an
+    /// ALTER TABLE rarely changes the primary key; call again if it did).
+    /// Names the relation does not have are ignored; an empty list removes
+    /// the override, so the replica-identity flags apply again.
     pub fn set_key_columns(&mut self, oid: u32, columns: Vec<String>) {
-        let _ = (oid, columns);
+        if columns.is_empty() {
+            self.key_columns.remove(&oid);
+        } else {
+            self.key_columns.insert(oid, columns);
+        }
+        if let Some(relation) = self.relations.get_mut(&oid) {
+            mark_key_columns(&mut relation.columns, self.key_columns.get(&oid));
+        }
+    }
+
+    /// The cached description of relation `oid`, if a Relation message for
+    /// it has arrived.
+    pub fn relation(&self, oid: u32) -> Option<&RelationInfo> {
+        self.relations.get(&oid).map(|relation| &relation.info)
+    }
+
+    /// Whether a Begin has been decoded without its Commit yet.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    fn cache_relation(&mut self, message: RelationMessage<'_>) -> RelationInfo {
+        let schema = if message.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            message.namespace
+        };
+        let mut columns: Vec<Column> = message
+            .columns
+            .iter()
+            .map(|column| Column {
+                name: Arc::from(column.name),
+                type_oid: column.type_oid,
+                kind: self.value_kind(column.type_oid),
+                is_identity: column.is_identity,
+                is_key: false,
+            })
+            .collect();
+        mark_key_columns(&mut columns, self.key_columns.get(&message.oid));
+        let info = RelationInfo {
+            oid: message.oid,
+            schema: Arc::from(schema),
+            table: Arc::from(message.name),
+        };
+        self.relations.insert(
+            message.oid,
+            Relation {
+                info: info.clone(),
+                columns,
+            },
+        );
+        info
+    }
+
+    fn cache_type(&mut self, message: TypeMessage<'_>) {
+        let name: Arc<str> = Arc::from(message.name);
+        let kind = ValueKind::custom(&name);
+        self.type_names.insert(message.oid, name);
+        if ValueKind::builtin(message.oid).is_some() {
+            // Built-in kinds win, as in `value_kind`.
+            return;
+        }
+        // Postgres sends Type before the Relation that uses it, but a type
+        // redefined later must still reach relations cached earlier.
+        for relation in self.relations.values_mut() {
+            for column in &mut relation.columns {
+                if column.type_oid == message.oid {
+                    column.kind = kind;
+                }
+            }
+        }
+    }
+
+    fn value_kind(&self, type_oid: u32) -> ValueKind {
+        ValueKind::builtin(type_oid).unwrap_or_else(|| match self.type_names.get(&type_oid) {
+            Some(name) => ValueKind::custom(name),
+            None => ValueKind::Scalar(Scalar::Text),
+        })
+    }
+
+    fn begin_change(
+        &mut self,
+        message: &'static str,
+        relation_oid: u32,
+    ) -> Result<Change<'_>, DecodeError> {
+        let transaction = self
+            .transaction
+            .as_mut()
+            .ok_or(DecodeError::OutsideTransaction { message })?;
+        let relation = self
+            .relations
+            .get(&relation_oid)
+            .ok_or(DecodeError::UnknownRelation {
+                message,
+                oid: relation_oid,
+            })?;
+        Ok(Change {
+            message,
+            transaction,
+            relation,
+        })
+    }
+}
+
+/// `key` is the overriding column list if there is one, else the replica
+/// identity; kept in table order either way.
+fn mark_key_columns(columns: &mut [Column], key_columns: Option<&Vec<String>>) {
+    for column in columns {
+        column.is_key = match key_columns {
+            Some(names) => names.iter().any(|name| **name == *column.name),
+            None => column.is_identity,
+        };
+    }
+}
+
+/// The row-valued parts of an event.
+#[derive(Default)]
+struct RowParts {
+    key: Option<Row>,
+    new: Option<Row>,
+    old: Option<Row>,
+    changed: Option<Vec<ColumnName>>,
+    unchanged_toast: Vec<ColumnName>,
+}
+
+/// One change being decoded: the open transaction and the cached relation.
+struct Change<'d> {
+    message: &'static str,
+    transaction: &'d mut Transaction,
+    relation: &'d Relation,
+}
+
+impl Change<'_> {
+    /// Insert (no old tuple) and Update. The key comes from the new row.
+    fn upsert(
+        self,
+        op: Op,
+        lsn: Lsn,
+        old: Option<OldTuple<'_>>,
+        new: TupleData<'_>,
+    ) -> Result<ChangeEvent, DecodeError> {
+        self.check_arity(&new, "new tuple")?;
+        if let Some(old) = &old {
+            self.check_arity(old.tuple(), old.label())?;
+        }
+        let old_is_full = old.as_ref().is_some_and(OldTuple::is_full);
+        let old_tuple = old.as_ref().map(OldTuple::tuple);
+
+        let columns = &self.relation.columns;
+        let mut key = Vec::new();
+        let mut new_row = Vec::with_capacity(columns.len());
+        let mut old_row = old_tuple.map(|_| Vec::with_capacity(columns.len()));
+        let mut changed = old_is_full.then(Vec::new);
+        let mut unchanged_toast = Vec::new();
+        let mut old_values = old_tuple.map(|tuple| tuple.values());
+
+        for (column, new_value) in columns.iter().zip(new.values()) {
+            let old_value = old_values.as_mut().and_then(Iterator::next);
+            // In a key tuple the non-identity columns are placeholders.
+            let old_datum = match old_value {
+                Some(value) if old_is_full || column.is_identity => self.datum(column, value)?,
+                _ => None,
+            };
+            let new_datum = match new_value {
+                TupleValue::UnchangedToast => {
+                    unchanged_toast.push(column.name.clone());
+                    // Only a whole old row carries the real value.
+                    if old_is_full {
+                        old_datum.clone()
+                    } else {
+                        None
+                    }
+                }
+                value => self.datum(column, value)?,
+            };
+            if let (Some(changed), Some(old_value)) = (changed.as_mut(), old_value) {
+                let differs = match (old_value, new_value) {
+                    (_, TupleValue::UnchangedToast) => false,
+                    // Not resent in the old row but sent in the new one: we
+                    // cannot compare, and reporting it beats hiding a change.
+                    (TupleValue::UnchangedToast, _) => true,
+                    (old_value, new_value) => old_value != new_value,
+                };
+                if differs {
+                    changed.push(column.name.clone());
+                }
+            }
+            if let Some(datum) = &new_datum {
+                if column.is_key {
+                    key.push((column.name.clone(), datum.clone()));
+                }
+            }
+            if let (Some(old_row), Some(datum)) = (old_row.as_mut(), old_datum) {
+                old_row.push((column.name.clone(), datum));
+            }
+            if let Some(datum) = new_datum {
+                new_row.push((column.name.clone(), datum));
+            }
+        }
+
+        self.event(
+            op,
+            lsn,
+            RowParts {
+                key: Some(Row(key)),
+                new: Some(Row(new_row)),
+                old: old_row.map(Row),
+                changed,
+                unchanged_toast,
+            },
+        )
+    }
+
+    /// Delete: `old` and the key come from the key or old tuple.
+    fn delete(self, lsn: Lsn, old: OldTuple<'_>) -> Result<ChangeEvent, DecodeError> {
+        let (tuple, is_full) = (old.tuple(), old.is_full());
+        self.check_arity(tuple, old.label())?;
+        let columns = &self.relation.columns;
+        let mut key = Vec::new();
+        let mut old_row = Vec::with_capacity(columns.len());
+        for (column, value) in columns.iter().zip(tuple.values()) {
+            // A key tuple holds real values for identity columns only; a key
+            // column outside the replica identity cannot be known from it.
+            if !is_full && !column.is_identity {
+                continue;
+            }
+            let Some(datum) = self.datum(column, value)? else {
+                continue;
+            };
+            if column.is_key {
+                key.push((column.name.clone(), datum.clone()));
+            }
+            old_row.push((column.name.clone(), datum));
+        }
+        self.event(
+            Op::Delete,
+            lsn,
+            RowParts {
+                key: Some(Row(key)),
+                old: Some(Row(old_row)),
+                ..RowParts::default()
+            },
+        )
+    }
+
+    /// Numbers the change inside its transaction; only a change that decoded
+    /// completely takes an ordinal.
+    fn event(self, op: Op, lsn: Lsn, rows: RowParts) -> Result<ChangeEvent, DecodeError> {
+        let begin = self.transaction.begin;
+        let ordinal = self.transaction.next_ordinal;
+        self.transaction.next_ordinal = ordinal.checked_add(1).ok_or_else(|| {
+            DecodeError::Unsupported(format!(
+                "more than {} changes in transaction {}",
+                u32::MAX,
+                begin.xid
+            ))
+        })?;
+        let info = &self.relation.info;
+        Ok(ChangeEvent {
+            id: EventId {
+                commit_lsn: begin.final_lsn,
+                ordinal,
+            },
+            op,
+            schema: info.schema.clone(),
+            table: info.table.clone(),
+            key: rows.key,
+            new: rows.new,
+            old: rows.old,
+            changed: rows.changed,
+            unchanged_toast: rows.unchanged_toast,
+            lsn,
+            commit_lsn: begin.final_lsn,
+            xid: begin.xid,
+            commit_time: begin.commit_time,
+        })
+    }
+
+    fn check_arity(&self, tuple: &TupleData<'_>, which: &'static str) -> Result<(), DecodeError> {
+        let expected = self.relation.columns.len();
+        let actual = tuple.column_count();
+        if actual == expected {
+            return Ok(());
+        }
+        let info = &self.relation.info;
+        Err(DecodeError::ColumnCountMismatch {
+            message: self.message,
+            oid: info.oid,
+            schema: info.schema.clone(),
+            table: info.table.clone(),
+            tuple: which,
+            expected,
+            actual,
+        })
+    }
+
+    /// The typed value, or `None` for an unchanged TOAST value (not sent).
+    fn datum(&self, column: &Column, value: TupleValue<'_>) -> Result<Option<Datum>, DecodeError> {
+        match value {
+            TupleValue::Null => Ok(Some(Datum::Null)),
+            TupleValue::UnchangedToast => Ok(None),
+            TupleValue::Text(text) => {
+                value::convert(column.kind, text)
+                    .map(Some)
+                    .map_err(|error| {
+                        let info = &self.relation.info;
+                        DecodeError::Malformed(format!(
+                            "{} message for {}.{}, column {}: value is not valid UTF-8 ({error})",
+                            self.message, info.schema, info.table, column.name
+                        ))
+                    })
+            }
+        }
     }
 }

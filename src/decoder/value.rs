@@ -1,0 +1,570 @@
+//! Postgres text output → typed [`Datum`], per the contract's type table.
+//!
+//! The decoder resolves each column's type OID once, when its Relation
+//! message arrives, into a [`ValueKind`]; converting a value is then a match
+//! on that kind with no lookups. The text is what Postgres's output function
+//! produced on a connection with `DateStyle=ISO` and `TimeZone=UTC`.
+//!
+//! A value that does not parse as its type (which Postgres should never
+//! send, but a domain or an unexpected setting could) falls back to
+//! [`Datum::Text`] with the text as sent: the change is still delivered and
+//! nothing is invented. The only hard error is text that is not UTF-8,
+//! because it cannot be put into JSON at all.
+//!
+//! This module does not read the wire format (`message`) and parses array
+//! literals only through `array`.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use serde_json::value::RawValue;
+
+use super::array;
+use crate::event::Datum;
+
+/// How to convert one scalar value (or each element of an array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scalar {
+    Bool,
+    /// int2, int4, int8.
+    Int,
+    /// oid, xid, cid, xid8: unsigned.
+    UInt,
+    /// float4, float8.
+    Float,
+    /// Everything sent as a string unchanged: text types, numeric, uuid,
+    /// date, enums, intervals, ranges, geometric and unknown types.
+    Text,
+    Json,
+    Timestamp,
+    TimestampTz,
+    Bytea,
+}
+
+/// How to convert the values of one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    Scalar(Scalar),
+    Array { element: Scalar, delimiter: u8 },
+}
+
+impl ValueKind {
+    /// The kind of a built-in type OID; `None` for OIDs this table does not
+    /// know (custom types, or built-ins that are plain text anyway).
+    pub fn builtin(type_oid: u32) -> Option<ValueKind> {
+        use Scalar::*;
+        let scalar = |s| Some(ValueKind::Scalar(s));
+        let array = |element| {
+            Some(ValueKind::Array {
+                element,
+                delimiter: b',',
+            })
+        };
+        match type_oid {
+            16 => scalar(Bool),
+            20 | 21 | 23 => scalar(Int),
+            26 | 28 | 29 | 5069 => scalar(UInt),
+            700 | 701 => scalar(Float),
+            114 | 3802 => scalar(Json),
+            1114 => scalar(Timestamp),
+            1184 => scalar(TimestampTz),
+            17 => scalar(Bytea),
+            // text, varchar, bpchar, name, "char", numeric, uuid, date
+            25 | 1043 | 1042 | 19 | 18 | 1700 | 2950 | 1082 => scalar(Text),
+
+            1000 => array(Bool),
+            1005 | 1007 | 1016 => array(Int),
+            1028 | 1011 | 1012 | 271 => array(UInt),
+            1021 | 1022 => array(Float),
+            199 | 3807 => array(Json),
+            1115 => array(Timestamp),
+            1185 => array(TimestampTz),
+            1001 => array(Bytea),
+            // box is the one built-in type whose array delimiter is ';'.
+            1020 => Some(ValueKind::Array {
+                element: Text,
+                delimiter: b';',
+            }),
+            // numeric, text, varchar, bpchar, name, "char", uuid, date, time,
+            // timetz, interval, inet, cidr, macaddr, macaddr8, money, bit,
+            // varbit, tid, xml, point, lseg, path, polygon, line, circle,
+            // the built-in ranges.
+            1231 | 1009 | 1015 | 1014 | 1003 | 1002 | 2951 | 1182 | 1183 | 1270 | 1187 | 1041
+            | 651 | 1040 | 775 | 791 | 1561 | 1563 | 1010 | 143 | 1017 | 1018 | 1019 | 1027
+            | 629 | 719 | 3905 | 3907 | 3909 | 3911 | 3913 | 3927 => array(Text),
+            _ => None,
+        }
+    }
+
+    /// The kind of a type known only by name from a Type message: custom
+    /// array types (named `_<element>` by Postgres) become arrays of text,
+    /// everything else (enums, composites, domains, extension types) text.
+    pub fn custom(type_name: &str) -> ValueKind {
+        if type_name.starts_with('_') {
+            ValueKind::Array {
+                element: Scalar::Text,
+                delimiter: b',',
+            }
+        } else {
+            ValueKind::Scalar(Scalar::Text)
+        }
+    }
+}
+
+/// Converts one non-null value's text form.
+pub(crate) fn convert(kind: ValueKind, text: &[u8]) -> Result<Datum, std::str::Utf8Error> {
+    let text = std::str::from_utf8(text)?;
+    Ok(match kind {
+        ValueKind::Scalar(scalar) => convert_scalar(scalar, Cow::Borrowed(text)),
+        ValueKind::Array { element, delimiter } => {
+            array::parse(text, delimiter, &mut |element_text| {
+                convert_scalar(element, element_text)
+            })
+            .unwrap_or_else(|| Datum::Text(text.to_owned()))
+        }
+    })
+}
+
+/// Converts a scalar's text; owned text (an unescaped array element) is
+/// moved into the datum rather than copied again.
+pub(crate) fn convert_scalar(scalar: Scalar, text: Cow<'_, str>) -> Datum {
+    let converted = match scalar {
+        Scalar::Text => None,
+        Scalar::Bool => match &*text {
+            "t" => Some(Datum::Bool(true)),
+            "f" => Some(Datum::Bool(false)),
+            _ => None,
+        },
+        Scalar::Int => text.parse().ok().map(Datum::Int),
+        Scalar::UInt => text.parse().ok().map(Datum::UInt),
+        Scalar::Float => convert_float(&text),
+        Scalar::Json => return convert_json(text),
+        Scalar::Timestamp => timestamp(&text).map(Datum::Text),
+        Scalar::TimestampTz => timestamptz(&text).map(Datum::Text),
+        Scalar::Bytea => bytea_base64(&text).map(Datum::Text),
+    };
+    converted.unwrap_or_else(|| Datum::Text(text.into_owned()))
+}
+
+/// NaN and the infinities have no JSON number, so they stay strings.
+fn convert_float(text: &str) -> Option<Datum> {
+    let value: f64 = text.parse().ok()?;
+    value.is_finite().then_some(Datum::Float(value))
+}
+
+fn convert_json(text: Cow<'_, str>) -> Datum {
+    // Parsing checks that the text is JSON; Postgres guarantees it for json
+    // and jsonb, so the fallback only guards against a mistaken type OID.
+    match serde_json::from_str::<Box<RawValue>>(&text) {
+        Ok(raw) => Datum::Json(raw),
+        Err(_) => Datum::Text(text.into_owned()),
+    }
+}
+
+/// `2026-11-22 05:04:10.580065` → `2026-11-22T05:04:10.580065`. Other forms
+/// (`infinity`, BC dates) are returned as `None` and kept as sent.
+fn timestamp(text: &str) -> Option<String> {
+    let parts = DateTimeParts::parse(text)?;
+    if !parts.rest.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    out.push_str(parts.date);
+    out.push('T');
+    out.push_str(parts.time);
+    Some(out)
+}
+
+/// `2026-11-22 05:04:10.580065+00` → `2026-11-22T05:04:10.580065Z`,
+/// converting any other offset (`+05:30`, `-08`, `+00:09:21`) to UTC while
+/// keeping the fractional digits exactly as sent.
+fn timestamptz(text: &str) -> Option<String> {
+    let parts = DateTimeParts::parse(text)?;
+    let offset_seconds = parse_offset(parts.rest)?;
+    let (whole, fraction) = match parts.time.find('.') {
+        Some(dot) => parts.time.split_at(dot),
+        None => (parts.time, ""),
+    };
+    let mut out = String::with_capacity(text.len() + 1);
+    if offset_seconds == 0 {
+        out.push_str(parts.date);
+        out.push('T');
+        out.push_str(whole);
+    } else {
+        let local = chrono::NaiveDateTime::parse_from_str(
+            &format!("{} {whole}", parts.date),
+            "%Y-%m-%d %H:%M:%S",
+        )
+        .ok()?;
+        let utc = local.checked_sub_signed(chrono::TimeDelta::seconds(offset_seconds))?;
+        // Year 0 and below would need Postgres's BC notation; keep as sent.
+        if chrono::Datelike::year(&utc) < 1 {
+            return None;
+        }
+        use std::fmt::Write as _;
+        write!(out, "{}", utc.format("%Y-%m-%dT%H:%M:%S")).ok()?;
+    }
+    out.push_str(fraction);
+    out.push('Z');
+    Some(out)
+}
+
+/// A `YYYY-MM-DD HH:MM:SS[.ffffff]` prefix and whatever follows it.
+struct DateTimeParts<'a> {
+    date: &'a str,
+    time: &'a str,
+    rest: &'a str,
+}
+
+impl<'a> DateTimeParts<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        let (date, after) = text.split_once(' ')?;
+        let mut fields = date.split('-');
+        let year = fields.next()?;
+        let month = fields.next()?;
+        let day = fields.next()?;
+        if fields.next().is_some()
+            || year.len() < 4
+            || !all_digits(year)
+            || month.len() != 2
+            || !all_digits(month)
+            || day.len() != 2
+            || !all_digits(day)
+        {
+            return None;
+        }
+        // HH:MM:SS is 8 bytes, then an optional '.' and digits.
+        let bytes = after.as_bytes();
+        let hms = bytes.get(..8)?;
+        let hms_ok = hms.iter().enumerate().all(|(i, b)| match i {
+            2 | 5 => *b == b':',
+            _ => b.is_ascii_digit(),
+        });
+        if !hms_ok {
+            return None;
+        }
+        let mut end = 8;
+        if bytes.get(8) == Some(&b'.') {
+            end = 9;
+            while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
+            }
+            if end == 9 {
+                return None;
+            }
+        }
+        Some(DateTimeParts {
+            date,
+            time: after.get(..end)?,
+            rest: after.get(end..)?,
+        })
+    }
+}
+
+fn all_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `+HH`, `+HH:MM` or `+HH:MM:SS` (and `-`) → seconds east of UTC.
+fn parse_offset(text: &str) -> Option<i64> {
+    let (sign, digits) = match text.as_bytes().first()? {
+        b'+' => (1, text.get(1..)?),
+        b'-' => (-1, text.get(1..)?),
+        _ => return None,
+    };
+    let mut seconds = 0i64;
+    let mut scale = 3600;
+    let mut count = 0;
+    for field in digits.split(':') {
+        count += 1;
+        if count > 3 || field.len() != 2 || !all_digits(field) {
+            return None;
+        }
+        seconds += field.parse::<i64>().ok()? * scale;
+        scale /= 60;
+    }
+    Some(sign * seconds)
+}
+
+/// bytea's hex (`\x0102`) or escape (`\001\\a`) output → standard padded
+/// base64 of the bytes.
+fn bytea_base64(text: &str) -> Option<String> {
+    let bytes = match text.strip_prefix("\\x") {
+        Some(hex) => decode_hex(hex.as_bytes())?,
+        None => decode_escape(text.as_bytes())?,
+    };
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    hex.chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
+/// The `bytea_output = escape` form: `\\` is a backslash, `\nnn` an octal
+/// byte, anything else itself.
+fn decode_escape(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b != b'\\' {
+            out.push(b);
+            rest = tail;
+            continue;
+        }
+        match tail {
+            [b'\\', after @ ..] => {
+                out.push(b'\\');
+                rest = after;
+            }
+            [a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', after @ ..] => {
+                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
+                rest = after;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Converts `text` as a value of built-in type `type_oid`, rendered as
+    /// JSON so expectations read like the events clients see.
+    fn json(type_oid: u32, text: &str) -> String {
+        let kind = ValueKind::builtin(type_oid).unwrap_or(ValueKind::Scalar(Scalar::Text));
+        let datum = convert(kind, text.as_bytes()).expect("valid UTF-8");
+        serde_json::to_string(&datum).unwrap()
+    }
+
+    #[test]
+    fn bool_and_integers() {
+        assert_eq!(json(16, "t"), "true");
+        assert_eq!(json(16, "f"), "false");
+        assert_eq!(json(21, "-32768"), "-32768");
+        assert_eq!(json(23, "42"), "42");
+        assert_eq!(json(20, "9223372036854775807"), "9223372036854775807");
+        assert_eq!(json(26, "4294967295"), "4294967295");
+        assert_eq!(json(28, "1234"), "1234");
+        assert_eq!(json(29, "0"), "0");
+    }
+
+    #[test]
+    fn floats_with_specials_as_strings() {
+        assert_eq!(json(701, "1.5"), "1.5");
+        assert_eq!(json(700, "1.1"), "1.1");
+        assert_eq!(json(701, "-2.5e-310"), "-2.5e-310");
+        assert_eq!(json(701, "1e+308"), "1e+308");
+        assert_eq!(json(701, "NaN"), r#""NaN""#);
+        assert_eq!(json(700, "Infinity"), r#""Infinity""#);
+        assert_eq!(json(701, "-Infinity"), r#""-Infinity""#);
+    }
+
+    #[test]
+    fn text_like_types_are_strings_as_sent() {
+        assert_eq!(json(1700, "12.50"), r#""12.50""#);
+        assert_eq!(json(1700, "NaN"), r#""NaN""#);
+        for oid in [25, 1043, 1042, 19, 18] {
+            assert_eq!(json(oid, "a \"quoted\" ü"), r#""a \"quoted\" ü""#);
+        }
+        assert_eq!(
+            json(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            r#""a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11""#
+        );
+        assert_eq!(json(1082, "2026-11-22"), r#""2026-11-22""#);
+        assert_eq!(json(1082, "0044-03-15 BC"), r#""0044-03-15 BC""#);
+        // interval, money, inet, an enum (unknown oid): text as sent.
+        assert_eq!(json(1186, "1 day 02:00:00"), r#""1 day 02:00:00""#);
+        assert_eq!(json(790, "$1,000.00"), r#""$1,000.00""#);
+        assert_eq!(json(869, "10.0.0.1/8"), r#""10.0.0.1/8""#);
+        assert_eq!(json(16_385, "happy"), r#""happy""#);
+        assert_eq!(json(3904, "[1,5)"), r#""[1,5)""#);
+    }
+
+    #[test]
+    fn json_is_embedded() {
+        assert_eq!(
+            json(3802, r#"{"a": [1, 2.5, null], "b": {"c": "d"}}"#),
+            r#"{"a": [1, 2.5, null], "b": {"c": "d"}}"#
+        );
+        assert_eq!(json(114, " [1,2] "), "[1,2]");
+        assert_eq!(json(114, "\"s\""), r#""s""#);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            json(1114, "2026-11-22 05:04:10.580065"),
+            r#""2026-11-22T05:04:10.580065""#
+        );
+        assert_eq!(
+            json(1114, "2026-11-22 05:04:10"),
+            r#""2026-11-22T05:04:10""#
+        );
+        assert_eq!(json(1114, "infinity"), r#""infinity""#);
+        assert_eq!(json(1114, "-infinity"), r#""-infinity""#);
+        assert_eq!(
+            json(1114, "0044-03-15 12:00:00 BC"),
+            r#""0044-03-15 12:00:00 BC""#
+        );
+        assert_eq!(
+            json(1114, "12345-01-01 00:00:00"),
+            r#""12345-01-01T00:00:00""#
+        );
+    }
+
+    #[test]
+    fn timestamptz_is_converted_to_utc_keeping_precision() {
+        let cases = [
+            (
+                "2026-11-22 05:04:10.580065+00",
+                "2026-11-22T05:04:10.580065Z",
+            ),
+            ("2026-11-22 05:04:10+00", "2026-11-22T05:04:10Z"),
+            ("2026-11-22 05:04:10.5+00", "2026-11-22T05:04:10.5Z"),
+            (
+                "2026-11-22 10:34:10.580065+05:30",
+                "2026-11-22T05:04:10.580065Z",
+            ),
+            ("2026-11-21 21:04:10.1-08", "2026-11-22T05:04:10.1Z"),
+            ("2026-12-31 23:30:00-01", "2027-01-01T00:30:00Z"),
+            ("1900-01-01 00:09:21+00:09:21", "1900-01-01T00:00:00Z"),
+            ("2026-11-22 05:04:10-00:30", "2026-11-22T05:34:10Z"),
+        ];
+        for (sent, expected) in cases {
+            assert_eq!(json(1184, sent), format!("{expected:?}"), "{sent}");
+        }
+        // Kept as sent: infinities, BC, and anything that would need BC.
+        for sent in [
+            "infinity",
+            "-infinity",
+            "0044-03-15 12:00:00+00 BC",
+            "0001-01-01 00:30:00+01",
+            "2026-11-22 05:04:10",
+            "2026-11-22 05:04:10+5",
+            "2026-11-22T05:04:10Z",
+        ] {
+            assert_eq!(json(1184, sent), format!("{sent:?}"), "{sent}");
+        }
+    }
+
+    #[test]
+    fn bytea_is_base64() {
+        assert_eq!(json(17, "\\x0102ff"), r#""AQL/""#);
+        assert_eq!(json(17, "\\x"), r#""""#);
+        assert_eq!(json(17, "\\xDEADBEEF"), r#""3q2+7w==""#);
+        // bytea_output = escape
+        assert_eq!(json(17, "ab\\\\\\001"), r#""YWJcAQ==""#);
+        // Not bytea output: kept as sent rather than guessed at.
+        assert_eq!(json(17, "\\x0"), r#""\\x0""#);
+        assert_eq!(json(17, "\\9"), r#""\\9""#);
+    }
+
+    #[test]
+    fn arrays_convert_elements_by_type() {
+        assert_eq!(json(1007, "{1,NULL,3}"), "[1,null,3]");
+        assert_eq!(json(1005, "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(
+            json(1016, "[0:1]={-9223372036854775808,7}"),
+            "[-9223372036854775808,7]"
+        );
+        assert_eq!(json(1028, "{4294967295}"), "[4294967295]");
+        assert_eq!(json(1000, "{t,f,NULL}"), "[true,false,null]");
+        assert_eq!(
+            json(1022, "{1.5,NaN,-Infinity}"),
+            r#"[1.5,"NaN","-Infinity"]"#
+        );
+        assert_eq!(json(1231, "{12.50,NaN}"), r#"["12.50","NaN"]"#);
+        assert_eq!(
+            json(
+                1009,
+                r#"{plain,"with space","a,b","q\"uote","back\\slash",NULL,"NULL"}"#
+            ),
+            r#"["plain","with space","a,b","q\"uote","back\\slash",null,"NULL"]"#
+        );
+        assert_eq!(json(1015, "{}"), "[]");
+        assert_eq!(
+            json(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#),
+            r#"[{"a": 1},[1, 2],null]"#
+        );
+        assert_eq!(json(199, r#"{"\"s\"",3}"#), r#"["s",3]"#);
+        assert_eq!(
+            json(
+                1185,
+                r#"{"2026-11-22 05:04:10.5+00","2026-11-22 10:34:10+05:30"}"#
+            ),
+            r#"["2026-11-22T05:04:10.5Z","2026-11-22T05:04:10Z"]"#
+        );
+        assert_eq!(
+            json(1115, r#"{"2026-11-22 05:04:10",infinity}"#),
+            r#"["2026-11-22T05:04:10","infinity"]"#
+        );
+        assert_eq!(json(1182, "{2026-11-22,NULL}"), r#"["2026-11-22",null]"#);
+        assert_eq!(json(1001, r#"{"\\x0102",NULL}"#), r#"["AQI=",null]"#);
+        assert_eq!(
+            json(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"),
+            r#"["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]"#
+        );
+        assert_eq!(
+            json(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            r#"["(1,1),(0,0)","(2,2),(1,1)"]"#
+        );
+        assert_eq!(
+            json(1187, r#"{"1 day","02:00:00"}"#),
+            r#"["1 day","02:00:00"]"#
+        );
+    }
+
+    #[test]
+    fn custom_types_by_name() {
+        let array = ValueKind::custom("_mood");
+        let datum = convert(array, br#"{happy,"very sad",NULL}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&datum).unwrap(),
+            r#"["happy","very sad",null]"#
+        );
+        let scalar = ValueKind::custom("mood");
+        let datum = convert(scalar, b"{not,an,array}").unwrap();
+        assert_eq!(datum, Datum::Text("{not,an,array}".into()));
+    }
+
+    #[test]
+    fn unparsable_values_fall_back_to_text() {
+        assert_eq!(json(23, "abc"), r#""abc""#);
+        assert_eq!(
+            json(21, "99999999999999999999"),
+            r#""99999999999999999999""#
+        );
+        assert_eq!(json(26, "-1"), r#""-1""#);
+        assert_eq!(json(16, "true"), r#""true""#);
+        assert_eq!(json(701, "1,5"), r#""1,5""#);
+        assert_eq!(json(3802, "{not json"), r#""{not json""#);
+        assert_eq!(json(1007, "{1,2"), r#""{1,2""#);
+        assert_eq!(json(1007, "{1,x}"), r#"[1,"x"]"#);
+        assert_eq!(
+            json(1114, "2026-13-xx 05:04:10"),
+            r#""2026-13-xx 05:04:10""#
+        );
+        assert_eq!(
+            json(1184, "2026-02-30 05:04:10+01"),
+            r#""2026-02-30 05:04:10+01""#
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        assert!(convert(ValueKind::Scalar(Scalar::Text), b"\xff\xfe").is_err());
+    }
+}
