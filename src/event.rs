@@ -151,7 +151,7 @@ impl PgTimestamp {
 
     /// Microseconds since the Unix epoch.
     pub fn unix_micros(self) -> i64 {
-        self.0 + PG_EPOCH_UNIX_SECS * 1_000_000
+        self.0.saturating_add(PG_EPOCH_UNIX_SECS * 1_000_000)
     }
 
     pub fn to_chrono(self) -> Option<chrono::DateTime<chrono::Utc>> {

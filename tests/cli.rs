@@ -34,7 +34,12 @@ fn assert_one_clear_error(outcome: &Outcome, expect: &[&str]) {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .collect();
-    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{}", outcome.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one error line, got:\n{}",
+        outcome.stderr
+    );
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
     for needle in expect {
         assert!(
@@ -54,7 +59,10 @@ async fn wrong_password_is_one_clear_error() {
     cmd.args(["tail", "--database-url", &url]);
     let outcome = run(cmd).await;
     assert_one_clear_error(&outcome, &["password authentication failed", "28P01"]);
-    assert!(!outcome.stderr.contains("wrong-password"), "password leaked");
+    assert!(
+        !outcome.stderr.contains("wrong-password"),
+        "password leaked"
+    );
 }
 
 #[tokio::test]
@@ -71,7 +79,10 @@ async fn missing_slot_says_how_to_create_it() {
         &db.publication,
     ]);
     let outcome = run(cmd).await;
-    assert_one_clear_error(&outcome, &["no_such_slot", "does not exist", "walcast slot create"]);
+    assert_one_clear_error(
+        &outcome,
+        &["no_such_slot", "does not exist", "walcast slot create"],
+    );
 }
 
 #[tokio::test]
@@ -82,7 +93,13 @@ async fn a_server_without_logical_decoding_is_named_with_the_fix() {
     assert_one_clear_error(&outcome, &["wal_level", "logical", "restart"]);
 
     let mut cmd = walcast_command();
-    cmd.args(["slot", "create", "--database-url", &replica_url(), "x_never"]);
+    cmd.args([
+        "slot",
+        "create",
+        "--database-url",
+        &replica_url(),
+        "x_never",
+    ]);
     let outcome = run(cmd).await;
     assert_one_clear_error(&outcome, &["wal_level"]);
 }
@@ -111,7 +128,10 @@ async fn malformed_lsn_on_the_command_line() {
     assert_ne!(outcome.code, 0);
     let first = outcome.stderr.lines().next().unwrap_or_default();
     assert!(first.starts_with("error: "), "{}", outcome.stderr);
-    assert!(first.contains("not-an-lsn") && first.contains("X/X"), "{first}");
+    assert!(
+        first.contains("not-an-lsn") && first.contains("X/X"),
+        "{first}"
+    );
     assert!(!outcome.stderr.contains("panicked"));
 }
 
@@ -149,8 +169,16 @@ async fn setup_is_idempotent_and_check_passes_after_it() {
 
     let outcome = run(db.walcast(&["check"])).await;
     assert_eq!(outcome.code, 0, "{}\n{}", outcome.stdout, outcome.stderr);
-    assert!(outcome.stdout.contains("ok   wal_level is logical"), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("REPLICA IDENTITY FULL"), "{}", outcome.stdout);
+    assert!(
+        outcome.stdout.contains("ok   wal_level is logical"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        outcome.stdout
+    );
     assert!(!outcome.stdout.contains("FAIL"), "{}", outcome.stdout);
 }
 
@@ -173,7 +201,11 @@ async fn check_names_each_problem_with_its_fix() {
     cmd.args(["check", "--database-url", &replica_url()]);
     let outcome = run(cmd).await;
     assert_eq!(outcome.code, 1);
-    assert!(outcome.stdout.contains("FAIL wal_level is \"replica\""), "{}", outcome.stdout);
+    assert!(
+        outcome.stdout.contains("FAIL wal_level is \"replica\""),
+        "{}",
+        outcome.stdout
+    );
 }
 
 #[tokio::test]
@@ -201,12 +233,19 @@ async fn slot_create_list_status_drop() {
     assert_eq!(status["plugin"], "pgoutput");
     assert_eq!(status["database"], db.name.as_str());
     assert_eq!(status["active"], false);
-    assert!(status["confirmed_flush_lsn"].as_str().unwrap().contains('/'));
+    assert!(status["confirmed_flush_lsn"]
+        .as_str()
+        .unwrap()
+        .contains('/'));
     assert!(status["retained_wal_bytes"].as_i64().unwrap() >= 0);
     assert!(status["wal_status"].is_string());
 
     let outcome = run(db.walcast(&["slot", "status", &name])).await;
-    assert!(outcome.stdout.contains("retained WAL:"), "{}", outcome.stdout);
+    assert!(
+        outcome.stdout.contains("retained WAL:"),
+        "{}",
+        outcome.stdout
+    );
     assert!(outcome.stdout.contains("active:              false"));
 
     let outcome = run(db.walcast(&["slot", "drop", &name])).await;

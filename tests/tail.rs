@@ -16,13 +16,19 @@ fn assert_id_shape(event: &Value) {
     let id = event["id"].as_str().expect("id is a string");
     let (lsn_hex, ordinal) = id.split_once('-').expect("id has a dash");
     assert_eq!(lsn_hex.len(), 16, "{id}");
-    assert!(lsn_hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
+    assert!(lsn_hex
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
     assert_eq!(ordinal.len(), 10, "{id}");
     // The id's LSN is the commit LSN.
     let commit_lsn = event["commit_lsn"].as_str().unwrap();
     let (hi, lo) = commit_lsn.split_once('/').unwrap();
     let value = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
-    assert_eq!(format!("{value:016X}"), lsn_hex, "id {id} vs commit_lsn {commit_lsn}");
+    assert_eq!(
+        format!("{value:016X}"),
+        lsn_hex,
+        "id {id} vs commit_lsn {commit_lsn}"
+    );
     assert!(event["commit_time"].as_str().unwrap().ends_with('Z'));
     assert!(event["xid"].as_u64().is_some());
 }
@@ -46,7 +52,8 @@ async fn psql_changes_appear_in_commit_order_with_typed_values() {
          COMMIT;",
     )
     .await;
-    db.psql("DELETE FROM orders WHERE customer_name = 'Harry'").await;
+    db.psql("DELETE FROM orders WHERE customer_name = 'Harry'")
+        .await;
     db.psql("TRUNCATE orders").await;
 
     let mut tail = db.tail(&[]);
@@ -194,11 +201,11 @@ async fn unchanged_toast_values_are_listed_and_filled_from_the_old_row() {
          INSERT INTO docs_default SELECT 1, 'first', string_agg(md5(g::text), '') FROM generate_series(1, 400) g;",
     )
     .await;
-    db.psql("UPDATE docs_full SET title = 'second' WHERE id = 1").await;
-    db.psql("UPDATE docs_default SET title = 'second' WHERE id = 1").await;
-    let body = db
-        .psql("SELECT body FROM docs_full WHERE id = 1")
+    db.psql("UPDATE docs_full SET title = 'second' WHERE id = 1")
         .await;
+    db.psql("UPDATE docs_default SET title = 'second' WHERE id = 1")
+        .await;
+    let body = db.psql("SELECT body FROM docs_full WHERE id = 1").await;
     assert!(body.len() > 8 * 1024);
 
     let mut tail = db.tail(&[]);
@@ -207,7 +214,11 @@ async fn unchanged_toast_values_are_listed_and_filled_from_the_old_row() {
     assert_eq!(full["table"], "docs_full");
     assert_eq!(full["op"], "update");
     assert_eq!(full["unchanged_toast"], json!(["body"]));
-    assert_eq!(full["new"]["body"].as_str().unwrap(), body, "filled from old");
+    assert_eq!(
+        full["new"]["body"].as_str().unwrap(),
+        body,
+        "filled from old"
+    );
     assert_eq!(full["new"]["title"], "second");
     assert_eq!(full["changed"], json!(["title"]));
 
@@ -220,7 +231,10 @@ async fn unchanged_toast_values_are_listed_and_filled_from_the_old_row() {
         default["new"]
     );
     assert_eq!(default["new"]["title"], "second");
-    assert!(default["old"].is_null(), "no key change under DEFAULT: no old row");
+    assert!(
+        default["old"].is_null(),
+        "no key change under DEFAULT: no old row"
+    );
     assert!(default.get("changed").is_none());
     for event in &events {
         assert!(!event.to_string().contains("unchanged-toast"));

@@ -57,7 +57,11 @@ impl TestDb {
     /// slot with `walcast setup`.
     pub async fn create(prefix: &str) -> TestDb {
         let db = Self::create_empty(prefix).await;
-        let out = db.walcast(&["setup"]).output().await.expect("run walcast setup");
+        let out = db
+            .walcast(&["setup"])
+            .output()
+            .await
+            .expect("run walcast setup");
         assert!(
             out.status.success(),
             "walcast setup failed: {}",
@@ -70,7 +74,11 @@ impl TestDb {
     pub async fn create_empty(prefix: &str) -> TestDb {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("walcast_{prefix}_{}_{n}", std::process::id());
-        psql(&pg_url(), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        psql(
+            &pg_url(),
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await;
         psql(&pg_url(), &format!("CREATE DATABASE {name}")).await;
         TestDb {
             url: with_db(&pg_url(), &name),
