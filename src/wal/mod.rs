@@ -1,44 +1,33 @@
 //! The logical-replication connection to PostgreSQL.
 //!
-//! STUB: the interface the rest of walcast is written against. The real
-//! implementation replaces this file.
+//! crates.io's tokio-postgres has no replication mode, so this module speaks
+//! the protocol itself on tokio and postgres-protocol:
+//!
+//! - `connection`: connect (TCP or Unix socket), startup with
+//!   `replication=database` and fixed session settings, authentication
+//!   (trust, password, md5, SCRAM-SHA-256), and replication commands over
+//!   the simple query protocol ([`ReplicationClient`]).
+//! - `stream`: the CopyBoth phase after START_REPLICATION
+//!   ([`ReplicationStream`]): XLogData and keepalives in, standby status
+//!   updates out, reporting only what the caller declared durable.
+//! - `codec`: framing and message encoding, without I/O.
+//! - `error`: [`WalError`] and which errors a reconnect may heal.
+//!
+//! It hands pgoutput payloads on as bytes; decoding them is `decoder`'s job.
+//! TLS is not implemented yet (the transport is boxed so it can be added).
+
+mod codec;
+mod connection;
+mod error;
+mod stream;
 
 use bytes::Bytes;
 
 use crate::event::{Lsn, PgTimestamp};
 
-/// Errors of the replication connection.
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    #[error("{severity} {code}: {message}")]
-    Server {
-        severity: String,
-        code: String,
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-    },
-    #[error("connection to postgres lost: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("authentication failed: {0}")]
-    Auth(String),
-}
-
-impl WalError {
-    /// True for errors a reconnect may heal.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, WalError::Io(_))
-    }
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            WalError::Server { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
+pub use connection::ReplicationClient;
+pub use error::{is_transient_sqlstate, WalError};
+pub use stream::ReplicationStream;
 
 /// Reply to IDENTIFY_SYSTEM.
 #[derive(Debug, Clone)]
@@ -67,45 +56,6 @@ pub struct StartOptions {
     pub status_interval: std::time::Duration,
 }
 
-/// A replication-mode connection (`replication=database`) before streaming.
-pub struct ReplicationClient {}
-
-impl ReplicationClient {
-    pub async fn connect(
-        config: &tokio_postgres::Config,
-        application_name: &str,
-    ) -> Result<Self, WalError> {
-        let _ = (config, application_name);
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    pub async fn identify_system(&mut self) -> Result<SystemInfo, WalError> {
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    pub async fn create_slot(
-        &mut self,
-        slot: &str,
-        temporary: bool,
-    ) -> Result<SlotCreated, WalError> {
-        let _ = (slot, temporary);
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    pub async fn drop_slot(&mut self, slot: &str, wait: bool) -> Result<(), WalError> {
-        let _ = (slot, wait);
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WalError> {
-        let _ = sql;
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    pub async fn start_replication(
-        self,
-        options: StartOptions,
-    ) -> Result<ReplicationStream, WalError> {
-        let _ = options;
-        Err(WalError::Protocol("not implemented".into()))
-    }
-}
-
 /// One message of the replication stream.
 #[derive(Debug, Clone)]
 pub enum ReplicationMessage {
@@ -120,26 +70,4 @@ pub enum ReplicationMessage {
         server_time: PgTimestamp,
         reply_requested: bool,
     },
-}
-
-/// The streaming (CopyBoth) phase.
-pub struct ReplicationStream {}
-
-impl ReplicationStream {
-    /// Next message; `Ok(None)` when the server ended the stream. Cancel-safe.
-    pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, WalError> {
-        Err(WalError::Protocol("not implemented".into()))
-    }
-    /// Declares everything up to `lsn` durable: later status updates report it flushed.
-    pub fn set_durable(&self, lsn: Lsn) {
-        let _ = lsn;
-    }
-    /// The position last declared durable.
-    pub fn durable(&self) -> Lsn {
-        Lsn::ZERO
-    }
-    /// Sends a final status update, ends the stream, closes the connection.
-    pub async fn shutdown(self) -> Result<Lsn, WalError> {
-        Err(WalError::Protocol("not implemented".into()))
-    }
 }

@@ -1,0 +1,825 @@
+//! Establishing a replication connection and running commands on it.
+//!
+//! [`ReplicationClient::connect`] opens a TCP or Unix-socket transport from
+//! a `tokio_postgres::Config`, sends the startup message with
+//! `replication=database` and the session settings that make pgoutput's text
+//! output predictable, and authenticates (trust, cleartext, md5,
+//! SCRAM-SHA-256 without channel binding). The client then runs replication
+//! commands over the simple query protocol until
+//! [`ReplicationClient::start_replication`] turns it into a
+//! [`ReplicationStream`].
+//!
+//! The transport is a boxed `AsyncRead + AsyncWrite` so TLS can be slotted in
+//! later; TLS itself is not implemented (`sslmode=require` is refused rather
+//! than silently ignored). Passwords are never logged.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::{Host, SslMode};
+use tracing::{debug, info, trace, warn, Instrument, Span};
+
+use super::codec::{self, Backend, ServerReport};
+use super::stream::ReplicationStream;
+use super::{SlotCreated, StartOptions, SystemInfo, WalError};
+use crate::event::Lsn;
+
+/// How long one connection attempt (connect, startup, authentication) may
+/// take when the config sets no `connect_timeout`. libpq waits forever; a
+/// daemon that reconnects in a loop should not.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const DEFAULT_PORT: u16 = 5432;
+
+/// Session settings sent in the startup message. pgoutput renders values
+/// with the output functions of the walsender's session, so these fix the
+/// text form of timestamps, intervals, floats and bytea for the decoder.
+/// Startup parameters override anything in the URL's `options`.
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// Anything a replication connection can run over (TCP, Unix socket, and
+/// later TLS).
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+pub(crate) type ReadHalf = tokio::io::ReadHalf<Box<dyn Transport>>;
+pub(crate) type WriteHalf = tokio::io::WriteHalf<Box<dyn Transport>>;
+
+/// When the server was last heard from, shared between the reading side and
+/// the status-update writer (which asks for a reply when the server is quiet).
+pub(crate) struct Liveness {
+    epoch: Instant,
+    last_heard_ms: AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness {
+            epoch: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn heard(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_heard(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_heard().elapsed()
+    }
+}
+
+/// The reading side of the wire: frames backend messages and deals with the
+/// ones the server may send at any time (ParameterStatus, NoticeResponse,
+/// BackendKeyData), so callers only see the messages they asked for.
+pub(crate) struct BackendReader {
+    io: ReadHalf,
+    buf: BytesMut,
+    liveness: Arc<Liveness>,
+    parameters: HashMap<String, String>,
+    backend_pid: Option<i32>,
+}
+
+impl BackendReader {
+    fn new(io: ReadHalf) -> Self {
+        BackendReader {
+            io,
+            buf: BytesMut::with_capacity(16 * 1024),
+            liveness: Arc::new(Liveness::new()),
+            parameters: HashMap::new(),
+            backend_pid: None,
+        }
+    }
+
+    pub(crate) fn liveness(&self) -> Arc<Liveness> {
+        Arc::clone(&self.liveness)
+    }
+
+    /// The next message that is not asynchronous.
+    ///
+    /// Cancel-safe: the only await is `read_buf` into `self.buf`, which
+    /// either reads nothing or keeps what it read for the next call.
+    pub(crate) async fn recv(&mut self) -> Result<Backend, WalError> {
+        loop {
+            while let Some(frame) = codec::decode(&mut self.buf)? {
+                match frame {
+                    Backend::Message(Message::ParameterStatus(body)) => {
+                        let (Ok(name), Ok(value)) = (body.name(), body.value()) else {
+                            return Err(WalError::Protocol("malformed ParameterStatus".into()));
+                        };
+                        debug!(name, value, "server parameter");
+                        self.parameters.insert(name.to_owned(), value.to_owned());
+                    }
+                    Backend::Message(Message::NoticeResponse(body)) => {
+                        log_notice(ServerReport::parse(body.fields())?);
+                    }
+                    Backend::Message(Message::BackendKeyData(body)) => {
+                        self.backend_pid = Some(body.process_id());
+                        // The secret key would allow cancel requests; we do
+                        // not send any, and it must not end up in logs.
+                    }
+                    other => return Ok(other),
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            let read = self.io.read_buf(&mut self.buf).await?;
+            if read == 0 {
+                return Err(WalError::closed_by_server());
+            }
+            self.liveness.heard();
+        }
+    }
+
+    /// The next message, which must be a non-COPY one.
+    async fn recv_message(&mut self) -> Result<Message, WalError> {
+        match self.recv().await? {
+            Backend::Message(message) => Ok(message),
+            Backend::CopyData(_) => Err(WalError::Protocol("unexpected CopyData".into())),
+            Backend::CopyBothResponse => {
+                Err(WalError::Protocol("unexpected CopyBothResponse".into()))
+            }
+        }
+    }
+}
+
+fn log_notice(notice: ServerReport) {
+    let ServerReport {
+        severity,
+        code,
+        message,
+        detail,
+        hint,
+    } = notice;
+    match severity.as_str() {
+        "WARNING" => warn!(%code, %message, ?detail, ?hint, "postgres warning"),
+        s if s.starts_with("DEBUG") => debug!(%code, %message, ?detail, ?hint, "postgres notice"),
+        _ => info!(%severity, %code, %message, ?detail, ?hint, "postgres notice"),
+    }
+}
+
+/// A replication-mode connection (`replication=database`) before streaming.
+pub struct ReplicationClient {
+    reader: BackendReader,
+    writer: WriteHalf,
+    write_buf: BytesMut,
+    /// Set while a command is in flight. If a command's future is dropped
+    /// midway the connection is in an unknown state, and the next command
+    /// must not read the previous one's leftovers as its own reply.
+    in_command: bool,
+    span: Span,
+}
+
+/// Where and as whom to connect, taken from a `tokio_postgres::Config`.
+struct Target<'a> {
+    endpoints: Vec<Endpoint>,
+    user: &'a str,
+    password: Option<&'a [u8]>,
+    dbname: Option<&'a str>,
+    options: Option<&'a str>,
+    attempt_timeout: Duration,
+    keepalive: Option<socket2::TcpKeepalive>,
+}
+
+#[derive(Clone)]
+enum Endpoint {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    #[cfg(unix)]
+    Unix {
+        dir: std::path::PathBuf,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            #[cfg(unix)]
+            Endpoint::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
+        }
+    }
+}
+
+impl<'a> Target<'a> {
+    fn from_config(config: &'a tokio_postgres::Config) -> Result<Self, WalError> {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(WalError::Config(
+                "sslmode=require, but the replication connection does not support TLS yet; \
+                 use sslmode=disable or prefer"
+                    .into(),
+            ));
+        }
+        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
+            return Err(WalError::Config(
+                "channel_binding=require needs TLS, which the replication connection does not support yet"
+                    .into(),
+            ));
+        }
+        let user = config
+            .get_user()
+            .ok_or_else(|| WalError::Config("the database URL names no user".into()))?;
+
+        // hostaddr, when given, is what we connect to (libpq semantics).
+        let hostaddrs = config.get_hostaddrs();
+        let hosts: Vec<Endpoint> = if !hostaddrs.is_empty() {
+            hostaddrs
+                .iter()
+                .map(|addr| Endpoint::Tcp {
+                    host: addr.to_string(),
+                    port: 0,
+                })
+                .collect()
+        } else {
+            config
+                .get_hosts()
+                .iter()
+                .map(|host| match host {
+                    Host::Tcp(name) => Endpoint::Tcp {
+                        host: name.clone(),
+                        port: 0,
+                    },
+                    #[cfg(unix)]
+                    Host::Unix(dir) => Endpoint::Unix {
+                        dir: dir.clone(),
+                        port: 0,
+                    },
+                })
+                .collect()
+        };
+        if hosts.is_empty() {
+            return Err(WalError::Config("the database URL names no host".into()));
+        }
+        let ports = config.get_ports();
+        if ports.len() > 1 && ports.len() != hosts.len() {
+            return Err(WalError::Config(format!(
+                "{} ports given for {} hosts",
+                ports.len(),
+                hosts.len()
+            )));
+        }
+        let endpoints = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let port = ports
+                    .get(i)
+                    .or(ports.first())
+                    .copied()
+                    .unwrap_or(DEFAULT_PORT);
+                match endpoint {
+                    Endpoint::Tcp { host, .. } => Endpoint::Tcp { host, port },
+                    #[cfg(unix)]
+                    Endpoint::Unix { dir, .. } => Endpoint::Unix { dir, port },
+                }
+            })
+            .collect();
+
+        let keepalive = config.get_keepalives().then(|| {
+            let mut keepalive =
+                socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+            if let Some(interval) = config.get_keepalives_interval() {
+                keepalive = keepalive.with_interval(interval);
+            }
+            if let Some(retries) = config.get_keepalives_retries() {
+                keepalive = keepalive.with_retries(retries);
+            }
+            keepalive
+        });
+
+        Ok(Target {
+            endpoints,
+            user,
+            password: config.get_password(),
+            dbname: config.get_dbname(),
+            options: config.get_options(),
+            attempt_timeout: config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            keepalive,
+        })
+    }
+}
+
+impl ReplicationClient {
+    /// Connects and authenticates, trying the config's hosts in order.
+    ///
+    /// A host that cannot be reached (or times out) makes us try the next
+    /// one; an error that another host would repeat (authentication, a
+    /// missing database) is returned at once.
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        application_name: &str,
+    ) -> Result<Self, WalError> {
+        let target = Target::from_config(config)?;
+        let mut last_error = None;
+        for endpoint in &target.endpoints {
+            let span = tracing::info_span!(
+                "wal_connection",
+                endpoint = %endpoint,
+                user = target.user,
+                dbname = target.dbname,
+                application_name,
+                backend_pid = tracing::field::Empty,
+            );
+            let attempt = connect_endpoint(endpoint, &target, application_name, span.clone());
+            let result = match tokio::time::timeout(target.attempt_timeout, attempt)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(WalError::Timeout {
+                    operation: format!("connecting to postgres at {endpoint}"),
+                    after: target.attempt_timeout,
+                }),
+            };
+            match result {
+                Ok(client) => return Ok(client),
+                Err(err) if err.is_retryable() => {
+                    span.in_scope(|| warn!(error = %err, "connection attempt failed"));
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.expect("at least one endpoint was tried"))
+    }
+
+    /// The value of a server parameter reported at startup or since
+    /// (`server_version`, `TimeZone`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.reader.parameters.get(name).map(String::as_str)
+    }
+
+    /// The process id of the walsender serving this connection.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.reader.backend_pid
+    }
+
+    /// IDENTIFY_SYSTEM: the cluster's system id, timeline, current WAL
+    /// position and the connection's database.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo, WalError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = single_row(&rows, "IDENTIFY_SYSTEM", 4)?;
+        Ok(SystemInfo {
+            system_id: required(row, 0, "systemid")?.to_owned(),
+            timeline: required(row, 1, "timeline")?
+                .parse()
+                .map_err(|_| WalError::Protocol("IDENTIFY_SYSTEM: invalid timeline".into()))?,
+            xlog_pos: parse_lsn(required(row, 2, "xlogpos")?)?,
+            dbname: row[3].clone(),
+        })
+    }
+
+    /// CREATE_REPLICATION_SLOT for pgoutput, without exporting a snapshot
+    /// (see `codec::create_slot_command` for why), so `snapshot_name` is
+    /// `None`. A temporary slot is dropped by the server when this
+    /// connection ends.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        temporary: bool,
+    ) -> Result<SlotCreated, WalError> {
+        let server_major = self
+            .parameter("server_version")
+            .and_then(codec::server_major_version)
+            .unwrap_or(0);
+        let command = codec::create_slot_command(slot, temporary, server_major);
+        let rows = self.simple_query(&command).await?;
+        let row = single_row(&rows, "CREATE_REPLICATION_SLOT", 4)?;
+        let created = SlotCreated {
+            slot_name: required(row, 0, "slot_name")?.to_owned(),
+            consistent_point: parse_lsn(required(row, 1, "consistent_point")?)?,
+            snapshot_name: row[2].clone(),
+            output_plugin: row[3].clone(),
+        };
+        self.span.in_scope(|| {
+            info!(slot, temporary, consistent_point = %created.consistent_point, "created replication slot")
+        });
+        Ok(created)
+    }
+
+    /// DROP_REPLICATION_SLOT; with `wait`, waits for an active slot to be
+    /// released instead of failing with 55006.
+    pub async fn drop_slot(&mut self, slot: &str, wait: bool) -> Result<(), WalError> {
+        self.simple_query(&codec::drop_slot_command(slot, wait))
+            .await?;
+        self.span
+            .in_scope(|| info!(slot, "dropped replication slot"));
+        Ok(())
+    }
+
+    /// Runs `sql` with the simple query protocol and returns every row of
+    /// every result set as text. On a walsender this accepts replication
+    /// commands and, with `replication=database`, plain SQL such as `SHOW`.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WalError> {
+        let span = self.span.clone();
+        self.simple_query_inner(sql).instrument(span).await
+    }
+
+    async fn simple_query_inner(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, WalError> {
+        self.begin_command(sql).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.reader.recv_message().await? {
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse => {}
+                Message::DataRow(body) => rows.push(text_row(&body)?),
+                // The server still sends ReadyForQuery; keep reading so the
+                // connection stays usable after a failed command.
+                Message::ErrorResponse(body) => {
+                    error = Some(ServerReport::parse(body.fields())?.into_error());
+                }
+                Message::ReadyForQuery(_) => {
+                    self.in_command = false;
+                    break;
+                }
+                Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+                    return Err(WalError::Protocol(
+                        "simple_query cannot run COPY; the connection is unusable now".into(),
+                    ));
+                }
+                _ => {
+                    return Err(WalError::Protocol(
+                        "unexpected message in reply to a query".into(),
+                    ))
+                }
+            }
+        }
+        match error {
+            Some(err) => {
+                debug!(error = %err, "command failed");
+                Err(err)
+            }
+            None => Ok(rows),
+        }
+    }
+
+    async fn begin_command(&mut self, sql: &str) -> Result<(), WalError> {
+        if self.in_command {
+            return Err(WalError::Protocol(
+                "an earlier command was interrupted; the connection is in an unknown state, reconnect"
+                    .into(),
+            ));
+        }
+        debug!(command = sql, "sending command");
+        self.write_buf.clear();
+        codec::query(sql, &mut self.write_buf)?;
+        self.in_command = true;
+        self.writer.write_all(&self.write_buf).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// START_REPLICATION from `options.start` (Postgres starts at the slot's
+    /// confirmed position if that is later) with pgoutput protocol version 1.
+    pub async fn start_replication(
+        mut self,
+        options: StartOptions,
+    ) -> Result<ReplicationStream, WalError> {
+        if options.publications.is_empty() {
+            return Err(WalError::Config(
+                "START_REPLICATION needs at least one publication".into(),
+            ));
+        }
+        if options.status_interval.is_zero() {
+            return Err(WalError::Config("status_interval must be positive".into()));
+        }
+        let span = self.span.clone();
+        async move {
+            self.begin_command(&codec::start_replication_command(&options))
+                .await?;
+            match self.reader.recv().await? {
+                Backend::CopyBothResponse => {}
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    // The connection is consumed; no need to wait for
+                    // ReadyForQuery.
+                    return Err(ServerReport::parse(body.fields())?.into_error());
+                }
+                _ => {
+                    return Err(WalError::Protocol(
+                        "unexpected reply to START_REPLICATION".into(),
+                    ))
+                }
+            }
+            info!(slot = %options.slot, start = %options.start, publications = ?options.publications,
+                "replication started");
+            Ok(ReplicationStream::new(
+                self.reader,
+                self.writer,
+                &options,
+                self.span,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn connect_endpoint(
+    endpoint: &Endpoint,
+    target: &Target<'_>,
+    application_name: &str,
+    span: Span,
+) -> Result<ReplicationClient, WalError> {
+    let transport = open_transport(endpoint, target).await?;
+    let (read, write) = tokio::io::split(transport);
+    let mut client = ReplicationClient {
+        reader: BackendReader::new(read),
+        writer: write,
+        write_buf: BytesMut::with_capacity(1024),
+        in_command: true,
+        span,
+    };
+    client.startup(target, application_name).await?;
+    client.authenticate(target).await?;
+    client.await_ready().await?;
+    client.in_command = false;
+    if let Some(pid) = client.reader.backend_pid {
+        client.span.record("backend_pid", pid);
+    }
+    info!(
+        server_version = client.parameter("server_version"),
+        "connected to postgres in replication mode"
+    );
+    Ok(client)
+}
+
+async fn open_transport(
+    endpoint: &Endpoint,
+    target: &Target<'_>,
+) -> Result<Box<dyn Transport>, WalError> {
+    let connect_error = |source| WalError::Connect {
+        address: endpoint.to_string(),
+        source,
+    };
+    match endpoint {
+        Endpoint::Tcp { host, port } => {
+            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(connect_error)?;
+            let mut last_error = None;
+            for addr in addrs {
+                trace!(%addr, "connecting");
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        // Status updates are tiny and must not wait for Nagle.
+                        stream.set_nodelay(true).map_err(connect_error)?;
+                        if let Some(keepalive) = &target.keepalive {
+                            socket2::SockRef::from(&stream)
+                                .set_tcp_keepalive(keepalive)
+                                .map_err(connect_error)?;
+                        }
+                        return Ok(Box::new(stream));
+                    }
+                    Err(err) => last_error = Some(err),
+                }
+            }
+            Err(connect_error(last_error.unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "host name resolved to no address",
+                )
+            })))
+        }
+        #[cfg(unix)]
+        Endpoint::Unix { dir, port } => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(connect_error)?;
+            Ok(Box::new(stream))
+        }
+    }
+}
+
+impl ReplicationClient {
+    async fn send(&mut self) -> Result<(), WalError> {
+        self.writer.write_all(&self.write_buf).await?;
+        self.writer.flush().await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    async fn startup(
+        &mut self,
+        target: &Target<'_>,
+        application_name: &str,
+    ) -> Result<(), WalError> {
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", target.user),
+            ("replication", "database"),
+            ("application_name", application_name),
+        ];
+        if let Some(dbname) = target.dbname {
+            params.push(("database", dbname));
+        }
+        if let Some(options) = target.options {
+            params.push(("options", options));
+        }
+        params.extend_from_slice(SESSION_SETTINGS);
+        self.write_buf.clear();
+        frontend::startup_message(params.iter().copied(), &mut self.write_buf)
+            .map_err(|err| WalError::Config(format!("invalid startup parameter: {err}")))?;
+        self.send().await
+    }
+
+    async fn authenticate(&mut self, target: &Target<'_>) -> Result<(), WalError> {
+        let password = || {
+            target.password.ok_or_else(|| {
+                WalError::Auth(
+                    "the server asked for a password, but the database URL has none".into(),
+                )
+            })
+        };
+        loop {
+            match self.reader.recv_message().await? {
+                Message::AuthenticationOk => {
+                    debug!("authenticated");
+                    return Ok(());
+                }
+                Message::AuthenticationCleartextPassword => {
+                    debug!(method = "password", "authenticating");
+                    frontend::password_message(password()?, &mut self.write_buf)
+                        .map_err(|err| WalError::Auth(err.to_string()))?;
+                    self.send().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    debug!(method = "md5", "authenticating");
+                    let hash = md5_hash(target.user.as_bytes(), password()?, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
+                        .map_err(|err| WalError::Auth(err.to_string()))?;
+                    self.send().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mechanisms: Vec<String> = body
+                        .mechanisms()
+                        .map(|m| Ok(m.to_owned()))
+                        .collect()
+                        .map_err(|err| {
+                            WalError::Protocol(format!("malformed SASL mechanisms: {err}"))
+                        })?;
+                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(WalError::Auth(format!(
+                            "the server offers SASL mechanisms {mechanisms:?}; walcast supports only \
+                             {SCRAM_SHA_256} without TLS"
+                        )));
+                    }
+                    debug!(method = SCRAM_SHA_256, "authenticating");
+                    self.scram(password()?).await?;
+                }
+                Message::ErrorResponse(body) => {
+                    return Err(ServerReport::parse(body.fields())?.into_error());
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi => {
+                    return Err(WalError::Auth(
+                        "the server asks for an authentication method walcast does not support \
+                         (use scram-sha-256, md5, password or trust)"
+                            .into(),
+                    ));
+                }
+                _ => {
+                    return Err(WalError::Protocol(
+                        "unexpected message during authentication".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// SCRAM-SHA-256 without channel binding (there is no TLS to bind to).
+    async fn scram(&mut self, password: &[u8]) -> Result<(), WalError> {
+        let scram_error = |err: std::io::Error| WalError::Auth(format!("SCRAM: {err}"));
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)
+            .map_err(scram_error)?;
+        self.send().await?;
+        match self.reader.recv_message().await? {
+            Message::AuthenticationSaslContinue(body) => {
+                scram.update(body.data()).map_err(scram_error)?
+            }
+            Message::ErrorResponse(body) => {
+                return Err(ServerReport::parse(body.fields())?.into_error())
+            }
+            _ => {
+                return Err(WalError::Protocol(
+                    "expected AuthenticationSASLContinue".into(),
+                ))
+            }
+        }
+        frontend::sasl_response(scram.message(), &mut self.write_buf).map_err(scram_error)?;
+        self.send().await?;
+        match self.reader.recv_message().await? {
+            // Verifies the server's signature: a server that does not know
+            // the password cannot impersonate the real one.
+            Message::AuthenticationSaslFinal(body) => {
+                scram.finish(body.data()).map_err(scram_error)
+            }
+            Message::ErrorResponse(body) => Err(ServerReport::parse(body.fields())?.into_error()),
+            _ => Err(WalError::Protocol(
+                "expected AuthenticationSASLFinal".into(),
+            )),
+        }
+    }
+
+    /// After AuthenticationOk: parameters and key data arrive, then
+    /// ReadyForQuery (or an error, e.g. too many connections).
+    async fn await_ready(&mut self) -> Result<(), WalError> {
+        match self.reader.recv_message().await? {
+            Message::ReadyForQuery(_) => Ok(()),
+            Message::ErrorResponse(body) => Err(ServerReport::parse(body.fields())?.into_error()),
+            _ => Err(WalError::Protocol(
+                "unexpected message during startup".into(),
+            )),
+        }
+    }
+}
+
+/// Runs `future` with a deadline, naming what timed out.
+pub(crate) async fn with_timeout<T>(
+    after: Duration,
+    operation: &str,
+    future: impl Future<Output = Result<T, WalError>>,
+) -> Result<T, WalError> {
+    tokio::time::timeout(after, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(WalError::Timeout {
+                operation: operation.to_owned(),
+                after,
+            })
+        })
+}
+
+fn text_row(body: &DataRowBody) -> Result<Vec<Option<String>>, WalError> {
+    let buffer = body.buffer();
+    body.ranges()
+        .map(|range| {
+            Ok(range.map(|range| {
+                // client_encoding is UTF8, so the server sends valid UTF-8.
+                String::from_utf8_lossy(&buffer[range]).into_owned()
+            }))
+        })
+        .collect()
+        .map_err(|err| WalError::Protocol(format!("malformed DataRow: {err}")))
+}
+
+fn single_row<'r>(
+    rows: &'r [Vec<Option<String>>],
+    command: &str,
+    columns: usize,
+) -> Result<&'r [Option<String>], WalError> {
+    match rows {
+        [row] if row.len() >= columns => Ok(row),
+        _ => Err(WalError::Protocol(format!(
+            "{command} returned {} rows, expected one with {columns} columns",
+            rows.len()
+        ))),
+    }
+}
+
+fn required<'r>(row: &'r [Option<String>], index: usize, name: &str) -> Result<&'r str, WalError> {
+    row[index]
+        .as_deref()
+        .ok_or_else(|| WalError::Protocol(format!("column {name} is NULL")))
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, WalError> {
+    text.parse()
+        .map_err(|err| WalError::Protocol(format!("server sent an invalid LSN: {err}")))
+}
