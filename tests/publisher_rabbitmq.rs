@@ -545,7 +545,7 @@ async fn a_resource_alarm_blocks_send_until_it_clears() {
         .await
         .unwrap();
     let mut sent = 0;
-    let stalled = timeout(Duration::from_secs(10), async {
+    let stalled = timeout(Duration::from_secs(4), async {
         for ordinal in 0..(WINDOW * 4) {
             publisher.send(event(TABLE, 1, ordinal)).await.unwrap();
             sent += 1;

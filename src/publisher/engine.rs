@@ -55,14 +55,24 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Where and how to connect; shared by every connection attempt.
-#[derive(Debug)]
+/// Where and how to connect; shared by every connection attempt. Not
+/// `Debug`-derived: `uri` holds the password.
 pub(crate) struct Settings {
     pub uri: AMQPUri,
     /// The URL with its password redacted, for logs and errors.
     pub url: String,
     pub exchange: String,
     pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.url)
+            .field("exchange", &self.exchange)
+            .field("max_backoff", &self.max_backoff)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message handed to the task: its sequence number and its encoding.
