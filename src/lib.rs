@@ -24,6 +24,8 @@ pub mod decoder;
 
 pub mod event;
 
+pub mod publisher;
+
 pub mod capture;
 
 pub mod config;

@@ -1,0 +1,129 @@
+//! Encoding a change event as an AMQP message: routing key, body, properties.
+//!
+//! A pure function (no I/O, no clock): the same event always encodes to the
+//! same message, which is what makes republishing after a reconnect safe
+//! (consumers dedupe by `message_id`). The body is serialized exactly once,
+//! with [`ChangeEvent::write_json`], so it is byte for byte the contract's
+//! event (`../shared/contract.md` section 2).
+//!
+//! It does not know about connections, channels or confirms.
+
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+
+use crate::event::ChangeEvent;
+
+/// `content_type` of every message.
+pub const CONTENT_TYPE: &str = "application/json";
+/// `app_id` of every message.
+pub const APP_ID: &str = "walcast";
+/// `delivery_mode` 2: the broker writes the message to disk before it
+/// confirms it (on a durable queue).
+pub const PERSISTENT: u8 = 2;
+
+/// One change event, ready to publish (and to republish, unchanged).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// `<schema>.<table>.<op>`.
+    pub routing_key: ShortString,
+    /// The event's JSON, [`ChangeEvent::to_json`].
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// Encodes `event`; serializes it once.
+pub fn encode(event: &ChangeEvent) -> Encoded {
+    let mut body = Vec::with_capacity(512);
+    event.write_json(&mut body);
+    // Postgres identifiers are at most 63 bytes, so `<schema>.<table>.<op>`
+    // always fits a 255-byte short string.
+    let routing_key = ShortString::from(event.routing_key());
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from(CONTENT_TYPE))
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(ShortString::from(event.id.to_string()))
+        .with_timestamp(amqp_timestamp(event))
+        .with_app_id(ShortString::from(APP_ID));
+    Encoded {
+        routing_key,
+        body,
+        properties,
+    }
+}
+
+/// The AMQP timestamp: whole seconds since the Unix epoch (rounded down),
+/// 0 for a commit time before 1970 (which Postgres cannot produce anyway).
+fn amqp_timestamp(event: &ChangeEvent) -> u64 {
+    let seconds = event.commit_time.unix_micros().div_euclid(1_000_000);
+    u64::try_from(seconds).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Datum, EventId, Lsn, Op, PgTimestamp, Row};
+
+    fn event() -> ChangeEvent {
+        let unix_micros = chrono::DateTime::parse_from_rfc3339("2026-11-22T05:04:10.580065Z")
+            .unwrap()
+            .timestamp_micros();
+        ChangeEvent {
+            id: EventId {
+                commit_lsn: Lsn(0x16B3800),
+                ordinal: 3,
+            },
+            op: Op::Insert,
+            schema: Arc::from("public"),
+            table: Arc::from("orders"),
+            key: Some(Row(vec![(Arc::from("id"), Datum::Int(42))])),
+            new: Some(Row(vec![
+                (Arc::from("id"), Datum::Int(42)),
+                (Arc::from("status"), Datum::Text("pending".into())),
+            ])),
+            old: None,
+            changed: None,
+            unchanged_toast: vec![],
+            lsn: Lsn(0x16B3748),
+            commit_lsn: Lsn(0x16B3800),
+            xid: 1234,
+            commit_time: PgTimestamp(unix_micros - 946_684_800 * 1_000_000),
+        }
+    }
+
+    #[test]
+    fn message_carries_the_contract_properties() {
+        let event = event();
+        let encoded = encode(&event);
+        assert_eq!(encoded.routing_key.as_str(), "public.orders.insert");
+        assert_eq!(encoded.body, event.to_json());
+        let p = &encoded.properties;
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(
+            p.message_id().as_ref().unwrap().as_str(),
+            "00000000016B3800-0000000003"
+        );
+        // 2026-11-22T05:04:10Z
+        assert_eq!(*p.timestamp(), Some(1_795_323_850));
+        assert_eq!(p.app_id().as_ref().unwrap().as_str(), "walcast");
+    }
+
+    #[test]
+    fn encoding_is_deterministic() {
+        assert_eq!(encode(&event()), encode(&event()));
+    }
+
+    #[test]
+    fn timestamp_rounds_down_and_never_goes_negative() {
+        let mut e = event();
+        e.commit_time = PgTimestamp(-946_684_800 * 1_000_000 + 1_999_999);
+        assert_eq!(amqp_timestamp(&e), 1);
+        e.commit_time = PgTimestamp(-946_684_800 * 1_000_000 - 1);
+        assert_eq!(amqp_timestamp(&e), 0);
+    }
+}

@@ -1,0 +1,537 @@
+//! The publisher's background task: one RabbitMQ link, the window of
+//! unconfirmed messages, confirms, reconnects and republishing.
+//!
+//! The task owns everything that talks to the broker. [`Publisher`] hands it
+//! each encoded message with its sequence number over an unbounded channel
+//! whose length the window semaphore bounds, and reads back, through a
+//! `watch`, the highest sequence number up to which every message is
+//! confirmed.
+//!
+//! Messages stay in `unconfirmed` (in sequence order) until RabbitMQ acks
+//! them. They are written to the channel one after the other, without
+//! waiting for confirms in between (pipelining); confirms are awaited in the
+//! same order, which yields exactly the confirmed prefix. A nack, a failed
+//! write or confirm, or a lost channel or connection tears the link down; the
+//! task reconnects with jittered exponential backoff, redeclares the
+//! exchange, and republishes every unconfirmed message, oldest first, before
+//! anything newer. Memory is the window, whatever the outage.
+//!
+//! It does not know about transactions or LSNs (that is [`super::tracker`])
+//! and never decides what is durable beyond "confirmed up to sequence N".
+//!
+//! [`Publisher`]: super::Publisher
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{
+    Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind, PublisherConfirm,
+};
+use rand::Rng;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, error, info, warn};
+
+use super::encoder::Encoded;
+use super::error::{PublishError, Step};
+use super::stats::PublisherStats;
+
+/// Longest wait for a TCP connection, the AMQP handshake, the channel and
+/// the exchange declaration together.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes handed to lapin but not yet flushed to the socket, at most.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
+/// Longest wait for a graceful `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Where and how to connect; shared by every connection attempt. Not
+/// `Debug`-derived: `uri` holds the password.
+pub(crate) struct Settings {
+    pub uri: AMQPUri,
+    /// The URL with its password redacted, for logs and errors.
+    pub url: String,
+    pub exchange: String,
+    pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.url)
+            .field("exchange", &self.exchange)
+            .field("max_backoff", &self.max_backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message handed to the task: its sequence number and its encoding.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub seq: u64,
+    pub message: Arc<Encoded>,
+}
+
+/// What the task tells the [`super::Publisher`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Progress {
+    /// Every message with a sequence number up to this one is confirmed.
+    pub confirmed: u64,
+    /// Set when the task stopped on an error a reconnect cannot heal.
+    pub failed: Option<PublishError>,
+}
+
+/// One connection with a confirming channel and the exchange declared.
+pub(crate) struct Link {
+    connection: Connection,
+    channel: Channel,
+    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+}
+
+/// Connects, opens a channel in confirm mode and declares the exchange.
+pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError> {
+    let classify = |step| {
+        move |e: lapin::Error| PublishError::from_setup(e, step, &settings.url, &settings.exchange)
+    };
+    let properties = ConnectionProperties::default()
+        .with_connection_name("walcast publisher".into())
+        .with_client_property("product".into(), "walcast".into());
+    let connection = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect_uri(settings.uri.clone(), properties),
+    )
+    .await
+    .map_err(|_| timed_out(settings))?
+    .map_err(classify(Step::Connect))?;
+    // Subscribe before anything can go wrong: lapin only queues events
+    // while someone listens.
+    let events = Box::pin(connection.events_listener());
+    let setup = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(classify(Step::Other))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(classify(Step::Other))?;
+        channel
+            .exchange_declare(
+                ShortString::from(settings.exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(classify(Step::DeclareExchange))?;
+        Ok(channel)
+    };
+    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(e)) => {
+            close_in_background(connection);
+            return Err(e);
+        }
+        Err(_) => {
+            close_in_background(connection);
+            return Err(timed_out(settings));
+        }
+    };
+    Ok(Link {
+        connection,
+        channel,
+        events,
+    })
+}
+
+fn timed_out(settings: &Settings) -> PublishError {
+    PublishError::ConnectTimeout {
+        url: settings.url.clone(),
+        seconds: CONNECT_TIMEOUT.as_secs(),
+    }
+}
+
+/// Closes a connection without waiting for it; a dead one just errors.
+fn close_in_background(connection: Connection) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            connection.close(200, "walcast publisher reconnecting".into()),
+        )
+        .await;
+    });
+}
+
+/// Reconnect delay: at once after a first failure, then exponential from
+/// 100 ms, capped at `max`, with jitter so that many walcasts do not
+/// reconnect in step.
+pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let base = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16));
+    base.min(max).mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// A message accepted from the [`super::Publisher`] and not yet confirmed.
+struct Unconfirmed {
+    seq: u64,
+    message: Arc<Encoded>,
+}
+
+/// The background task's state.
+pub(crate) struct Engine {
+    settings: Arc<Settings>,
+    incoming: mpsc::UnboundedReceiver<Outgoing>,
+    permits: Arc<Semaphore>,
+    progress: watch::Sender<Progress>,
+    stats: PublisherStats,
+    /// Accepted and not confirmed, in sequence order; never more than the
+    /// window, because each holds a permit until it is confirmed.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// `unconfirmed[..written]` have been written on the current channel.
+    written: usize,
+    /// Highest sequence number ever written, on any channel.
+    highest_written: u64,
+    /// Confirms of the written messages, in the order they were written
+    /// (which is `unconfirmed`'s order), with the time of the write.
+    confirms: VecDeque<(u64, Instant, PublisherConfirm)>,
+    /// Writes handed to lapin and not yet on the socket, in order.
+    writing: VecDeque<(u64, BoxFuture<lapin::Result<PublisherConfirm>>)>,
+    link: Option<Link>,
+    connecting: Option<BoxFuture<Result<Link, PublishError>>>,
+    /// Failed connection attempts since the last confirm.
+    attempt: u32,
+}
+
+/// Why a link is torn down.
+enum Fault {
+    Lost(lapin::Error),
+    Nacked(u64),
+    Unexpected(&'static str),
+}
+
+impl Engine {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        link: Link,
+        incoming: mpsc::UnboundedReceiver<Outgoing>,
+        permits: Arc<Semaphore>,
+        progress: watch::Sender<Progress>,
+        stats: PublisherStats,
+    ) -> Engine {
+        stats.set_connected(true);
+        Engine {
+            settings,
+            incoming,
+            permits,
+            progress,
+            stats,
+            unconfirmed: VecDeque::new(),
+            written: 0,
+            highest_written: 0,
+            confirms: VecDeque::new(),
+            writing: VecDeque::new(),
+            link: Some(link),
+            connecting: None,
+            attempt: 0,
+        }
+    }
+
+    /// Runs until the [`super::Publisher`] is dropped or an error that a
+    /// reconnect cannot heal.
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.schedule();
+            tokio::select! {
+                biased;
+                // A lost link first: no point in writing to a dead socket.
+                event = next_event(&mut self.link) => self.on_event(event),
+                (seq, written_at, confirmation) = next_confirm(&mut self.confirms) => {
+                    self.on_confirm(seq, written_at, confirmation);
+                }
+                (seq, result) = next_write(&mut self.writing) => match result {
+                    Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
+                    Err(e) => self.tear_down(Fault::Lost(e)),
+                },
+                linked = poll_slot(&mut self.connecting) => match linked {
+                    Ok(link) => self.on_linked(link),
+                    Err(e) if e.is_retryable() => {
+                        warn!(error = %e, attempt = self.attempt, unconfirmed = self.unconfirmed.len(), "cannot reach rabbitmq; retrying");
+                    }
+                    Err(e) => {
+                        error!(error = %e, unconfirmed = self.unconfirmed.len(), "rabbitmq refused walcast; publisher stopped");
+                        self.progress.send_modify(|p| p.failed = Some(e));
+                        self.permits.close();
+                        return;
+                    }
+                },
+                outgoing = self.incoming.recv() => match outgoing {
+                    Some(Outgoing { seq, message }) => {
+                        self.unconfirmed.push_back(Unconfirmed { seq, message });
+                    }
+                    None => break,
+                },
+            }
+        }
+        // The Publisher is gone; whatever is unconfirmed was never reported
+        // durable, so Postgres sends it again after a restart.
+        if !self.unconfirmed.is_empty() {
+            info!(
+                unconfirmed = self.unconfirmed.len(),
+                "publisher closed with unconfirmed messages; postgres will resend them"
+            );
+        }
+        if let Some(link) = self.link.take() {
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                link.connection
+                    .close(200, "walcast publisher closing".into()),
+            )
+            .await;
+        }
+        self.stats.set_connected(false);
+        debug!("publisher task ended");
+    }
+
+    /// Starts the next write, or the next connection attempt.
+    fn schedule(&mut self) {
+        match &self.link {
+            Some(link) => {
+                while self.writing.len() < MAX_WRITES_IN_FLIGHT
+                    && self.written < self.unconfirmed.len()
+                {
+                    let Unconfirmed { seq, message } = &self.unconfirmed[self.written];
+                    let (seq, message) = (*seq, Arc::clone(message));
+                    self.written += 1;
+                    let republish = seq <= self.highest_written;
+                    self.highest_written = self.highest_written.max(seq);
+                    self.stats.published(republish);
+                    let channel = link.channel.clone();
+                    let exchange = ShortString::from(self.settings.exchange.as_str());
+                    let mut write: BoxFuture<_> = Box::pin(async move {
+                        // Not mandatory: an event no queue is bound to is
+                        // dropped by the broker (and acked), by design.
+                        channel
+                            .basic_publish(
+                                exchange,
+                                message.routing_key.clone(),
+                                BasicPublishOptions::default(),
+                                &message.body,
+                                message.properties.clone(),
+                            )
+                            .await
+                    });
+                    // The first poll assigns the delivery tag and queues the
+                    // frames; doing it here, in sequence order, is what keeps
+                    // the messages in order on the wire while several writes
+                    // are outstanding. Later polls (with the task's waker)
+                    // only wait for the socket.
+                    let mut cx = Context::from_waker(Waker::noop());
+                    match write.as_mut().poll(&mut cx) {
+                        Poll::Ready(result) => self
+                            .writing
+                            .push_back((seq, Box::pin(std::future::ready(result)))),
+                        Poll::Pending => self.writing.push_back((seq, write)),
+                    }
+                }
+            }
+            None => {
+                if self.connecting.is_some() {
+                    return;
+                }
+                let delay = backoff(self.attempt, self.settings.max_backoff);
+                self.attempt = self.attempt.saturating_add(1);
+                let settings = Arc::clone(&self.settings);
+                if !delay.is_zero() {
+                    debug!(
+                        delay_ms = delay.as_millis() as u64,
+                        "reconnecting to rabbitmq after backoff"
+                    );
+                }
+                self.connecting = Some(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    open_link(&settings).await
+                }));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Option<Event>) {
+        match event {
+            None => self.tear_down(Fault::Unexpected("connection event stream ended")),
+            Some(Event::Error(e)) => self.tear_down(Fault::Lost(e)),
+            Some(Event::ConnectionBlocked(reason)) => {
+                warn!(%reason, unconfirmed = self.unconfirmed.len(), "rabbitmq blocked publishing (resource alarm); holding events until it unblocks");
+                self.stats.set_blocked(true);
+            }
+            Some(Event::ConnectionUnblocked) => {
+                info!("rabbitmq unblocked publishing");
+                self.stats.set_blocked(false);
+            }
+            Some(other) => debug!(event = ?other, "rabbitmq connection event"),
+        }
+    }
+
+    fn on_confirm(
+        &mut self,
+        seq: u64,
+        written_at: Instant,
+        confirmation: lapin::Result<Confirmation>,
+    ) {
+        match confirmation {
+            Ok(Confirmation::Ack(returned)) => {
+                if let Some(returned) = returned {
+                    // Only mandatory publishes are returned, and walcast's
+                    // are not; count it rather than loop on republishing.
+                    self.stats.returned();
+                    warn!(seq, reply = %returned.reply_text, "rabbitmq returned a message as unroutable");
+                }
+                let Some(front) = self.unconfirmed.front() else {
+                    return self.tear_down(Fault::Unexpected("confirm without a message"));
+                };
+                if front.seq != seq {
+                    return self.tear_down(Fault::Unexpected("confirm out of sequence"));
+                }
+                self.unconfirmed.pop_front();
+                self.written -= 1;
+                self.stats.confirmed(written_at.elapsed());
+                self.attempt = 0;
+                self.progress.send_if_modified(|p| {
+                    let moved = seq > p.confirmed;
+                    p.confirmed = p.confirmed.max(seq);
+                    moved
+                });
+                // After the progress, so that sent - confirmed, as the
+                // Publisher sees it, never exceeds the window.
+                self.permits.add_permits(1);
+            }
+            Ok(Confirmation::Nack(_)) => {
+                self.stats.nacked();
+                self.tear_down(Fault::Nacked(seq));
+            }
+            Ok(Confirmation::NotRequested) => {
+                self.tear_down(Fault::Unexpected("channel is not in confirm mode"))
+            }
+            Err(e) => self.tear_down(Fault::Lost(e)),
+        }
+    }
+
+    fn on_linked(&mut self, link: Link) {
+        self.link = Some(link);
+        self.written = 0;
+        self.stats.set_connected(true);
+        self.stats.reconnected();
+        if self.unconfirmed.is_empty() {
+            self.attempt = 0;
+        }
+        info!(
+            url = %self.settings.url,
+            republishing = self.unconfirmed.len(),
+            "reconnected to rabbitmq"
+        );
+    }
+
+    /// Drops the link and everything in flight on it; the next
+    /// [`Engine::schedule`] reconnects, and then every unconfirmed message
+    /// is written again from the oldest.
+    fn tear_down(&mut self, fault: Fault) {
+        let unconfirmed = self.unconfirmed.len();
+        match &fault {
+            Fault::Lost(e) => {
+                warn!(error = %e, unconfirmed, "rabbitmq link lost; reconnecting and republishing unconfirmed messages")
+            }
+            Fault::Nacked(seq) => {
+                warn!(seq, unconfirmed, "rabbitmq refused a message (nack); reconnecting and republishing unconfirmed messages")
+            }
+            Fault::Unexpected(what) => {
+                warn!(what, unconfirmed, "unexpected publisher state; reconnecting and republishing unconfirmed messages")
+            }
+        }
+        self.writing.clear();
+        self.confirms.clear();
+        self.written = 0;
+        self.stats.set_connected(false);
+        self.stats.set_blocked(false);
+        if let Some(link) = self.link.take() {
+            close_in_background(link.connection);
+        }
+    }
+}
+
+/// The next event of the link's connection; pending without a link.
+async fn next_event(link: &mut Option<Link>) -> Option<Event> {
+    match link {
+        Some(link) => link.events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The confirm of the oldest written message; pending when none is
+/// outstanding. Cancel-safe: the confirm stays queued until it resolves.
+async fn next_confirm(
+    confirms: &mut VecDeque<(u64, Instant, PublisherConfirm)>,
+) -> (u64, Instant, lapin::Result<Confirmation>) {
+    let Some((seq, written_at, confirm)) = confirms.front_mut() else {
+        return std::future::pending().await;
+    };
+    let (seq, written_at) = (*seq, *written_at);
+    let confirmation = confirm.await;
+    confirms.pop_front();
+    (seq, written_at, confirmation)
+}
+
+/// The oldest write, once its frames are on the socket; pending when none
+/// is outstanding. Cancel-safe like [`next_confirm`].
+async fn next_write(
+    writing: &mut VecDeque<(u64, BoxFuture<lapin::Result<PublisherConfirm>>)>,
+) -> (u64, lapin::Result<PublisherConfirm>) {
+    let Some((seq, write)) = writing.front_mut() else {
+        return std::future::pending().await;
+    };
+    let seq = *seq;
+    let result = write.as_mut().await;
+    writing.pop_front();
+    (seq, result)
+}
+
+/// Awaits the future in `slot` and empties the slot; pending when empty.
+/// Cancel-safe: an unfinished future stays in the slot.
+async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
+    let Some(future) = slot else {
+        return std::future::pending().await;
+    };
+    let output = future.as_mut().await;
+    *slot = None;
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_once_grows_and_is_capped() {
+        let max = Duration::from_secs(2);
+        assert_eq!(backoff(0, max), Duration::ZERO);
+        let first = backoff(1, max);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for attempt in 1..50 {
+            assert!(backoff(attempt, max) <= max);
+        }
+        assert!(backoff(20, max) >= Duration::from_secs(1));
+    }
+}
