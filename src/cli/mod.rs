@@ -145,26 +145,3 @@ pub fn shutdown_on_signals() -> CancellationToken {
 fn parse_lsn(text: &str) -> Result<Lsn, String> {
     text.parse::<Lsn>().map_err(|e| e.to_string())
 }
-
-/// Turns a replication error into an operator's message with the fix.
-fn explain_wal_error(error: crate::wal::WalError, slot: &str) -> anyhow::Error {
-    let hint = match error.code() {
-        Some("42704") => Some(format!(
-            "replication slot {slot:?} does not exist; create it with `walcast slot create` or `walcast setup`"
-        )),
-        Some("55000") => Some(
-            "the server is not set up for logical replication: set wal_level=logical and restart Postgres (`walcast check` lists what else is missing)".to_owned(),
-        ),
-        Some("28P01") | Some("28000") => Some(
-            "check the user and password in postgres.url (DATABASE_URL)".to_owned(),
-        ),
-        Some("42501") => Some(
-            "the user needs the REPLICATION attribute: ALTER ROLE <user> REPLICATION".to_owned(),
-        ),
-        _ => None,
-    };
-    match hint {
-        Some(hint) => anyhow::anyhow!("{error}: {hint}"),
-        None => anyhow::Error::new(error),
-    }
-}

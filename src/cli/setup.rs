@@ -59,13 +59,9 @@ pub async fn run(config: &Config, args: SetupArgs) -> anyhow::Result<ExitCode> {
             println!("slot {slot} already exists");
         } else {
             super::check::require_logical(&catalog).await?;
-            let mut client = ReplicationClient::connect(&pg, &config.postgres.application_name)
-                .await
-                .map_err(|e| super::explain_wal_error(e, slot))?;
-            let created = client
-                .create_slot(slot, false)
-                .await
-                .map_err(|e| super::explain_wal_error(e, slot))?;
+            let mut client =
+                ReplicationClient::connect(&pg, &config.postgres.application_name).await?;
+            let created = client.create_slot(slot, false).await?;
             println!("created slot {slot} at {}", created.consistent_point);
         }
     }

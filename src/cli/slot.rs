@@ -71,13 +71,9 @@ pub async fn run(config: &Config, command: SlotCommand) -> anyhow::Result<ExitCo
                     "replication slot {name:?} already exists (use --if-not-exists to accept that)"
                 );
             }
-            let mut client = ReplicationClient::connect(&pg, &config.postgres.application_name)
-                .await
-                .map_err(|e| super::explain_wal_error(e, &name))?;
-            let created = client
-                .create_slot(&name, false)
-                .await
-                .map_err(|e| super::explain_wal_error(e, &name))?;
+            let mut client =
+                ReplicationClient::connect(&pg, &config.postgres.application_name).await?;
+            let created = client.create_slot(&name, false).await?;
             println!(
                 "created slot {} (pgoutput) at {}",
                 created.slot_name, created.consistent_point
@@ -98,14 +94,13 @@ pub async fn run(config: &Config, command: SlotCommand) -> anyhow::Result<ExitCo
                 }
                 anyhow::bail!("replication slot {name:?} does not exist");
             }
-            let mut client = ReplicationClient::connect(&pg, &config.postgres.application_name)
-                .await
-                .map_err(|e| super::explain_wal_error(e, &name))?;
+            let mut client =
+                ReplicationClient::connect(&pg, &config.postgres.application_name).await?;
             client.drop_slot(&name, wait).await.map_err(|e| {
                 if e.code() == Some("55006") {
                     anyhow::anyhow!("{e}: the slot is in use; stop its reader or pass --wait")
                 } else {
-                    super::explain_wal_error(e, &name)
+                    anyhow::Error::new(e)
                 }
             })?;
             println!("dropped slot {name}");

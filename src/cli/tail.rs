@@ -10,7 +10,7 @@ use clap::Args;
 use tokio::io::{AsyncWriteExt, BufWriter, Stdout};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, CaptureError, CaptureOptions, Sink};
+use crate::capture::{self, CaptureOptions, Sink};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::event::{ChangeEvent, Lsn};
@@ -57,11 +57,7 @@ pub async fn run(
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
     };
     let mut sink = StdoutSink::new();
-    let summary = match capture::run(&options, &mut sink, shutdown).await {
-        Ok(summary) => summary,
-        Err(CaptureError::Wal(e)) => return Err(super::explain_wal_error(e, &slot)),
-        Err(e) => return Err(e.into()),
-    };
+    let summary = capture::run(&options, &mut sink, shutdown).await?;
     match (summary.flushed, args.peek) {
         (_, true) => eprintln!("walcast tail: stopped (peek: slot not advanced)"),
         (Some(lsn), false) => eprintln!("walcast tail: stopped; last flushed position {lsn}"),

@@ -570,7 +570,7 @@ async fn connect_endpoint(
     if let Some(pid) = client.reader.backend_pid {
         client.span.record("backend_pid", pid);
     }
-    info!(
+    debug!(
         server_version = client.parameter("server_version"),
         "connected to postgres in replication mode"
     );

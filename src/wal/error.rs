@@ -124,7 +124,7 @@ fn advice(code: &str, message: &str) -> Option<&'static str> {
             "check the user and password in the database URL and the server's pg_hba.conf"
         }
         "42704" if message.contains("replication slot") => {
-            "create the replication slot first, or fix the slot name in the configuration"
+            "create it with `walcast slot create` or `walcast setup`, or fix postgres.slot"
         }
         "55000" if message.contains("wal_level") => {
             "set wal_level = logical in postgresql.conf and restart PostgreSQL"
