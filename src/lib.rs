@@ -26,6 +26,8 @@ pub mod event;
 
 pub mod capture;
 
+pub mod api;
+
 pub mod config;
 
 pub mod catalog;
