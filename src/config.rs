@@ -8,7 +8,8 @@
 //! every problem with the field it belongs to.
 //!
 //! Secrets: URLs may carry passwords. Anything that prints a URL goes through
-//! [`redact_url`]; `Debug` of [`Config`] redacts too.
+//! [`redact_url`]; `Debug` of [`Config`] redacts too, and shows `[auth]`
+//! tokens and the JWT secret only as a count and a set/unset mark.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +57,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub fanout: FanoutConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone, Deserialize, PartialEq)]
@@ -165,15 +167,48 @@ impl Default for FanoutConfig {
 pub struct HttpConfig {
     /// Address the HTTP API, dashboard and Socket.IO listen on.
     pub listen: String,
+    /// Largest request body the API reads; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Connections the API's own Postgres pool may hold.
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection (including connecting), in
+    /// milliseconds; past it a request gets 503.
+    pub pool_timeout_ms: u64,
+    /// Longest a single API statement may run, in milliseconds (Postgres
+    /// `statement_timeout`); past it the request gets 503.
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            body_limit_bytes: 64 * 1024,
+            pool_size: 16,
+            pool_timeout_ms: 5_000,
+            statement_timeout_ms: 10_000,
         }
     }
 }
+
+/// Who may write through the HTTP API and connect over Socket.IO.
+#[derive(Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Off by default. When on, API writes (POST, PUT, PATCH, DELETE) need
+    /// `Authorization: Bearer <token>`; reads stay open.
+    pub enabled: bool,
+    /// Static bearer tokens, each at least 16 characters.
+    pub tokens: Vec<String>,
+    /// Shared secret for HS256 JWTs (at least 32 bytes); empty: no JWTs.
+    pub jwt_secret: String,
+}
+
+/// Shortest static token and JWT secret accepted. 32 bytes for HS256 is
+/// RFC 7518's minimum key size (3.2); 16 characters keeps guessable
+/// tokens out.
+pub const MIN_TOKEN_LEN: usize = 16;
+pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +236,7 @@ impl fmt::Debug for Config {
             .field("http", &self.http)
             .field("fanout", &self.fanout)
             .field("log", &self.log)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -233,6 +269,27 @@ impl fmt::Debug for RabbitConfig {
     }
 }
 
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets: only how many and whether set, never the values.
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field(
+                "jwt_secret",
+                &format_args!(
+                    "{}",
+                    if self.jwt_secret.is_empty() {
+                        "(unset)"
+                    } else {
+                        "***"
+                    }
+                ),
+            )
+            .finish()
+    }
+}
+
 /// Values given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -248,7 +305,7 @@ pub struct Overrides {
 }
 
 /// The sections a `WALCAST_<SECTION>_<KEY>` variable may name.
-const SECTIONS: [&str; 5] = ["postgres", "rabbitmq", "http", "fanout", "log"];
+const SECTIONS: [&str; 6] = ["postgres", "rabbitmq", "http", "fanout", "log", "auth"];
 
 impl Config {
     /// Loads the layered configuration and validates it.
@@ -431,6 +488,73 @@ impl Config {
                 format!(
                     "{:?} is not a socket address; expected host:port, e.g. 127.0.0.1:8080",
                     self.http.listen
+                ),
+            );
+        }
+
+        let http = &self.http;
+        if !(1024..=64 * 1024 * 1024).contains(&http.body_limit_bytes) {
+            problem(
+                "http.body_limit_bytes",
+                format!("{} is out of range 1024..=67108864", http.body_limit_bytes),
+            );
+        }
+        if !(1..=1024).contains(&http.pool_size) {
+            problem(
+                "http.pool_size",
+                format!("{} is out of range 1..=1024", http.pool_size),
+            );
+        }
+        if !(100..=600_000).contains(&http.pool_timeout_ms) {
+            problem(
+                "http.pool_timeout_ms",
+                format!("{} is out of range 100..=600000", http.pool_timeout_ms),
+            );
+        }
+        if !(100..=3_600_000).contains(&http.statement_timeout_ms) {
+            problem(
+                "http.statement_timeout_ms",
+                format!(
+                    "{} is out of range 100..=3600000",
+                    http.statement_timeout_ms
+                ),
+            );
+        }
+
+        let auth = &self.auth;
+        if auth.enabled && auth.tokens.is_empty() && auth.jwt_secret.is_empty() {
+            problem(
+                "auth.enabled",
+                "is true but neither auth.tokens nor auth.jwt_secret is set; nobody could write"
+                    .into(),
+            );
+        }
+        // Token values never appear in these messages, only their position.
+        for (index, token) in auth.tokens.iter().enumerate() {
+            if token.chars().count() < MIN_TOKEN_LEN {
+                problem(
+                    "auth.tokens",
+                    format!(
+                        "token #{} is shorter than {MIN_TOKEN_LEN} characters",
+                        index + 1
+                    ),
+                );
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problem(
+                    "auth.tokens",
+                    format!(
+                        "token #{} contains whitespace or control characters",
+                        index + 1
+                    ),
+                );
+            }
+        }
+        if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_LEN {
+            problem(
+                "auth.jwt_secret",
+                format!(
+                    "is shorter than {MIN_JWT_SECRET_LEN} bytes; HS256 needs a 256-bit key, e.g. `openssl rand -base64 48`"
                 ),
             );
         }
@@ -645,7 +769,15 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
 
 /// Environment values are strings; numbers and lists are converted by key.
 fn env_value(key: &str, value: &str) -> toml::Value {
-    if key == "tables" {
+    if key == "enabled" {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => return toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" | "" => return toml::Value::Boolean(false),
+            // Anything else stays a string, so deserializing names the variable's field.
+            _ => {}
+        }
+    }
+    if key == "tables" || key == "tokens" {
         return toml::Value::Array(
             value
                 .split(',')
@@ -656,9 +788,10 @@ fn env_value(key: &str, value: &str) -> toml::Value {
         );
     }
     if key.ends_with("_ms")
+        || key.ends_with("_bytes")
         || matches!(
             key,
-            "prefetch" | "publish_window" | "replay_buffer" | "socket_buffer"
+            "prefetch" | "publish_window" | "replay_buffer" | "socket_buffer" | "pool_size"
         )
     {
         if let Ok(n) = value.trim().parse::<i64>() {
@@ -796,6 +929,71 @@ mod tests {
         config.rabbitmq.url = "http://u:s3cret@h/".into();
         let problems = config.validate();
         assert!(!format!("{problems:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn auth_settings_come_from_the_environment_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let vars = env(&[
+            ("WALCAST_AUTH_ENABLED", "true"),
+            (
+                "WALCAST_AUTH_TOKENS",
+                "tok-aaaaaaaaaaaaaaaa, tok-bbbbbbbbbbbbbbbb",
+            ),
+            (
+                "WALCAST_AUTH_JWT_SECRET",
+                "jwt-secret-jwt-secret-jwt-secret-0123",
+            ),
+            ("WALCAST_HTTP_BODY_LIMIT_BYTES", "2048"),
+            ("WALCAST_HTTP_POOL_SIZE", "4"),
+        ]);
+        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
+        assert!(config.auth.enabled);
+        assert_eq!(
+            config.auth.tokens,
+            vec!["tok-aaaaaaaaaaaaaaaa", "tok-bbbbbbbbbbbbbbbb"]
+        );
+        assert_eq!(config.http.body_limit_bytes, 2048);
+        assert_eq!(config.http.pool_size, 4);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("tok-a"), "{debug}");
+        assert!(!debug.contains("jwt-secret"), "{debug}");
+        assert!(debug.contains("[2 redacted]"), "{debug}");
+    }
+
+    #[test]
+    fn auth_validation_names_the_field_without_the_secret() {
+        let mut config = Config::default();
+        config.auth.enabled = true;
+        assert_eq!(
+            config
+                .validate()
+                .iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>(),
+            vec!["auth.enabled"]
+        );
+        config.auth.tokens = vec!["short-secret".into(), "has space in it 0123".into()];
+        config.auth.jwt_secret = "too-short-secret".into();
+        let problems = config.validate();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            vec!["auth.tokens", "auth.tokens", "auth.jwt_secret"]
+        );
+        let text = format!("{problems:?}");
+        assert!(!text.contains("short-secret") && !text.contains("too-short"));
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let mut config = Config::default();
+        config.http.body_limit_bytes = 10;
+        config.http.pool_size = 0;
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["http.body_limit_bytes", "http.pool_size"]);
     }
 
     #[test]

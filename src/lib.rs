@@ -28,6 +28,8 @@ pub mod publisher;
 
 pub mod capture;
 
+pub mod api;
+
 pub mod config;
 
 pub mod catalog;

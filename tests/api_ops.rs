@@ -1,0 +1,255 @@
+//! Operations endpoints: `/healthz`, `/readyz` following the health
+//! registry and the API's own pool, `/openapi.json` agreeing with the
+//! routes, and the request counters.
+
+#[path = "support/api_server.rs"]
+mod api_server;
+
+use api_server::TestApi;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_follow_the_registry() {
+    let api = TestApi::start("ready").await;
+
+    let (status, body) = api.call(Method::GET, "/healthz", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+
+    // Nothing registered yet: ready when the pool answers.
+    let (status, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ready", "components": [
+            {"name": "api_postgres", "healthy": true, "detail": "ok"}
+        ]})
+    );
+
+    // Another stage reports trouble: 503, naming it and why.
+    let stage = api.state.health().clone();
+    stage.set("postgres", true, "streaming from slot walcast");
+    stage.set("rabbitmq", false, "connection refused; retrying in 2s");
+    let (status, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(
+        body["error"]["message"],
+        "rabbitmq: connection refused; retrying in 2s"
+    );
+    let names: Vec<&str> = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["api_postgres", "postgres", "rabbitmq"]);
+    // Liveness does not care.
+    let (status, _) = api.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Recovered: ready again.
+    stage.set("rabbitmq", true, "connected");
+    let (status, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("error").is_none());
+    api.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_checks_the_api_pool_live() {
+    let mut config = walcast::config::Config::default();
+    config.postgres.url = "postgres://walcast:s3cret@127.0.0.1:1/nowhere".into();
+    config.http.pool_timeout_ms = 500;
+    let health = walcast::api::Health::new();
+    let state = walcast::api::ApiState::new(&config, health.clone()).unwrap();
+    let api = TestApi::serve(state, health, String::new(), String::new()).await;
+
+    let (status, body) = api.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["components"][0]["name"], "api_postgres");
+    assert_eq!(body["components"][0]["healthy"], false);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("api_postgres: "));
+    assert!(!body.to_string().contains("s3cret"));
+    let (status, _) = api.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The (path, method) pairs the router serves.
+const ROUTES: [(&str, &str); 9] = [
+    ("/orders", "get"),
+    ("/orders", "post"),
+    ("/orders/{id}", "get"),
+    ("/orders/{id}", "put"),
+    ("/orders/{id}", "patch"),
+    ("/orders/{id}", "delete"),
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/openapi.json", "get"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_route_body_and_error() {
+    let api = TestApi::start("openapi").await;
+    let response = api.send(Method::GET, "/openapi.json", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let doc: Value = response.json().await.expect("openapi.json parses");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    // Exactly the served routes, each method.
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| matches!(k.as_str(), "get" | "post" | "put" | "patch" | "delete"))
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    documented.sort();
+    let mut served: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    // Every documented route really answers (not the 404 fallback).
+    for (path, method) in ROUTES {
+        let path = path.replace("{id}", "1");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (status, body) = api.call(method.clone(), &path, Some(&json!({}))).await;
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body["error"]["message"] == "no such route")
+                && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {status} {body}"
+        );
+    }
+
+    let error_ref = json!({"$ref": "#/components/schemas/ErrorBody"});
+    for (path, method) in ROUTES.iter().filter(|(p, _)| p.starts_with("/orders")) {
+        let operation = &doc["paths"][path][method];
+        let responses = operation["responses"].as_object().unwrap();
+        // Errors are described with the error body.
+        for (code, response) in responses {
+            if code.starts_with('4') || code.starts_with('5') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"], error_ref,
+                    "{method} {path} {code}"
+                );
+            }
+        }
+        for code in ["400", "500", "503"] {
+            assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+        }
+        let writes = *method != "get";
+        if writes {
+            assert_eq!(
+                operation["security"],
+                json!([{"bearer": []}]),
+                "{method} {path}"
+            );
+            assert!(responses.contains_key("401"), "{method} {path}");
+        }
+        if matches!(*method, "post" | "put" | "patch") {
+            for code in ["413", "415", "422"] {
+                assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+            }
+            assert!(
+                operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                    .is_string()
+            );
+        }
+        if path.contains("{id}") {
+            assert!(responses.contains_key("404"), "{method} {path}");
+            assert_eq!(operation["parameters"][0]["name"], "id");
+        }
+    }
+    assert_eq!(
+        doc["paths"]["/orders"]["post"]["responses"]["201"]["headers"]["Location"]["schema"]
+            ["type"],
+        "string"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    // The documented bodies are the ones the validator accepts.
+    let schemas = &doc["components"]["schemas"];
+    let property_names = |schema: &Value| -> Vec<String> {
+        let mut names: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    };
+    for name in ["OrderInput", "OrderPatch"] {
+        assert_eq!(
+            property_names(&schemas[name]),
+            vec!["customer_name", "product_name", "status"],
+            "{name}"
+        );
+        assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+        assert_eq!(
+            schemas[name]["properties"]["customer_name"]["maxLength"],
+            200
+        );
+    }
+    assert_eq!(
+        schemas["OrderInput"]["required"],
+        json!(["customer_name", "product_name"])
+    );
+    assert!(schemas["OrderPatch"].get("required").is_none());
+    assert_eq!(
+        schemas["OrderStatus"]["enum"],
+        json!(["pending", "processing", "shipped", "delivered", "cancelled"])
+    );
+    let order_fields = property_names(&schemas["Order"]);
+    let (_, created) = api
+        .call(
+            Method::POST,
+            "/orders",
+            Some(&json!({"customer_name": "c", "product_name": "p"})),
+        )
+        .await;
+    let mut returned: Vec<String> = created.as_object().unwrap().keys().cloned().collect();
+    returned.sort();
+    assert_eq!(order_fields, returned);
+    assert_eq!(
+        property_names(&schemas["OrderList"]),
+        vec!["next_after", "orders", "snapshot", "snapshot_lsn"]
+    );
+    api.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_and_status() {
+    let api = TestApi::start("stats").await;
+    for _ in 0..3 {
+        api.call(Method::GET, "/orders", None).await;
+    }
+    api.call(Method::GET, "/orders/7", None).await;
+    api.call(Method::GET, "/orders/8", None).await;
+    api.call(Method::GET, "/no/such/thing", None).await;
+    let stats = api.state.stats();
+    assert_eq!(stats.count(&Method::GET, "/orders", 200), 3);
+    // By route template, never by raw path.
+    assert_eq!(stats.count(&Method::GET, "/orders/{id}", 404), 2);
+    assert_eq!(stats.count(&Method::GET, "unmatched", 404), 1);
+    assert!(stats
+        .snapshot()
+        .iter()
+        .all(|(key, _)| !key.route.contains("/7") && !key.route.contains("no/such")));
+    api.finish().await;
+}
