@@ -347,9 +347,8 @@ async fn stopped_or_killed_tail_resumes_without_losing_a_change() {
     writer.await.unwrap();
     let mut tail = db.tail(&[]);
     let expected = TRANSACTIONS * ROWS;
-    let inserted_id = |event: &Value| {
-        (event["op"] == "insert").then(|| event["new"]["id"].as_i64().unwrap())
-    };
+    let inserted_id =
+        |event: &Value| (event["op"] == "insert").then(|| event["new"]["id"].as_i64().unwrap());
     let mut ids: BTreeSet<i64> = seen.values().filter_map(inserted_id).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while ids.len() < expected {
