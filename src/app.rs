@@ -14,11 +14,20 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
 
+use crate::api::{self, ApiState, Health};
+use crate::capture::{self, CaptureError, CaptureOptions};
 use crate::catalog::{describe, CatalogError};
+use crate::config::Config;
+use crate::publisher::{PublishError, Publisher};
 
 /// A role `walcast run` can play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +73,210 @@ impl Roles {
 
     pub fn has(&self, role: Role) -> bool {
         self.0.contains(&role)
+    }
+}
+
+/// Runs the given roles until `shutdown`, then drains and stops them.
+pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let health = Health::new();
+    let tracker = TaskTracker::new();
+    // A stage that fails for good stops the whole process: a sidecar that
+    // silently stops capturing is worse than one that exits and restarts.
+    let fatal = CancellationToken::new();
+    let failure: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>> = Default::default();
+    let stop = shutdown.child_token();
+
+    if roles.has(Role::Capture) {
+        let (config, health, stop, fatal, failure) = (
+            config.clone(),
+            health.clone(),
+            stop.clone(),
+            fatal.clone(),
+            failure.clone(),
+        );
+        tracker.spawn(async move {
+            if let Err(e) = capture_role(&config, &health, &stop).await {
+                error!(error = %format!("{e:#}"), "capture stopped");
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                fatal.cancel();
+            }
+        });
+    }
+
+    let mut router: Option<Router> = None;
+    if roles.has(Role::Api) {
+        let state = ApiState::new(&config, health.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        router = Some(api::router(state));
+    }
+    let router = router.unwrap_or_else(|| {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readiness))
+            .with_state(health.clone())
+    });
+    let listener = TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
+    let address = listener.local_addr()?;
+    info!(%address, roles = ?roles.0, "walcast is running");
+    let serve_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        // TCP_NODELAY: events are small writes that must leave at once;
+        // Nagle's algorithm would hold them for the next ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { serve_stop.cancelled().await })
+            .await
+    });
+
+    tokio::select! {
+        _ = shutdown.cancelled() => info!("shutting down"),
+        _ = fatal.cancelled() => {}
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "http server stopped with an error"),
+        Ok(Err(e)) => warn!(error = %e, "http server task failed"),
+        Err(_) => warn!("http server did not stop within 10 s"),
+    }
+    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// `/readyz` for processes without the API role: the health registry alone.
+async fn readiness(
+    axum::extract::State(health): axum::extract::State<Health>,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    let components = health.components();
+    let status = if health.all_healthy() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if status.is_success() { "ready" } else { "not_ready" },
+        "components": components,
+    });
+    (status, axum::Json(body))
+}
+
+/// The capture role: wait for the slot lease (hot standby), then stream the
+/// slot into RabbitMQ until shutdown; go back to waiting if the lease is lost.
+async fn capture_role(
+    config: &Config,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let pg = config.pg_config();
+    let slot = &config.postgres.slot;
+    let max_backoff = Duration::from_millis(config.postgres.max_backoff_ms);
+    let mut attempt = 0u32;
+    while !stop.is_cancelled() {
+        health.set("capture", true, "waiting for the slot lease");
+        let lease = match SlotLease::acquire(&pg, slot, Duration::from_secs(1), stop).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => break,
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                health.set("capture", false, format!("postgres unreachable: {e}"));
+                warn!(error = %e, "cannot take the slot lease; retrying");
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(capture::backoff(attempt, max_backoff)) => {}
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        attempt = 0;
+        health.set("capture", true, "capturing");
+        let session = stop.child_token();
+        let outcome = tokio::select! {
+            outcome = capture_with_lease(config, health, &session) => outcome,
+            _ = lease.lost() => {
+                warn!(slot, "slot lease lost; stopping capture and waiting for it again");
+                session.cancel();
+                Ok(())
+            }
+        };
+        lease.release(slot).await;
+        outcome?;
+    }
+    health.remove("capture");
+    health.remove("rabbitmq");
+    health.remove("slot_stream");
+    Ok(())
+}
+
+async fn capture_with_lease(
+    config: &Config,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut publisher = match Publisher::connect(&config.rabbitmq, stop.clone()).await {
+        Ok(publisher) => publisher,
+        Err(PublishError::Shutdown) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let stats = publisher.stats();
+    let watch_health = health.clone();
+    let watch_stop = stop.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            let snapshot = stats.snapshot();
+            let detail = match (snapshot.connected, snapshot.blocked) {
+                (true, false) => "publishing",
+                (true, true) => "blocked by a broker resource alarm",
+                (false, _) => "reconnecting to rabbitmq",
+            };
+            watch_health.set("rabbitmq", snapshot.connected && !snapshot.blocked, detail);
+            tokio::select! {
+                _ = watch_stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    let options = CaptureOptions {
+        pg: config.pg_config(),
+        application_name: config.postgres.application_name.clone(),
+        slot: config.postgres.slot.clone(),
+        publications: vec![config.postgres.publication.clone()],
+        start: crate::event::Lsn::ZERO,
+        advance_slot: true,
+        create_temporary_slot: false,
+        status_interval: Duration::from_millis(config.postgres.status_interval_ms),
+        max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
+    };
+    health.set("slot_stream", true, "starting");
+    let result = capture::run(&options, &mut publisher, stop.clone()).await;
+    watcher.abort();
+    publisher.close().await;
+    match result {
+        Ok(summary) => {
+            if let Some(lsn) = summary.flushed {
+                info!(flushed = %lsn, "capture stopped; final flushed position");
+            }
+            Ok(())
+        }
+        // Shutdown while the publisher waited for the broker: the drain
+        // already ran; Postgres replays from the last confirmed position.
+        Err(CaptureError::Sink(_)) if stop.is_cancelled() => Ok(()),
+        Err(e) => {
+            health.set("slot_stream", false, e.to_string());
+            Err(e.into())
+        }
     }
 }
 

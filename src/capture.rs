@@ -141,7 +141,7 @@ pub async fn run<S: Sink>(
 }
 
 /// Exponential backoff from 200 ms with full jitter, capped.
-fn backoff(attempt: u32, max: Duration) -> Duration {
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(16));
     let cap = base.min(max);
     let jitter = rand::rng().random_range(0.5..=1.0);

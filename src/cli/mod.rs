@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{Role, Roles};
 use crate::config::{Config, Overrides};
 use crate::event::Lsn;
 
@@ -93,6 +94,9 @@ pub enum Command {
         #[command(subcommand)]
         command: slot::SlotCommand,
     },
+    /// Run walcast: capture (slot → RabbitMQ), gateway (RabbitMQ → Socket.IO)
+    /// and the HTTP API with the dashboard, in one process or split by role.
+    Run(RunArgs),
     /// Stream change events from the slot to stdout as JSON lines.
     ///
     /// The slot advances only past transactions written and flushed to
@@ -106,8 +110,28 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCod
         Command::Setup(args) => setup::run(&config, args).await,
         Command::Check => check::run(&config).await,
         Command::Slot { command } => slot::run(&config, command).await,
+        Command::Run(args) => {
+            let roles = if args.role.is_empty() {
+                Roles::all()
+            } else {
+                Roles(args.role.into_iter().collect())
+            };
+            crate::app::run(config, roles, shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tail(args) => tail::run(&config, args, shutdown_on_signals()).await,
     }
+}
+
+/// Arguments of `walcast run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Roles of this process, comma-separated: capture (holds the slot,
+    /// publishes to RabbitMQ; a second capture process on the same slot waits
+    /// as hot standby), gateway (RabbitMQ → Socket.IO), api (HTTP API and
+    /// dashboard) [default: all three]
+    #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+    pub role: Vec<Role>,
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM.
