@@ -24,6 +24,10 @@ pub mod decoder;
 
 pub mod event;
 
+pub mod consumer;
+
+pub mod fanout;
+
 pub mod capture;
 
 pub mod config;
