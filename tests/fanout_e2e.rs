@@ -466,3 +466,30 @@ async fn slow_socket_is_disconnected_and_others_are_unaffected() {
     );
     gw.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_the_socket_buffer_waits_for_room() {
+    let started = Instant::now();
+    let gw = Gateway::start(options(5000, 32)).await;
+    const TOTAL: u64 = 1500;
+    for n in 1..=TOTAL {
+        gw.publish(&event(n, n as u32, "public.orders", 1, 256))
+            .await;
+    }
+    gw.wait_delivered(TOTAL).await;
+    let mut client =
+        NodeClient::connect(&gw.url(), json!({"since": event_id(1).to_string()})).await;
+    assert_eq!(
+        ids(&client.changes((TOTAL - 1) as usize).await),
+        expected_ids(2..=TOTAL)
+    );
+    gw.publish(&event(TOTAL + 1, 0, "public.orders", 1, 0))
+        .await;
+    assert_eq!(
+        ids(&client.changes(1).await),
+        expected_ids(TOTAL + 1..=TOTAL + 1)
+    );
+    assert_eq!(gw.hub.stats().snapshot().slow_disconnects, 0);
+    gw.teardown().await;
+    eprintln!("long replay: {:?}", started.elapsed());
+}

@@ -17,12 +17,24 @@
 //! let shutdown = CancellationToken::new();
 //! let hub = Hub::new(HubOptions::from_config(&config.fanout), shutdown.clone());
 //! let (sio_layer, _io) = fanout::layer(&hub); // inside the runtime
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     // .route(...) the HTTP API
 //!     .layer(sio_layer); // last, so it sees /socket.io/ before routing
 //! let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone());
 //! tokio::spawn(consumer.run(shutdown.clone()));
-//! // serve `app`; set TCP_NODELAY on accepted sockets (see tests/support).
+//!
+//! use axum::serve::ListenerExt;
+//! let listener = tokio::net::TcpListener::bind(&config.http.listen)
+//!     .await
+//!     .unwrap()
+//!     // Changes are small writes that should leave at once.
+//!     .tap_io(|tcp| {
+//!         tcp.set_nodelay(true).ok();
+//!     });
+//! axum::serve(listener, app)
+//!     .with_graceful_shutdown(shutdown.cancelled_owned())
+//!     .await
+//!     .unwrap();
 //! # }
 //! ```
 //!
