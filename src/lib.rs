@@ -24,9 +24,13 @@ pub mod decoder;
 
 pub mod event;
 
+pub mod capture;
+
 pub mod publisher;
 
-pub mod capture;
+pub mod consumer;
+
+pub mod fanout;
 
 pub mod api;
 

@@ -1,0 +1,379 @@
+//! Consumer: this gateway's RabbitMQ queue → the fan-out hub.
+//!
+//! Each gateway declares the exchange (durable topic, as the publisher
+//! does) and its **own** durable queue (`RabbitConfig::queue_name`), bound
+//! with `#`, so every gateway sees every change. Deliveries are parsed into
+//! a [`Change`] (only the routing header is read; the body's bytes are kept)
+//! and handed to [`Hub::deliver`]; the delivery is acked only after that
+//! returns, i.e. once the change is in the Socket.IO queues. A body that is
+//! not a change event is logged, counted and rejected without requeue (it
+//! would fail the same way again; a dead-letter policy on the queue keeps
+//! it), so it never blocks the queue.
+//!
+//! When the connection or channel fails, the consumer reconnects with
+//! jittered exponential backoff (capped at `max_backoff_ms`). Deliveries
+//! that were not acked before the failure cannot be acked on the new
+//! channel; the broker redelivers them and the hub drops them as
+//! duplicates. On shutdown it stops consuming and closes the connection;
+//! unacked deliveries go back to the queue.
+//!
+//! It does not publish, and it knows nothing about sockets.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::{redact_url, RabbitConfig};
+use crate::fanout::{Change, Delivered, Hub};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay; doubles per failed attempt up to `max_backoff_ms`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a consuming session ended. Every one of them is retried: a broker
+/// restart, a network cut and a deleted queue all heal by reconnecting;
+/// the ones an operator must fix say so in their message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("connecting to RabbitMQ at {url} timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { url: String },
+    #[error("cannot declare {what} {name:?}: {source} (if it exists with other settings, delete it or fix rabbitmq.exchange / rabbitmq.queue)")]
+    Declare {
+        what: &'static str,
+        name: String,
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ channel failed: {0}")]
+    Channel(#[source] lapin::Error),
+    #[error("RabbitMQ ended the consumer (queue deleted or consumer cancelled)")]
+    Cancelled,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    consuming: AtomicBool,
+    sessions: AtomicU64,
+    received: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    redelivered: AtomicU64,
+}
+
+/// A cloneable view of the consumer's state, for readiness and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus(Arc<Counters>);
+
+impl ConsumerStatus {
+    /// Whether a consuming session is up.
+    pub fn is_consuming(&self) -> bool {
+        self.0.consuming.load(Ordering::Acquire)
+    }
+    /// Sessions started (1 + reconnects that got as far as consuming).
+    pub fn sessions(&self) -> u64 {
+        self.0.sessions.load(Ordering::Relaxed)
+    }
+    pub fn received(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
+    }
+    pub fn acked(&self) -> u64 {
+        self.0.acked.load(Ordering::Relaxed)
+    }
+    /// Malformed bodies rejected.
+    pub fn rejected(&self) -> u64 {
+        self.0.rejected.load(Ordering::Relaxed)
+    }
+    /// Deliveries the broker flagged as redelivered.
+    pub fn redelivered(&self) -> u64 {
+        self.0.redelivered.load(Ordering::Relaxed)
+    }
+}
+
+/// Consumes this gateway's queue into a [`Hub`].
+pub struct Consumer {
+    config: RabbitConfig,
+    queue: String,
+    hub: Hub,
+    status: ConsumerStatus,
+    fault: Option<u64>,
+}
+
+impl Consumer {
+    pub fn new(config: RabbitConfig, hub: Hub) -> Consumer {
+        let queue = config.queue_name();
+        Consumer {
+            config,
+            queue,
+            hub,
+            status: ConsumerStatus::default(),
+            fault: None,
+        }
+    }
+
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
+    }
+
+    /// The queue this gateway consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Fault injection for tests: after handing the `n`-th delivery (from
+    /// start, 1-based) to the hub, drop the connection instead of acking it,
+    /// as a network cut between the emit and the ack would. The broker then
+    /// redelivers it and everything after it.
+    #[doc(hidden)]
+    pub fn drop_connection_before_ack(mut self, n: u64) -> Consumer {
+        self.fault = Some(n);
+        self
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting on failure.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let url = redact_url(&self.config.url);
+        let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
+        let mut attempt: u32 = 0;
+        info!(%url, queue = %self.queue, exchange = %self.config.exchange, "consumer starting");
+        loop {
+            let span = tracing::info_span!("consume", queue = %self.queue);
+            let result = self.session(&shutdown).instrument(span).await;
+            self.status.0.consuming.store(false, Ordering::Release);
+            let consumed = match result {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Fault) => true,
+                Err((e, consumed)) => {
+                    if consumed {
+                        warn!(error = %e, "consumer lost its RabbitMQ session; reconnecting");
+                    } else if matches!(e, ConsumerError::Declare { .. }) {
+                        error!(error = %e, "cannot set up the gateway queue; retrying");
+                    } else {
+                        warn!(error = %e, "cannot start consuming; retrying");
+                    }
+                    consumed
+                }
+            };
+            // A session that got to consuming resets the backoff.
+            attempt = if consumed {
+                0
+            } else {
+                attempt.saturating_add(1)
+            };
+            let delay = backoff(attempt, max_backoff);
+            debug!(?delay, attempt, "consumer reconnect delay");
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        info!("consumer stopped");
+    }
+
+    /// One connection: set up, consume until failure or shutdown.
+    /// The error carries whether consuming had started.
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, (ConsumerError, bool)> {
+        let url = redact_url(&self.config.url);
+        let connect = Connection::connect(
+            &self.config.url,
+            ConnectionProperties::default()
+                .with_connection_name(LongString::from(format!("walcast gateway {}", self.queue))),
+        );
+        let connection = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            result = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match result {
+                Err(_) => return Err((ConsumerError::ConnectTimeout { url }, false)),
+                Ok(Err(source)) => return Err((ConsumerError::Connect { url, source }, false)),
+                Ok(Ok(connection)) => connection,
+            },
+        };
+        let result = self.consume(&connection, shutdown).await;
+        // Closing returns unacked deliveries to the queue; on a dead
+        // connection this fails, which is fine.
+        connection
+            .close(200, ShortString::from("walcast gateway stopping"))
+            .await
+            .ok();
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, (ConsumerError, bool)> {
+        let setup = |e| (ConsumerError::Channel(e), false);
+        let channel = connection.create_channel().await.map_err(setup)?;
+        let exchange = self.config.exchange.as_str();
+        channel
+            .exchange_declare(
+                ShortString::from(exchange),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("exchange", exchange, source))?;
+        let queue = self.queue.as_str();
+        channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("queue", queue, source))?;
+        channel
+            .queue_bind(
+                ShortString::from(queue),
+                ShortString::from(exchange),
+                ShortString::from("#"),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("binding of queue", queue, source))?;
+        channel
+            .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(setup)?;
+        let mut deliveries = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(setup)?;
+
+        self.status.0.sessions.fetch_add(1, Ordering::Relaxed);
+        self.status.0.consuming.store(true, Ordering::Release);
+        info!(prefetch = self.config.prefetch, "consuming");
+        let failed = |e| (ConsumerError::Channel(e), true);
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                next = deliveries.next() => match next {
+                    None => return Err((ConsumerError::Cancelled, true)),
+                    Some(Err(e)) => return Err(failed(e)),
+                    Some(Ok(delivery)) => delivery,
+                },
+            };
+            let received = self.status.0.received.fetch_add(1, Ordering::Relaxed) + 1;
+            if delivery.redelivered {
+                self.status.0.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            let tag = delivery.delivery_tag;
+            match Change::parse(delivery.data) {
+                Ok(change) => {
+                    let id = change.id;
+                    match self.hub.deliver(change) {
+                        Delivered::Fanned { sockets } => {
+                            debug!(%id, sockets, "change fanned out");
+                        }
+                        Delivered::Duplicate => {
+                            debug!(%id, redelivered = delivery.redelivered, "duplicate change acked");
+                        }
+                    }
+                    if self.fault == Some(received) {
+                        self.fault = None;
+                        warn!(%id, "fault injection: dropping the connection before the ack");
+                        return Ok(SessionEnd::Fault);
+                    }
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(failed)?;
+                    self.status.0.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.hub.stats().record_malformed();
+                    warn!(
+                        delivery_tag = tag,
+                        routing_key = %delivery.routing_key,
+                        message_id = ?delivery.properties.message_id(),
+                        error = %e,
+                        "rejecting a message that is not a change event"
+                    );
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                        .map_err(failed)?;
+                    self.status.0.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Fault,
+}
+
+fn declare(what: &'static str, name: &str, source: lapin::Error) -> (ConsumerError, bool) {
+    (
+        ConsumerError::Declare {
+            what,
+            name: name.to_owned(),
+            source,
+        },
+        false,
+    )
+}
+
+/// Full-jitter exponential backoff: a random delay in [cap/2, cap] where
+/// cap = min(max, INITIAL_BACKOFF · 2^attempt), so gateways that lost the
+/// broker together do not reconnect in lockstep.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let cap = INITIAL_BACKOFF
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max);
+    let half = cap / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let max = Duration::from_secs(30);
+        for attempt in 0..40 {
+            let d = backoff(attempt, max);
+            let cap = INITIAL_BACKOFF
+                .saturating_mul(1u32 << attempt.min(20))
+                .min(max);
+            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(30, max) >= Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,133 @@
+//! A change as the fan-out holds it: the routing header plus the exact bytes.
+//!
+//! [`Change::parse`] reads only what routing, dedupe and the snapshot
+//! hand-off need ([`EventHeader`]: id, op, schema, table, key, xid) and keeps
+//! the body as a [`RawValue`], so the `change` payload a browser receives is
+//! the RabbitMQ body byte for byte; nothing is ever re-serialized.
+//!
+//! It does not validate the rest of the event against the contract: that is
+//! the producer's job (`event::ChangeEvent::to_json`).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::{EventId, Op};
+
+use super::subscription::{canonical_json, RowKey};
+
+/// The fields of a change event the fan-out routes by. Unknown fields are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventHeader {
+    pub id: EventId,
+    pub op: Op,
+    pub schema: String,
+    pub table: String,
+    #[serde(default)]
+    pub key: Option<serde_json::Value>,
+    pub xid: u32,
+}
+
+/// Why a RabbitMQ body is not a change event.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedChange {
+    #[error("body is not UTF-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
+    #[error("body is not a JSON value: {0}")]
+    Json(serde_json::Error),
+    #[error("body lacks a field the fan-out needs (id, op, schema, table, xid) or has one of the wrong type: {0}")]
+    Header(serde_json::Error),
+    #[error("key must be a JSON object or null")]
+    Key,
+}
+
+/// One change event ready to fan out.
+#[derive(Debug)]
+pub struct Change {
+    pub id: EventId,
+    pub op: Op,
+    pub xid: u32,
+    /// `schema.table`, the name clients subscribe by.
+    pub table: String,
+    /// Canonical form of `key` for row subscriptions; `None` when the event
+    /// has no key (`truncate`).
+    pub row: Option<RowKey>,
+    /// The event exactly as received.
+    pub raw: Box<RawValue>,
+}
+
+impl Change {
+    /// Parses a RabbitMQ body. The bytes are kept as they are.
+    pub fn parse(body: Vec<u8>) -> Result<Change, MalformedChange> {
+        let text = String::from_utf8(body)?;
+        let raw = RawValue::from_string(text).map_err(MalformedChange::Json)?;
+        let header: EventHeader =
+            serde_json::from_str(raw.get()).map_err(MalformedChange::Header)?;
+        let table = format!("{}.{}", header.schema, header.table);
+        let row = match &header.key {
+            None | Some(serde_json::Value::Null) => None,
+            Some(key @ serde_json::Value::Object(_)) => Some(RowKey {
+                table: table.clone(),
+                key: canonical_json(key),
+            }),
+            Some(_) => return Err(MalformedChange::Key),
+        };
+        Ok(Change {
+            id: header.id,
+            op: header.op,
+            xid: header.xid,
+            table,
+            row,
+            raw,
+        })
+    }
+
+    /// Approximate heap size, for the buffer's memory gauge.
+    pub fn heap_size(&self) -> usize {
+        self.raw.get().len()
+            + self.table.len()
+            + self.row.as_ref().map_or(0, |r| r.table.len() + r.key.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"{"id":"00000000016B3800-0000000003","op":"update","schema":"public","table":"orders","key":{"id":42},"new":{"id":42,"price":"12.50"},"old":null,"unchanged_toast":[],"lsn":"0/16B3748","commit_lsn":"0/16B3800","xid":1234,"commit_time":"2026-11-22T05:04:10.580065Z"}"#;
+
+    #[test]
+    fn keeps_the_body_byte_for_byte() {
+        let change = Change::parse(BODY.as_bytes().to_vec()).unwrap();
+        assert_eq!(change.raw.get(), BODY);
+        assert_eq!(change.id.to_string(), "00000000016B3800-0000000003");
+        assert_eq!(change.op, Op::Update);
+        assert_eq!(change.xid, 1234);
+        assert_eq!(change.table, "public.orders");
+        assert_eq!(change.row.unwrap().key, r#"{"id":42}"#);
+    }
+
+    #[test]
+    fn truncate_has_no_row() {
+        let body = BODY
+            .replace(r#""key":{"id":42}"#, r#""key":null"#)
+            .replace("update", "truncate");
+        let change = Change::parse(body.into_bytes()).unwrap();
+        assert!(change.row.is_none());
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        let cases: [&[u8]; 6] = [
+            b"",
+            b"\xff\xfe",
+            b"not json",
+            br#"{"id":"garbage","op":"insert","schema":"s","table":"t","xid":1}"#,
+            br#"{"id":"00000000016B3800-0000000003","op":"insert","schema":"s","table":"t"}"#,
+            br#"{"id":"00000000016B3800-0000000003","op":"insert","schema":"s","table":"t","xid":1,"key":[1]}"#,
+        ];
+        for body in cases {
+            assert!(Change::parse(body.to_vec()).is_err(), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The hub: the replay buffer, the attached sockets and their subscriptions,
+//! behind one lock.
+//!
+//! Every change enters through [`Hub::deliver`], which under the lock drops
+//! duplicates, emits to the live sockets the change is for, and holds it in
+//! the replay buffer. A socket is attached ([`Hub::attach`]) under the same
+//! lock, so where its replay ends and its live stream begins is one point in
+//! the sequence of changes: nothing falls between, nothing is sent twice.
+//! A replay longer than the socket's send buffer runs in a task that takes
+//! the lock for a bounded batch at a time (see [`Hub::attach`]).
+//!
+//! Emits are non-blocking (`try_send` into the socket's buffer), so holding
+//! a `std` mutex across them is cheap and no socket can stall another; a
+//! socket whose buffer is full is detached at once and disconnected outside
+//! the lock.
+//!
+//! It does not speak AMQP (the consumer calls [`Hub::deliver`]) and does not
+//! build the Socket.IO layer (see `layer`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::FanoutConfig;
+use crate::event::EventId;
+
+use super::change::Change;
+use super::handshake::StartAt;
+use super::replay::{ReplayBuffer, ResyncReason};
+use super::snapshot::Snapshot;
+use super::stats::FanoutStats;
+use super::subscription::{parse_target, Index, Subscriptions};
+
+/// What the authorizer is given about a handshake.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    /// `auth.token`, if the client sent one.
+    pub token: Option<String>,
+    /// The HTTP headers of the Socket.IO handshake request.
+    pub headers: axum::http::HeaderMap,
+}
+
+/// Decides whether a handshake may connect; `Err(message)` refuses it with
+/// `connect_error` "unauthorized: message".
+pub type Authorizer = Arc<
+    dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+/// Fan-out settings.
+#[derive(Clone)]
+pub struct HubOptions {
+    /// Changes held for `since` replay and snapshot hand-off.
+    pub replay_buffer: usize,
+    /// Packets queued per socket (socketioxide `max_buffer_size`); a socket
+    /// whose queue is full when a change is due is disconnected.
+    pub socket_buffer: usize,
+    /// Engine.IO heartbeat. A client that stops reading entirely is also
+    /// closed by the heartbeat once its queue is full.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// A replay that cannot put anything into the socket's queue for this
+    /// long treats the socket as too slow.
+    pub replay_stall_timeout: Duration,
+    /// Handshake authorization (issue 4); `None` admits everyone.
+    pub authorizer: Option<Authorizer>,
+}
+
+impl HubOptions {
+    pub fn from_config(config: &FanoutConfig) -> HubOptions {
+        HubOptions {
+            replay_buffer: config.replay_buffer,
+            socket_buffer: config.socket_buffer,
+            ..HubOptions::default()
+        }
+    }
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        let config = FanoutConfig::default();
+        HubOptions {
+            replay_buffer: config.replay_buffer,
+            socket_buffer: config.socket_buffer,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            replay_stall_timeout: Duration::from_secs(10),
+            authorizer: None,
+        }
+    }
+}
+
+impl fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("replay_buffer", &self.replay_buffer)
+            .field("socket_buffer", &self.socket_buffer)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("replay_stall_timeout", &self.replay_stall_timeout)
+            .field("authorizer", &self.authorizer.is_some())
+            .finish()
+    }
+}
+
+/// What [`Hub::deliver`] did with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// New: handed to this many sockets and held for replay.
+    Fanned { sockets: usize },
+    /// Seen before (redelivery or republish): dropped.
+    Duplicate,
+}
+
+/// The fan-out's shared state; clone it freely.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    stats: FanoutStats,
+    options: HubOptions,
+    shutdown: CancellationToken,
+}
+
+struct State {
+    buffer: ReplayBuffer,
+    clients: HashMap<Sid, Client>,
+    index: Index,
+    /// Reused target list, so a delivery does not allocate.
+    targets: Vec<Sid>,
+}
+
+struct Client {
+    socket: SocketRef,
+    subs: Subscriptions,
+    phase: Phase,
+    /// The hand-off filter: changes this snapshot sees are not sent. Dropped
+    /// once a change from a transaction that began after the snapshot
+    /// (`xid >= xmax`) has gone by: in commit order every later change is
+    /// invisible to the snapshot too, and dropping it keeps a long-lived
+    /// socket clear of xid wraparound.
+    snapshot: Option<Snapshot>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    /// Being replayed to by a catch-up task; `cursor` is the last held
+    /// change considered. Live delivery skips it except for a change at or
+    /// below the cursor (a late republish), which the replay would miss.
+    CatchingUp {
+        cursor: Option<EventId>,
+    },
+}
+
+/// Why an emit did not reach a socket's queue.
+enum EmitFailure {
+    Full,
+    Closed,
+}
+
+/// One batch of a replay.
+enum Step {
+    Done,
+    Gone,
+    Yield,
+    Full { progressed: bool },
+}
+
+/// Changes a catch-up batch examines before it lets go of the lock.
+const CATCH_UP_BATCH: usize = 256;
+
+impl Hub {
+    /// A hub; `shutdown` ends its background tasks and closes the sockets
+    /// (through the layer built by [`super::layer`]).
+    pub fn new(options: HubOptions, shutdown: CancellationToken) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    buffer: ReplayBuffer::new(options.replay_buffer),
+                    clients: HashMap::new(),
+                    index: Index::default(),
+                    targets: Vec::new(),
+                }),
+                stats: FanoutStats::default(),
+                options,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> FanoutStats {
+        self.inner.stats.clone()
+    }
+
+    pub fn options(&self) -> &HubOptions {
+        &self.inner.options
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The newest change held, if any.
+    pub fn latest_id(&self) -> Option<EventId> {
+        self.lock().buffer.latest_id()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind (no
+        // invariant spans an unwinding point), so keep serving.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fans a change out and holds it for replay. When this returns, the
+    /// change is in the queue of every socket it is for (or that socket is
+    /// being disconnected as too slow): the consumer may ack it.
+    pub fn deliver(&self, change: Change) -> Delivered {
+        let stats = &self.inner.stats;
+        let mut slow = Vec::new();
+        let sockets;
+        {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            if state.buffer.is_duplicate(&change.id) {
+                stats.record_duplicate();
+                debug!(id = %change.id, "dropping duplicate change");
+                return Delivered::Duplicate;
+            }
+            state
+                .index
+                .targets(&change.table, change.row.as_ref(), &mut state.targets);
+            let mut emitted = 0u64;
+            let mut gone = Vec::new();
+            for sid in &state.targets {
+                let Some(client) = state.clients.get_mut(sid) else {
+                    continue;
+                };
+                if let Phase::CatchingUp { cursor } = client.phase {
+                    if cursor.is_none_or(|c| change.id > c) {
+                        continue; // the replay will reach it
+                    }
+                }
+                if !passes_snapshot(client, change.xid) {
+                    continue;
+                }
+                match emit_change(&client.socket, &change) {
+                    Ok(()) => emitted += 1,
+                    Err(EmitFailure::Full) => slow.push(*sid),
+                    Err(EmitFailure::Closed) => gone.push(*sid),
+                }
+            }
+            for sid in gone {
+                state.detach(sid, stats);
+            }
+            let slow_sockets: Vec<SocketRef> = slow
+                .iter()
+                .filter_map(|sid| state.detach(*sid, stats))
+                .collect();
+            state.buffer.push(change);
+            stats.set_buffer(state.buffer.len(), state.buffer.bytes());
+            stats.record_emitted(emitted);
+            stats.record_delivered();
+            sockets = emitted as usize;
+            drop(guard);
+            for socket in slow_sockets {
+                self.disconnect_slow(socket, "live");
+            }
+        }
+        Delivered::Fanned { sockets }
+    }
+
+    /// Attaches a socket that passed the handshake: sends a `resync` if its
+    /// cursor or snapshot is older than what is held, starts its replay if
+    /// there is one, and from then on it receives live changes.
+    ///
+    /// The decision (replay from where, or resync) and the registration
+    /// happen under the delivery lock. A replay that fits is finished by the
+    /// first catch-up batch; a longer one continues in a task, batch by
+    /// batch, each under the lock; live delivery skips the socket until the
+    /// batch that reaches the newest held change flips it to live, still
+    /// under the lock. Changes evicted before the replay reached them turn
+    /// into a `resync` ("replay_overrun").
+    pub fn attach(&self, socket: SocketRef, start: StartAt) {
+        let sid = socket.id;
+        let stats = &self.inner.stats;
+        let catching_up = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let mut client = Client {
+                socket: socket.clone(),
+                subs: Subscriptions::default(),
+                phase: Phase::Live,
+                snapshot: None,
+            };
+            match start {
+                StartAt::Live => {}
+                StartAt::Since(since) => match state.buffer.check_since(since) {
+                    Ok(()) => {
+                        client.phase = Phase::CatchingUp {
+                            cursor: Some(since),
+                        }
+                    }
+                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                },
+                StartAt::Snapshot(snapshot) => match state.buffer.check_snapshot(&snapshot) {
+                    Ok(cursor) => {
+                        client.phase = Phase::CatchingUp { cursor };
+                        client.snapshot = Some(snapshot);
+                    }
+                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                },
+            }
+            let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
+            state.clients.insert(sid, client);
+            state.index.add_socket(sid);
+            stats.set_connected_sockets(state.clients.len());
+            catching_up
+        };
+        debug!(%sid, "socket attached");
+        if catching_up {
+            match self.catch_up_step(sid) {
+                Step::Done | Step::Gone => {}
+                Step::Yield | Step::Full { .. } => {
+                    let hub = self.clone();
+                    tokio::spawn(async move { hub.catch_up(sid).await });
+                }
+            }
+        }
+        // The socket may have closed before it was registered, in which case
+        // its disconnect handler found nothing to remove.
+        if !socket.connected() {
+            self.detach(sid);
+        }
+    }
+
+    /// Forgets a socket (disconnect handler); idempotent.
+    pub fn detach(&self, sid: Sid) {
+        let mut state = self.lock();
+        if state.detach(sid, &self.inner.stats).is_some() {
+            debug!(%sid, "socket detached");
+        }
+    }
+
+    /// Applies a `subscribe` (`subscribe == true`) or `unsubscribe` payload.
+    pub fn update_subscription(
+        &self,
+        sid: Sid,
+        payload: Option<&serde_json::Value>,
+        subscribe: bool,
+    ) -> Result<(), String> {
+        let target = parse_target(payload)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(client) = state.clients.get_mut(&sid) else {
+            return Err("socket is not attached yet; retry".into());
+        };
+        if subscribe {
+            state.index.subscribe(sid, &mut client.subs, target)
+        } else {
+            state.index.unsubscribe(sid, &mut client.subs, &target);
+            Ok(())
+        }
+    }
+
+    /// Disconnects every attached socket (a clean Socket.IO disconnect).
+    pub fn disconnect_all(&self) {
+        let sockets: Vec<SocketRef> = {
+            let state = self.lock();
+            state.clients.values().map(|c| c.socket.clone()).collect()
+        };
+        for socket in sockets {
+            socket.disconnect().ok();
+        }
+    }
+
+    async fn catch_up(&self, sid: Sid) {
+        let stall_timeout = self.inner.options.replay_stall_timeout;
+        let mut last_progress = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        loop {
+            match self.catch_up_step(sid) {
+                Step::Done | Step::Gone => return,
+                Step::Yield => {
+                    last_progress = Instant::now();
+                    delay = Duration::from_millis(1);
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Step::Full { progressed } => {
+                    if progressed {
+                        last_progress = Instant::now();
+                        delay = Duration::from_millis(1);
+                    } else if last_progress.elapsed() >= stall_timeout {
+                        let socket = self.lock().detach(sid, &self.inner.stats);
+                        if let Some(socket) = socket {
+                            self.disconnect_slow(socket, "replay");
+                        }
+                        return;
+                    }
+                }
+            }
+            // socketioxide has no way to wait for room in a socket's queue;
+            // poll with a short backoff while the socket drains it.
+            tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// One batch of a replay, under the lock.
+    fn catch_up_step(&self, sid: Sid) -> Step {
+        let stats = &self.inner.stats;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(client) = state.clients.get_mut(&sid) else {
+            return Step::Gone;
+        };
+        let Phase::CatchingUp { mut cursor } = client.phase else {
+            return Step::Done;
+        };
+        if state.buffer.evicted_after(cursor) {
+            client.phase = Phase::Live;
+            client.snapshot = None;
+            send_resync(
+                &client.socket,
+                ResyncReason::ReplayOverrun,
+                state.buffer.latest_id(),
+                stats,
+            );
+            return Step::Done;
+        }
+        let start = cursor;
+        let mut emitted = 0u64;
+        let mut outcome = Step::Done;
+        for (examined, change) in state.buffer.after(cursor).enumerate() {
+            if examined == CATCH_UP_BATCH {
+                outcome = Step::Yield;
+                break;
+            }
+            let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
+                && passes_snapshot(client, change.xid);
+            if wanted {
+                match emit_change(&client.socket, change) {
+                    Ok(()) => emitted += 1,
+                    Err(EmitFailure::Full) => {
+                        outcome = Step::Full {
+                            progressed: cursor != start,
+                        };
+                        break;
+                    }
+                    Err(EmitFailure::Closed) => {
+                        outcome = Step::Gone;
+                        break;
+                    }
+                }
+            }
+            cursor = Some(change.id);
+        }
+        stats.record_emitted(emitted);
+        match outcome {
+            Step::Done => client.phase = Phase::Live,
+            Step::Gone => {
+                state.detach(sid, stats);
+            }
+            Step::Yield | Step::Full { .. } => client.phase = Phase::CatchingUp { cursor },
+        }
+        outcome
+    }
+
+    fn disconnect_slow(&self, socket: SocketRef, during: &'static str) {
+        self.inner.stats.record_slow_disconnect();
+        warn!(
+            sid = %socket.id,
+            during,
+            socket_buffer = self.inner.options.socket_buffer,
+            "socket too slow: its send buffer is full; disconnecting it (it reconnects with since and loses nothing)"
+        );
+        // The disconnect packet needs a free slot too. Until the client
+        // reads, keep trying; a client that never reads again is closed by
+        // the heartbeat, whose ping finds the queue full.
+        match socket.clone().disconnect() {
+            Ok(()) | Err(SocketError::Closed) => {}
+            Err(SocketError::InternalChannelFull) => {
+                let shutdown = self.inner.shutdown.clone();
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(10);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        if !socket.connected() {
+                            return;
+                        }
+                        match socket.clone().disconnect() {
+                            Err(SocketError::InternalChannelFull) => {
+                                delay = (delay * 2).min(Duration::from_secs(1));
+                            }
+                            Ok(()) | Err(SocketError::Closed) => return,
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl State {
+    /// Removes a socket from the registry and the index; returns it if it
+    /// was attached.
+    fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<SocketRef> {
+        let client = self.clients.remove(&sid)?;
+        self.index.remove_socket(sid, &client.subs);
+        stats.set_connected_sockets(self.clients.len());
+        Some(client.socket)
+    }
+}
+
+/// Applies a client's snapshot filter to a change's xid: false if the
+/// snapshot sees it (the listing has it already).
+fn passes_snapshot(client: &mut Client, xid: u32) -> bool {
+    match &client.snapshot {
+        None => true,
+        Some(snapshot) if snapshot.sees(xid) => false,
+        Some(snapshot) => {
+            if snapshot.is_after(xid) {
+                client.snapshot = None;
+            }
+            true
+        }
+    }
+}
+
+fn emit_change(socket: &SocketRef, change: &Change) -> Result<(), EmitFailure> {
+    // `&RawValue` serializes as its text: the payload is the body as received.
+    match socket.emit("change", &*change.raw) {
+        Ok(()) => Ok(()),
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(EmitFailure::Full),
+        Err(SendError::Socket(SocketError::Closed)) => Err(EmitFailure::Closed),
+        Err(SendError::Serialize(e)) => {
+            // Cannot happen for a RawValue; never let it pass silently.
+            error!(id = %change.id, error = %e, "cannot encode change for socket.io; closing the socket");
+            Err(EmitFailure::Closed)
+        }
+    }
+}
+
+fn send_resync(
+    socket: &SocketRef,
+    reason: ResyncReason,
+    latest_id: Option<EventId>,
+    stats: &FanoutStats,
+) {
+    stats.record_resync();
+    info!(sid = %socket.id, reason = reason.as_str(), "sending resync");
+    let payload = json!({
+        "reason": reason.as_str(),
+        "latest_id": latest_id.map(|id| id.to_string()),
+    });
+    if let Err(e) = socket.emit("resync", &payload) {
+        warn!(sid = %socket.id, error = %e, "cannot send resync");
+    }
+}

@@ -1,0 +1,196 @@
+//! The Socket.IO side: the socketioxide layer and its handlers.
+//!
+//! The root namespace `/` admits a socket in three steps:
+//!
+//! 1. a connect middleware validates the handshake `auth` (see
+//!    `handshake`), calls the [`super::Authorizer`] if there is one, and
+//!    installs the message and disconnect handlers; a refusal becomes the
+//!    client's `connect_error`. Handlers go in here, before the CONNECT
+//!    packet, so a `subscribe` sent right after `connect` always finds them.
+//! 2. the connect handler's extractor ([`Attached`]) attaches the socket to
+//!    the hub. It runs synchronously right after the CONNECT packet is
+//!    queued (socketioxide runs extractors before it spawns the handler),
+//!    so the replay and the live stream follow the CONNECT packet.
+//! 3. `subscribe` / `unsubscribe` are also applied inside an extractor
+//!    ([`SubscriptionCommand`]), in the order the client sent them:
+//!    socketioxide spawns one task per message, and tasks can run out of
+//!    order, but extractors run on the socket's receive path.
+//!
+//! Events the server does not know are ignored, or answered
+//! `{ok: false, error}` when the client asked for an ack.
+//!
+//! Nothing here binds a listener: the caller mounts [`layer`] on its axum
+//! app (see the `fanout` module doc).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::{
+    ConnectHandler, FromConnectParts, FromMessageParts, Value as SioValue,
+};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Socket;
+use socketioxide::SocketIo;
+use tracing::{debug, info};
+
+use super::handshake::{Handshake, HandshakeError};
+use super::hub::{AuthRequest, Hub};
+
+/// How long shutdown waits for sockets to close before giving up on the
+/// ones whose client stopped reading.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the Socket.IO layer for `hub` (path `/socket.io/`, namespace `/`).
+///
+/// Must be called inside a Tokio runtime: it spawns the task that closes
+/// every socket when the hub's shutdown token is cancelled.
+pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
+    let options = hub.options();
+    let (layer, io) = SocketIo::builder()
+        .max_buffer_size(options.socket_buffer.max(1))
+        .ping_interval(options.ping_interval)
+        .ping_timeout(options.ping_timeout)
+        .with_state(hub.clone())
+        .build_layer();
+    io.ns("/", on_connect.with(admit));
+
+    let closing = io.clone();
+    let shutdown = hub.shutdown_token().clone();
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        info!("closing socket.io connections");
+        hub.disconnect_all();
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing.close())
+            .await
+            .is_err()
+        {
+            info!("some socket.io connections did not close in time");
+        }
+    });
+    (layer, io)
+}
+
+/// An axum router that serves only Socket.IO, to merge into an app or serve
+/// on its own.
+pub fn router(hub: &Hub) -> axum::Router {
+    let (layer, _io) = layer(hub);
+    axum::Router::new().layer(layer)
+}
+
+/// The `connect_error` message of a refused handshake.
+#[derive(Debug)]
+struct Refused(HandshakeError);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Connect middleware: validate, authorize, install handlers.
+async fn admit(
+    socket: SocketRef,
+    State(hub): State<Hub>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), Refused> {
+    let handshake = auth
+        .map_err(|_| HandshakeError::NotAnObject)
+        .and_then(|auth| Handshake::parse(Some(&auth)));
+    let handshake = match handshake {
+        Ok(handshake) => handshake,
+        Err(e) => {
+            hub.stats().record_connect_refused();
+            debug!(sid = %socket.id, error = %e, "refusing handshake");
+            return Err(Refused(e));
+        }
+    };
+    if let Some(authorizer) = &hub.options().authorizer {
+        let request = AuthRequest {
+            token: handshake.token.clone(),
+            headers: socket.req_parts().headers.clone(),
+        };
+        if let Err(message) = authorizer(request).await {
+            hub.stats().record_connect_refused();
+            debug!(sid = %socket.id, "authorizer refused handshake");
+            return Err(Refused(HandshakeError::Unauthorized(message)));
+        }
+    }
+    socket.on("subscribe", async |_: SubscriptionCommand<true>| {});
+    socket.on("unsubscribe", async |_: SubscriptionCommand<false>| {});
+    socket.on_fallback(async |Event(event): Event, ack: AckSender| {
+        debug!(event, "ignoring unknown event");
+        ack.send(&json!({"ok": false, "error": format!("unknown event {event:?}")}))
+            .ok();
+    });
+    socket.on_disconnect(async |socket: SocketRef, State(hub): State<Hub>| {
+        hub.detach(socket.id);
+    });
+    Ok(())
+}
+
+/// The connect handler has nothing left to do: [`Attached`] did it.
+async fn on_connect(_: Attached) {}
+
+/// Attaches the socket to the hub while socketioxide extracts the connect
+/// handler's arguments (see the module doc for why not in the handler).
+struct Attached;
+
+impl FromConnectParts<LocalAdapter> for Attached {
+    type Error = Infallible;
+
+    fn from_connect_parts(
+        socket: &Arc<Socket<LocalAdapter>>,
+        auth: &Option<SioValue>,
+    ) -> Result<Self, Infallible> {
+        let Ok(State(hub)) = State::<Hub>::from_connect_parts(socket, auth) else {
+            unreachable!("the layer always installs the hub as state");
+        };
+        let Ok(TryData(parsed)) = TryData::<Value>::from_connect_parts(socket, auth);
+        // The middleware validated this handshake already.
+        let start = parsed
+            .ok()
+            .and_then(|auth| Handshake::parse(Some(&auth)).ok())
+            .map(|h| h.start)
+            .unwrap_or(super::handshake::StartAt::Live);
+        hub.attach(SocketRef::from(socket.clone()), start);
+        Ok(Attached)
+    }
+}
+
+/// Applies a `subscribe` (`SUBSCRIBE = true`) or `unsubscribe` and acks it,
+/// during extraction so commands apply in the order they were sent.
+struct SubscriptionCommand<const SUBSCRIBE: bool>;
+
+impl<const SUBSCRIBE: bool> FromMessageParts<LocalAdapter> for SubscriptionCommand<SUBSCRIBE> {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        socket: &Arc<Socket<LocalAdapter>>,
+        value: &mut SioValue,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let Ok(State(hub)) = State::<Hub>::from_message_parts(socket, value, ack_id) else {
+            unreachable!("the layer always installs the hub as state");
+        };
+        let Ok(TryData(payload)) = TryData::<Value>::from_message_parts(socket, value, ack_id);
+        let result = match payload {
+            Ok(payload) => hub.update_subscription(socket.id, Some(&payload), SUBSCRIBE),
+            Err(_) => hub.update_subscription(socket.id, None, SUBSCRIBE),
+        };
+        let reply = match result {
+            Ok(()) => json!({"ok": true}),
+            Err(error) => {
+                debug!(sid = %socket.id, error, subscribe = SUBSCRIBE, "refusing subscription command");
+                json!({"ok": false, "error": error})
+            }
+        };
+        let Ok(ack) = AckSender::from_message_parts(socket, value, ack_id);
+        ack.send(&reply).ok();
+        Ok(SubscriptionCommand)
+    }
+}

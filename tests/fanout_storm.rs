@@ -1,0 +1,93 @@
+//! Connect storm: 10,000 Socket.IO connections opened and closed against
+//! one gateway. Its own test binary, so the RSS it reads is this gateway's.
+
+#[path = "support/sio.rs"]
+mod sio;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sio::{event, event_id, rss_kib, spawn_node, Gateway, GatewayOptions, NodeClient, TIMEOUT};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn node_result(
+    child: &mut tokio::process::Child,
+    kind: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(timeout, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {kind}"))
+        .unwrap()
+        .expect("node printed a result");
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["t"], kind, "{value}");
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_leaves_no_sockets_behind() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let stats = gw.hub.stats();
+    // Warm up allocator pools and lazily built state with one client.
+    let warm = NodeClient::connect(&gw.url(), json!({})).await;
+    gw.wait_sockets(1).await;
+    warm.close().await;
+    gw.wait_sockets(0).await;
+    let baseline = rss_kib();
+
+    // Idle cost: hold 1,000 sockets open.
+    const HELD: u64 = 1000;
+    let mut hold =
+        spawn_node(json!({"mode": "hold", "url": gw.url(), "total": HELD, "concurrency": 100}));
+    let held = node_result(&mut hold, "held", Duration::from_secs(120)).await;
+    assert_eq!(held["ok"], HELD, "{held}");
+    gw.wait_sockets(HELD).await;
+    let with_held = rss_kib();
+    drop(hold.stdin.take()); // release them
+    gw.wait_sockets(0).await;
+    hold.wait().await.unwrap();
+    let per_socket = (with_held.saturating_sub(baseline)) as f64 / HELD as f64;
+
+    // The storm.
+    const TOTAL: u64 = 10_000;
+    let started = Instant::now();
+    let mut storm =
+        spawn_node(json!({"mode": "storm", "url": gw.url(), "total": TOTAL, "concurrency": 50}));
+    let result = node_result(&mut storm, "storm", Duration::from_secs(300)).await;
+    storm.wait().await.unwrap();
+    let storm_time = started.elapsed();
+    assert_eq!(result["ok"], TOTAL, "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    let drained = Instant::now();
+    gw.wait_sockets(0).await;
+    let drain_time = drained.elapsed();
+    let after = rss_kib();
+
+    // Still serving: a fresh client gets a change.
+    let mut fresh = NodeClient::connect(&gw.url(), json!({})).await;
+    gw.wait_sockets(1).await;
+    gw.publish(&event(1, 1, "public.orders", 1, 0)).await;
+    let got = fresh.changes(1).await;
+    assert!(got[0].contains(&event_id(1).to_string()));
+
+    eprintln!(
+        "rss baseline {baseline} KiB; {HELD} idle sockets {with_held} KiB (~{per_socket:.1} KiB/socket); \
+         storm of {TOTAL} connect+disconnect in {storm_time:?} ({:.0}/s), sockets back to 0 {drain_time:?} after; \
+         rss after {after} KiB (+{} KiB); stats {:?}",
+        TOTAL as f64 / storm_time.as_secs_f64(),
+        after as i64 - baseline as i64,
+        stats.snapshot()
+    );
+    // Generous: the allocator keeps freed pages, but 10k sockets' worth of
+    // state must not stay behind (that would be >> 64 MiB).
+    assert!(
+        after < baseline + 64 * 1024,
+        "rss grew from {baseline} KiB to {after} KiB"
+    );
+    fresh.close().await;
+    gw.teardown().await;
+    let _ = TIMEOUT;
+}

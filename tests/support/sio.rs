@@ -1,0 +1,446 @@
+//! Test harness for the fan-out: a gateway (hub + consumer + Socket.IO
+//! server on 127.0.0.1:0) on its own exchange and queue, a publisher that
+//! sends crafted change events the way the contract says, and Node
+//! socket.io-client processes driven over stdin/stdout.
+//!
+//! Include with `#[path = "support/sio.rs"] mod sio;`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::serve::ListenerExt;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use walcast::config::RabbitConfig;
+use walcast::consumer::{Consumer, ConsumerStatus};
+use walcast::event::{ChangeEvent, Datum, EventId, Lsn, Op, PgTimestamp, Row};
+use walcast::fanout::{self, Hub, HubOptions};
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn amqp_url() -> String {
+    std::env::var("WALCAST_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}.{}.{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// VmRSS of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+pub struct Gateway {
+    pub hub: Hub,
+    pub addr: std::net::SocketAddr,
+    pub consumer: ConsumerStatus,
+    pub shutdown: CancellationToken,
+    pub exchange: String,
+    pub queue: String,
+    publisher: Channel,
+    _publisher_conn: Connection,
+    server: tokio::task::JoinHandle<()>,
+    consumer_task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct GatewayOptions {
+    pub hub: HubOptions,
+    pub drop_connection_before_ack: Option<u64>,
+}
+
+impl Gateway {
+    pub async fn start(options: GatewayOptions) -> Gateway {
+        let suffix = unique_suffix();
+        let exchange = format!("walcast.test.{suffix}");
+        let queue = format!("walcast.test.{suffix}.gateway");
+        let config = RabbitConfig {
+            url: amqp_url(),
+            exchange: exchange.clone(),
+            queue: queue.clone(),
+            prefetch: 200,
+            max_backoff_ms: 200,
+            ..RabbitConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(options.hub, shutdown.clone());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = listener.tap_io(|tcp| {
+            // Change events are small writes that should leave at once.
+            tcp.set_nodelay(true).ok();
+        });
+        let app = fanout::router(&hub);
+        let server_shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+                .await
+                .unwrap();
+        });
+
+        let mut consumer = Consumer::new(config, hub.clone());
+        if let Some(n) = options.drop_connection_before_ack {
+            consumer = consumer.drop_connection_before_ack(n);
+        }
+        let status = consumer.status();
+        let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
+        wait_until("the consumer to consume", TIMEOUT, || status.is_consuming()).await;
+
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let publisher = conn.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publisher
+            .exchange_declare(
+                ShortString::from(exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+
+        Gateway {
+            hub,
+            addr,
+            consumer: status,
+            shutdown,
+            exchange,
+            queue,
+            publisher,
+            _publisher_conn: conn,
+            server,
+            consumer_task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Publishes an event as the publisher does (contract section 2) and
+    /// waits for the broker's confirm; returns the body.
+    pub async fn publish(&self, event: &ChangeEvent) -> Vec<u8> {
+        let body = event.to_json();
+        self.publish_raw(&event.routing_key(), &body, Some(&event.id.to_string()))
+            .await;
+        body
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_app_id(ShortString::from("walcast"));
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(ShortString::from(id));
+        }
+        let confirm = self
+            .publisher
+            .basic_publish(
+                ShortString::from(self.exchange.as_str()),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "broker nacked a test publish");
+    }
+
+    pub async fn wait_delivered(&self, n: u64) {
+        let stats = self.hub.stats();
+        wait_until(&format!("{n} changes delivered"), TIMEOUT, || {
+            stats.snapshot().delivered >= n
+        })
+        .await;
+    }
+
+    pub async fn wait_sockets(&self, n: u64) {
+        let stats = self.hub.stats();
+        wait_until(&format!("{n} attached sockets"), TIMEOUT, || {
+            stats.snapshot().connected_sockets == n
+        })
+        .await;
+    }
+
+    /// Stops everything and deletes the test's queue and exchange.
+    pub async fn teardown(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(TIMEOUT, self.consumer_task)
+            .await
+            .expect("consumer stops on shutdown")
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, self.server).await.ok();
+        self.publisher
+            .queue_delete(
+                ShortString::from(self.queue.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .ok();
+        self.publisher
+            .exchange_delete(
+                ShortString::from(self.exchange.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .ok();
+    }
+}
+
+/// The id of test event `n` (commit LSNs 0x1000 apart, ordinal 0).
+pub fn event_id(n: u64) -> EventId {
+    EventId {
+        commit_lsn: Lsn(0x1_0000 + n * 0x1000),
+        ordinal: 0,
+    }
+}
+
+/// A crafted change event: number `n`, transaction `xid`, on
+/// `schema.table`, row `id = key`, with `padding` bytes of text.
+pub fn event(n: u64, xid: u32, table: &str, key: i64, padding: usize) -> ChangeEvent {
+    let (schema, table) = table.split_once('.').unwrap();
+    let id = event_id(n);
+    let col = |name: &str| -> Arc<str> { Arc::from(name) };
+    ChangeEvent {
+        id,
+        op: if n % 3 == 0 { Op::Update } else { Op::Insert },
+        schema: Arc::from(schema),
+        table: Arc::from(table),
+        key: Some(Row(vec![(col("id"), Datum::Int(key))])),
+        new: Some(Row(vec![
+            (col("id"), Datum::Int(key)),
+            (
+                col("note"),
+                Datum::Text(format!(
+                    "event {n} — ünïcode \"quoted\" {}",
+                    "x".repeat(padding)
+                )),
+            ),
+            (col("price"), Datum::Text("12.50".into())),
+            (col("ratio"), Datum::Float(0.1 + n as f64)),
+        ])),
+        old: None,
+        changed: None,
+        unchanged_toast: vec![],
+        lsn: Lsn(id.commit_lsn.0 - 8),
+        commit_lsn: id.commit_lsn,
+        xid,
+        commit_time: PgTimestamp(800_000_000_000_000 + n as i64),
+    }
+}
+
+/// One line the Node client printed.
+#[derive(Debug, Clone)]
+pub struct Line(pub Value);
+
+impl Line {
+    pub fn kind(&self) -> &str {
+        self.0["t"].as_str().unwrap_or("")
+    }
+    pub fn raw(&self) -> &str {
+        self.0["raw"].as_str().expect("a change line")
+    }
+    /// The id of a `change` line.
+    pub fn change_id(&self) -> String {
+        let v: Value = serde_json::from_str(self.raw()).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+/// Installs the Node client's dependencies once if they are missing.
+pub fn ensure_node_modules() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = js_dir();
+        if dir.join("node_modules/socket.io-client").exists() {
+            return;
+        }
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is installed");
+        assert!(status.success(), "npm ci in tests/js failed");
+    });
+}
+
+/// Runs the Node script in `mode` and returns the child with piped stdio.
+pub fn spawn_node(options: Value) -> Child {
+    ensure_node_modules();
+    Command::new("node")
+        .arg(js_dir().join("sio-client.mjs"))
+        .arg(options.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed")
+}
+
+/// A socket.io-client in a Node process.
+pub struct NodeClient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::UnboundedReceiver<Line>,
+    seq: u64,
+}
+
+impl NodeClient {
+    pub fn spawn(url: &str, auth: Value) -> NodeClient {
+        Self::spawn_with(json!({"url": url, "auth": auth}))
+    }
+
+    pub fn spawn_with(options: Value) -> NodeClient {
+        let mut child = spawn_node(options);
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("node printed a non-JSON line {line:?}: {e}"));
+                if tx.send(Line(value)).is_err() {
+                    break;
+                }
+            }
+        });
+        NodeClient {
+            child,
+            stdin,
+            lines,
+            seq: 0,
+        }
+    }
+
+    /// Connects and waits for the `connect` line.
+    pub async fn connect(url: &str, auth: Value) -> NodeClient {
+        let mut client = Self::spawn(url, auth);
+        let line = client.next().await;
+        assert_eq!(line.kind(), "connect", "expected connect, got {line:?}");
+        client
+    }
+
+    /// The next line; panics after [`TIMEOUT`].
+    pub async fn next(&mut self) -> Line {
+        self.next_within(TIMEOUT)
+            .await
+            .expect("timed out waiting for the node client")
+    }
+
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Line> {
+        match tokio::time::timeout(timeout, self.lines.recv()).await {
+            Ok(Some(line)) => Some(line),
+            Ok(None) => panic!("the node client exited"),
+            Err(_) => None,
+        }
+    }
+
+    /// The next `n` change payloads; any other line fails the test.
+    pub async fn changes(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let line = self.next().await;
+            assert_eq!(line.kind(), "change", "expected a change, got {line:?}");
+            out.push(line.raw().to_owned());
+        }
+        out
+    }
+
+    /// Emits `event` with `data` and waits for its ack.
+    pub async fn request(&mut self, event: &str, data: Option<Value>) -> Value {
+        self.seq += 1;
+        let mut cmd = json!({"cmd": "emit", "event": event, "seq": self.seq});
+        if let Some(data) = data {
+            cmd["data"] = data;
+        }
+        self.send(cmd).await;
+        // Acks come back in order with everything else the client prints;
+        // the tests ask only when no change is due.
+        let line = self.next().await;
+        assert!(
+            line.kind() == "ack" && line.0["seq"] == self.seq,
+            "expected the ack of request {}, got {line:?}",
+            self.seq
+        );
+        assert!(line.0.get("error").is_none(), "ack failed: {line:?}");
+        line.0["data"].clone()
+    }
+
+    /// Emits without asking for an ack.
+    pub async fn emit_no_ack(&mut self, event: &str, data: Value) {
+        self.send(json!({"cmd": "emit", "event": event, "data": data, "noack": true}))
+            .await;
+    }
+
+    pub async fn send(&mut self, cmd: Value) {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    pub async fn close(mut self) {
+        self.send(json!({"cmd": "close"})).await;
+        tokio::time::timeout(TIMEOUT, self.child.wait()).await.ok();
+    }
+}
