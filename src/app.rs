@@ -23,10 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::api::{self, ApiState, Health};
+use std::sync::Arc;
+
+use crate::api::{self, ApiState, Authenticator, Health};
 use crate::capture::{self, CaptureError, CaptureOptions};
 use crate::catalog::{describe, CatalogError};
 use crate::config::Config;
+use crate::consumer::Consumer;
+use crate::fanout::{self, AuthRequest, Authorizer, Hub, HubOptions};
 use crate::publisher::{PublishError, Publisher};
 
 /// A role `walcast run` can play.
@@ -103,17 +107,44 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         });
     }
 
-    let mut router: Option<Router> = None;
-    if roles.has(Role::Api) {
+    let mut router = if roles.has(Role::Api) {
         let state = ApiState::new(&config, health.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        router = Some(api::router(state));
-    }
-    let router = router.unwrap_or_else(|| {
+        api::router(state)
+    } else {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readiness))
             .with_state(health.clone())
-    });
+    };
+    if roles.has(Role::Gateway) {
+        let mut options = HubOptions::from_config(&config.fanout);
+        options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
+        let hub = Hub::new(options, stop.clone());
+        let (socket_layer, _io) = fanout::layer(&hub);
+        // Last, so Socket.IO sees /socket.io/ before the API's routing.
+        router = router.layer(socket_layer);
+        let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone());
+        let status = consumer.status();
+        let consumer_stop = stop.clone();
+        tracker.spawn(async move { consumer.run(consumer_stop).await });
+        let (health, stop) = (health.clone(), stop.clone());
+        tracker.spawn(async move {
+            loop {
+                let consuming = status.is_consuming();
+                let detail = if consuming {
+                    "consuming"
+                } else {
+                    "connecting to rabbitmq"
+                };
+                health.set("gateway", consuming, detail);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            health.remove("gateway");
+        });
+    }
     let listener = TcpListener::bind(&config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
@@ -152,6 +183,27 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             Ok(())
         }
     }
+}
+
+/// The Socket.IO handshake takes the same bearer tokens as the API's writes.
+fn socket_authorizer(authenticator: Authenticator) -> Authorizer {
+    Arc::new(move |request: AuthRequest| {
+        let authenticator = authenticator.clone();
+        Box::pin(async move {
+            let token = request.token.or_else(|| {
+                request
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_owned)
+            });
+            match token {
+                None => Err("a token is required (auth.token)".to_owned()),
+                Some(token) => authenticator.verify(&token).map_err(|e| e.to_string()),
+            }
+        })
+    })
 }
 
 /// `/readyz` for processes without the API role: the health registry alone.
