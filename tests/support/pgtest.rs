@@ -46,6 +46,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A database, slot and publication of this test's own, dropped at the end.
 pub struct TestDb {
+    /// The superuser URL of the cluster the database lives in.
+    pub admin_url: String,
     pub name: String,
     pub url: String,
     pub slot: String,
@@ -56,7 +58,12 @@ impl TestDb {
     /// Creates the database and applies walcast's schema, publication and
     /// slot with `walcast setup`.
     pub async fn create(prefix: &str) -> TestDb {
-        let db = Self::create_empty(prefix).await;
+        Self::create_on(&pg_url(), prefix).await
+    }
+
+    /// Like [`TestDb::create`], in the cluster of `admin_url`.
+    pub async fn create_on(admin_url: &str, prefix: &str) -> TestDb {
+        let db = Self::create_empty_on(admin_url, prefix).await;
         let out = db
             .walcast(&["setup"])
             .output()
@@ -72,16 +79,22 @@ impl TestDb {
 
     /// Creates the database only.
     pub async fn create_empty(prefix: &str) -> TestDb {
+        Self::create_empty_on(&pg_url(), prefix).await
+    }
+
+    /// Creates the database only, in the cluster of `admin_url`.
+    pub async fn create_empty_on(admin_url: &str, prefix: &str) -> TestDb {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("walcast_{prefix}_{}_{n}", std::process::id());
         psql(
-            &pg_url(),
+            admin_url,
             &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
         )
         .await;
-        psql(&pg_url(), &format!("CREATE DATABASE {name}")).await;
+        psql(admin_url, &format!("CREATE DATABASE {name}")).await;
         TestDb {
-            url: with_db(&pg_url(), &name),
+            admin_url: admin_url.to_owned(),
+            url: with_db(admin_url, &name),
             slot: name.clone(),
             publication: format!("{name}_pub"),
             name,
@@ -132,7 +145,7 @@ impl Drop for TestDb {
             self.name
         );
         let _ = std::process::Command::new("psql")
-            .arg(pg_url())
+            .arg(&self.admin_url)
             .args(["-q", "-X", "-c", &sql])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

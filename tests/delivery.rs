@@ -1,0 +1,328 @@
+//! No change lost, whatever crashes: `walcast run` under a steady write
+//! load while walcast is killed, RabbitMQ restarts, Postgres restarts, or the
+//! connection to RabbitMQ is cut. Every committed change must reach
+//! RabbitMQ (an audit queue bound to the exchange), and a browser that
+//! reconnects with `since` must end up with every change exactly once.
+//!
+//! Real PostgreSQL, real RabbitMQ (a node of the test's own where the test
+//! restarts it, a proxy of its own where it cuts), real socket.io-client.
+
+#[path = "support/pgtest.rs"]
+mod pgtest;
+#[path = "support/rabbit_node.rs"]
+mod rabbit_node;
+#[path = "support/sio.rs"]
+#[allow(dead_code)]
+mod sio;
+#[path = "support/stack.rs"]
+mod stack;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pgtest::TestDb;
+use serde_json::{json, Value};
+use sio::NodeClient;
+use stack::{order_ids, spawn_writer, unique, Audit, RunSpec, Walcast};
+
+/// 2,000 transactions of 10 rows: 20,000 changes.
+const TRANSACTIONS: usize = 2_000;
+const ROWS: usize = 10;
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// These tests load the machine; one at a time keeps them meaningful.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a browser saw, across its reconnects.
+#[derive(Default)]
+struct Browser {
+    ids: Vec<String>,
+    rows: BTreeSet<i64>,
+    resyncs: Vec<Value>,
+}
+
+impl Browser {
+    fn last_id(&self) -> Option<&str> {
+        self.ids.last().map(String::as_str)
+    }
+
+    /// Reads `client` until `enough` holds or it disconnects; returns false
+    /// on disconnect.
+    async fn read(
+        &mut self,
+        client: &mut NodeClient,
+        timeout: Duration,
+        enough: impl Fn(&Browser) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !enough(self) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(line) = client.next_within(left).await else {
+                panic!(
+                    "browser stalled: {} changes, {} rows, resyncs {:?}",
+                    self.ids.len(),
+                    self.rows.len(),
+                    self.resyncs
+                );
+            };
+            match line.kind() {
+                "change" => {
+                    let event: Value = serde_json::from_str(line.raw()).unwrap();
+                    self.ids.push(event["id"].as_str().unwrap().to_owned());
+                    if event["op"] == "insert" {
+                        self.rows.insert(event["new"]["id"].as_i64().unwrap());
+                    }
+                }
+                "event" if line.0["event"] == "resync" => self.resyncs.push(line.0.clone()),
+                "disconnect" => return false,
+                other => panic!("unexpected line {other}: {:?}", line.0),
+            }
+        }
+        true
+    }
+
+    fn assert_exactly_once(&self, expected: &BTreeSet<i64>) {
+        assert!(self.resyncs.is_empty(), "resync: {:?}", self.resyncs);
+        let distinct: BTreeSet<&String> = self.ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            self.ids.len(),
+            "a browser saw an event twice"
+        );
+        assert_eq!(&self.rows, expected, "a browser missed changes");
+        let mut sorted = self.ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, self.ids, "events out of commit order");
+    }
+}
+
+enum Fault<'a> {
+    KillWalcast,
+    RestartBroker(&'a rabbit_node::RabbitNode),
+    RestartPostgres,
+    CutBroker(&'a tcp_proxy::TcpProxy),
+}
+
+async fn scenario(db: TestDb, amqp_url: String, fault: Fault<'_>) {
+    let exchange = unique("exchange");
+    let audit_queue = unique("audit");
+    let spec = RunSpec {
+        amqp_url: amqp_url.clone(),
+        exchange: exchange.clone(),
+        queue: unique("gateway"),
+        port: stack::free_port(),
+        roles: "capture,gateway,api",
+        replay_dir: Some(
+            tempfile::tempdir()
+                .unwrap()
+                .keep()
+                .join("replay")
+                .display()
+                .to_string(),
+        ),
+    };
+    let audit = Audit::start(&amqp_url, &exchange, &audit_queue).await;
+    let mut walcast = Walcast::start(&db, &spec).await;
+    let mut browser = Browser::default();
+    let mut client = NodeClient::connect(&walcast.url(), json!({})).await;
+    let writer = spawn_writer(db.url.clone(), TRANSACTIONS, ROWS, Duration::from_millis(2));
+
+    // Mid-stream: a quarter of the changes are through.
+    let quarter = TRANSACTIONS * ROWS / 4;
+    assert!(
+        browser
+            .read(&mut client, CATCH_UP, |b| b.rows.len() >= quarter)
+            .await
+    );
+    match fault {
+        Fault::KillWalcast => {
+            let log = walcast.kill().await;
+            assert!(!log.contains("panicked"), "{log}");
+            // The browser's connection went with the process.
+            assert!(!browser.read(&mut client, CATCH_UP, |_| false).await);
+            walcast = Walcast::start(&db, &spec).await;
+        }
+        Fault::RestartBroker(node) => {
+            node.stop_app();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            node.start_app();
+        }
+        Fault::RestartPostgres => {
+            restart_fault_cluster().await;
+        }
+        Fault::CutBroker(proxy) => {
+            proxy.cut_for(Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_secs(11)).await;
+        }
+    }
+
+    // A browser that reconnects with `since` gets the rest exactly once.
+    let since = browser
+        .last_id()
+        .expect("events before the fault")
+        .to_owned();
+    drop(client);
+    let mut client = NodeClient::connect(&walcast.url(), json!({ "since": since })).await;
+
+    writer.await.unwrap();
+    let expected = order_ids(&db).await;
+    assert!(expected.len() >= TRANSACTIONS * ROWS);
+    audit.wait_inserted(&expected, CATCH_UP).await;
+    let connected = browser
+        .read(&mut client, CATCH_UP, |b| b.rows.is_superset(&expected))
+        .await;
+    assert!(
+        connected,
+        "the browser was disconnected; log:\n{}",
+        walcast.log()
+    );
+    // Nothing more is due: a short quiet period finds no repeat.
+    if let Some(line) = client.next_within(Duration::from_millis(500)).await {
+        panic!("unexpected extra line after catching up: {:?}", line.0);
+    }
+    browser.assert_exactly_once(&expected);
+    eprintln!(
+        "{} changes, {} routed to the audit queue (with repeats folded)",
+        browser.ids.len(),
+        audit.count()
+    );
+    let log = walcast.stop().await;
+    assert!(!log.contains("panicked"), "{log}");
+    audit.delete(&amqp_url, &audit_queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_walcast_mid_stream_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::create("deliver_kill").await;
+    scenario(db, stack::shared_amqp_url(), Fault::KillWalcast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_restart_mid_stream_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let node = tokio::task::spawn_blocking(|| rabbit_node::RabbitNode::start("deliver"))
+        .await
+        .unwrap();
+    let db = TestDb::create("deliver_mq").await;
+    let url = node.url();
+    scenario(db, url, Fault::RestartBroker(&node)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_mid_stream_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::create_on(&fault_cluster_url(), "deliver_pg").await;
+    scenario(db, stack::shared_amqp_url(), Fault::RestartPostgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_connection_cut_for_ten_seconds_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let upstream = amqp_socket_addr(&stack::shared_amqp_url());
+    let proxy = tcp_proxy::TcpProxy::start(upstream).await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let db = TestDb::create("deliver_cut").await;
+    scenario(db, url, Fault::CutBroker(&proxy)).await;
+}
+
+/// Two capture processes on one slot: the second waits as hot standby and
+/// takes over when the first is killed under load; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_capture_takes_over_when_the_active_one_dies() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::create("deliver_standby").await;
+    let amqp_url = stack::shared_amqp_url();
+    let exchange = unique("exchange");
+    let audit_queue = unique("audit");
+    let audit = Audit::start(&amqp_url, &exchange, &audit_queue).await;
+    let spec = |port| RunSpec {
+        amqp_url: amqp_url.clone(),
+        exchange: exchange.clone(),
+        queue: unique("unused"),
+        port,
+        roles: "capture",
+        replay_dir: None,
+    };
+    let active = Walcast::start(&db, &spec(stack::free_port())).await;
+    wait_for_log(&active, "holding the slot lease").await;
+    let standby = Walcast::start(&db, &spec(stack::free_port())).await;
+    wait_for_log(&standby, "hot standby").await;
+
+    let writer = spawn_writer(db.url.clone(), TRANSACTIONS, ROWS, Duration::from_millis(2));
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    while audit.inserted.lock().unwrap().len() < TRANSACTIONS * ROWS / 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed_at = tokio::time::Instant::now();
+    active.kill().await;
+    wait_for_log(&standby, "holding the slot lease").await;
+    let takeover = killed_at.elapsed();
+    eprintln!("standby took the lease {takeover:?} after the kill");
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+
+    writer.await.unwrap();
+    let expected = order_ids(&db).await;
+    audit.wait_inserted(&expected, CATCH_UP).await;
+    let log = standby.stop().await;
+    assert!(!log.contains("panicked"), "{log}");
+    audit.delete(&amqp_url, &audit_queue).await;
+}
+
+async fn wait_for_log(walcast: &Walcast, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !walcast.log().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "walcast never logged {needle:?}:\n{}",
+            walcast.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn fault_cluster_url() -> String {
+    std::env::var("WALCAST_TEST_PG_FAULT_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5434/postgres".into())
+}
+
+/// Restarts the cluster the fault tests own (never the shared one).
+async fn restart_fault_cluster() {
+    let cluster =
+        std::env::var("WALCAST_PG_FAULT_CLUSTER").unwrap_or_else(|_| "walcast_fault".into());
+    let version = std::env::var("WALCAST_PG_VERSION").unwrap_or_else(|_| "15".into());
+    let status = tokio::process::Command::new("pg_ctlcluster")
+        .args([
+            "--skip-systemctl-redirect",
+            &version,
+            &cluster,
+            "restart",
+            "-m",
+            "fast",
+        ])
+        .status()
+        .await
+        .expect("run pg_ctlcluster");
+    assert!(status.success(), "restarting {version}/{cluster} failed");
+}
+
+fn amqp_socket_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).unwrap();
+    let host_port = rest
+        .split('@')
+        .next_back()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().expect("a host:port in the AMQP URL")
+}

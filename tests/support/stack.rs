@@ -1,0 +1,386 @@
+//! Test support for end-to-end delivery tests: a `walcast run` child
+//! process, a steady writer of orders, and an audit queue bound to the
+//! exchange that records every event id RabbitMQ routed.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use crate::pgtest::TestDb;
+
+pub fn shared_amqp_url() -> String {
+    std::env::var("WALCAST_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How one `walcast run` process is started.
+#[derive(Clone)]
+pub struct RunSpec {
+    pub amqp_url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub port: u16,
+    pub roles: &'static str,
+    pub replay_dir: Option<String>,
+}
+
+/// A `walcast run` child process; its stderr is kept for failure messages.
+pub struct Walcast {
+    pub child: Child,
+    pub port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Walcast {
+    pub async fn start(db: &TestDb, spec: &RunSpec) -> Walcast {
+        let mut cmd = db.walcast(&[
+            "run",
+            "--role",
+            spec.roles,
+            "--rabbitmq-url",
+            &spec.amqp_url,
+            "--exchange",
+            &spec.exchange,
+            "--listen",
+            &format!("127.0.0.1:{}", spec.port),
+        ]);
+        cmd.env("WALCAST_RABBITMQ_QUEUE", &spec.queue)
+            .env("WALCAST_RABBITMQ_MAX_BACKOFF_MS", "1000")
+            .env("WALCAST_POSTGRES_MAX_BACKOFF_MS", "1000")
+            .env("WALCAST_POSTGRES_STATUS_INTERVAL_MS", "1000")
+            .env("WALCAST_FANOUT_REPLAY_BUFFER", "100000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(dir) = &spec.replay_dir {
+            cmd.env("WALCAST_FANOUT_REPLAY_DIR", dir);
+        }
+        let mut child = cmd.spawn().expect("spawn walcast run");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let walcast = Walcast {
+            child,
+            port: spec.port,
+            log,
+        };
+        walcast.wait_http().await;
+        walcast
+    }
+
+    async fn wait_http(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "walcast did not listen on {}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub async fn kill(mut self) -> String {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        self.log()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(mut self) -> String {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("walcast stopped within 60 s")
+            .unwrap();
+        assert!(
+            status.success(),
+            "walcast exited with {status}:\n{}",
+            self.log()
+        );
+        self.log()
+    }
+}
+
+/// A queue of the test's own bound to the exchange with `#`: what
+/// RabbitMQ routed, recorded by event id. It reconnects on its own, and
+/// acks only after recording, so a broker restart loses nothing here.
+pub struct Audit {
+    pub ids: Arc<Mutex<BTreeSet<String>>>,
+    /// Row ids of insert events.
+    pub inserted: Arc<Mutex<BTreeSet<i64>>>,
+    stop: CancellationToken,
+}
+
+impl Audit {
+    pub async fn start(amqp_url: &str, exchange: &str, queue: &str) -> Audit {
+        let ids: Arc<Mutex<BTreeSet<String>>> = Default::default();
+        let inserted: Arc<Mutex<BTreeSet<i64>>> = Default::default();
+        let stop = CancellationToken::new();
+        // Declare and bind before any event is published.
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .expect("connect to rabbitmq");
+        let channel = connection.create_channel().await.unwrap();
+        declare(&channel, exchange, queue).await;
+        let _ = connection.close(200, "ok".into()).await;
+
+        let (url, exchange, queue) = (amqp_url.to_owned(), exchange.to_owned(), queue.to_owned());
+        let (task_ids, task_inserted, task_stop) = (ids.clone(), inserted.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !task_stop.is_cancelled() {
+                let session = consume(&url, &exchange, &queue, &task_ids, &task_inserted);
+                tokio::select! {
+                    _ = task_stop.cancelled() => break,
+                    _ = session => {}
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Audit {
+            ids,
+            inserted,
+            stop,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+
+    /// Waits until every row id in `expected` has an insert event.
+    pub async fn wait_inserted(&self, expected: &BTreeSet<i64>, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let missing: Vec<i64> = {
+                let seen = self.inserted.lock().unwrap();
+                expected.difference(&seen).copied().take(5).collect()
+            };
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the audit queue misses inserts, e.g. rows {missing:?} ({} of {} seen)",
+                self.inserted.lock().unwrap().len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn delete(self, amqp_url: &str, queue: &str) {
+        self.stop.cancel();
+        if let Ok(connection) = Connection::connect(amqp_url, ConnectionProperties::default()).await
+        {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "ok".into()).await;
+        }
+    }
+}
+
+async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare audit queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind audit queue");
+}
+
+async fn consume(
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    ids: &Mutex<BTreeSet<String>>,
+    inserted: &Mutex<BTreeSet<i64>>,
+) {
+    let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    declare(&channel, exchange, queue).await;
+    let Ok(mut consumer) = channel
+        .basic_consume(
+            queue.into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let event: Value = serde_json::from_slice(&delivery.data).expect("event JSON");
+        let id = event["id"].as_str().unwrap().to_owned();
+        if let Some(message_id) = delivery.properties.message_id() {
+            assert_eq!(message_id.as_str(), id, "message_id is the event id");
+        }
+        if event["op"] == "insert" {
+            inserted
+                .lock()
+                .unwrap()
+                .insert(event["new"]["id"].as_i64().unwrap());
+        }
+        ids.lock().unwrap().insert(id);
+        if delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Inserts `transactions × rows` orders at a steady pace, retrying a
+/// transaction whose connection broke (a retry may insert it twice: the
+/// table, read afterwards, is the truth).
+pub fn spawn_writer(
+    url: String,
+    transactions: usize,
+    rows: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client = None;
+        let mut done = 0;
+        while done < transactions {
+            if client.is_none() {
+                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok((c, connection)) => {
+                        tokio::spawn(connection);
+                        client = Some(c);
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let sql = format!(
+                "INSERT INTO orders (customer_name, product_name) \
+                 SELECT 'customer ' || g, 'product {done}' FROM generate_series(1, {rows}) g"
+            );
+            match client.as_ref().unwrap().batch_execute(&sql).await {
+                Ok(()) => done += 1,
+                Err(_) => client = None,
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// The row ids in `orders`: every one must have reached RabbitMQ.
+pub async fn order_ids(db: &TestDb) -> BTreeSet<i64> {
+    let client = db.client().await;
+    client
+        .query("SELECT id FROM orders", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect()
+}
+
+pub fn unique(tag: &str) -> String {
+    format!(
+        "walcast.test.{tag}.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
