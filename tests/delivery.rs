@@ -12,7 +12,6 @@ mod pgtest;
 #[path = "support/rabbit_node.rs"]
 mod rabbit_node;
 #[path = "support/sio.rs"]
-#[allow(dead_code)]
 mod sio;
 #[path = "support/stack.rs"]
 mod stack;
