@@ -26,11 +26,12 @@ use tracing::{error, info, warn};
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Authenticator, Health};
-use crate::capture::{self, CaptureError, CaptureOptions};
+use crate::capture::{self, CaptureError, CaptureOptions, Metered};
 use crate::catalog::{describe, CatalogError};
 use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::fanout::{self, AuthRequest, Authorizer, Hub, HubOptions};
+use crate::metrics::{CaptureHandles, Metrics};
 use crate::publisher::{PublishError, Publisher};
 
 /// A role `walcast run` can play.
@@ -83,6 +84,7 @@ impl Roles {
 /// Runs the given roles until `shutdown`, then drains and stops them.
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
+    let metrics = Metrics::new(health.clone());
     let tracker = TaskTracker::new();
     // A stage that fails for good stops the whole process: a sidecar that
     // silently stops capturing is worse than one that exits and restarts.
@@ -91,6 +93,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let stop = shutdown.child_token();
 
     if roles.has(Role::Capture) {
+        let handles = metrics.capture(&config.postgres.slot);
+        let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
+        tracker
+            .spawn(async move { crate::metrics::poll_slot(slot, &poll_config, poll_stop).await });
         let (config, health, stop, fatal, failure) = (
             config.clone(),
             health.clone(),
@@ -99,7 +105,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             failure.clone(),
         );
         tracker.spawn(async move {
-            if let Err(e) = capture_role(&config, &health, &stop).await {
+            if let Err(e) = capture_role(&config, &health, &handles, &stop).await {
                 error!(error = %format!("{e:#}"), "capture stopped");
                 *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 fatal.cancel();
@@ -109,6 +115,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 
     let mut router = if roles.has(Role::Api) {
         let state = ApiState::new(&config, health.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        metrics.watch_requests(state.stats().clone());
         api::router(state)
     } else {
         Router::new()
@@ -116,6 +123,11 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             .route("/readyz", get(readiness))
             .with_state(health.clone())
     };
+    // Added after the API's layers: scrapes are not API requests to count.
+    router = router.route(
+        "/metrics",
+        get(crate::metrics::serve).with_state(metrics.clone()),
+    );
     if roles.has(Role::Gateway) {
         let mut options = HubOptions::from_config(&config.fanout);
         options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
@@ -125,6 +137,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         router = router.layer(socket_layer);
         let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone());
         let status = consumer.status();
+        metrics.watch_gateway(hub.stats(), status.clone());
         let consumer_stop = stop.clone();
         tracker.spawn(async move { consumer.run(consumer_stop).await });
         let (health, stop) = (health.clone(), stop.clone());
@@ -228,6 +241,7 @@ async fn readiness(
 async fn capture_role(
     config: &Config,
     health: &Health,
+    handles: &CaptureHandles,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let pg = config.pg_config();
@@ -256,7 +270,7 @@ async fn capture_role(
         health.set("capture", true, "capturing");
         let session = stop.child_token();
         let outcome = tokio::select! {
-            outcome = capture_with_lease(config, health, &session) => outcome,
+            outcome = capture_with_lease(config, health, handles, &session) => outcome,
             _ = lease.lost() => {
                 warn!(slot, "slot lease lost; stopping capture and waiting for it again");
                 session.cancel();
@@ -275,9 +289,12 @@ async fn capture_role(
 async fn capture_with_lease(
     config: &Config,
     health: &Health,
+    handles: &CaptureHandles,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut publisher = match Publisher::connect(&config.rabbitmq, stop.clone()).await {
+    let connecting =
+        Publisher::connect_with_stats(&config.rabbitmq, stop.clone(), handles.publisher.clone());
+    let mut publisher = match connecting.await {
         Ok(publisher) => publisher,
         Err(PublishError::Shutdown) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -312,7 +329,8 @@ async fn capture_with_lease(
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
     };
     health.set("slot_stream", true, "starting");
-    let result = capture::run(&options, &mut publisher, stop.clone()).await;
+    let mut sink = Metered::new(&mut publisher, handles.capture.clone());
+    let result = capture::run(&options, &mut sink, stop.clone()).await;
     watcher.abort();
     publisher.close().await;
     match result {

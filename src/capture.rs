@@ -12,8 +12,15 @@
 //! lost or the slot is busy, and stops on errors a reconnect cannot heal
 //! (missing slot, bad credentials, wal_level). It does not publish, print or
 //! decode anything itself.
+//!
+//! [`Metered`] wraps a sink to count what passes through it into
+//! [`CaptureStats`] (changes by table and op, commit-to-publish lag, the
+//! durable position) for `/metrics`, without touching the loop.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,7 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::decoder::{DecodeError, Decoded, Decoder};
-use crate::event::{ChangeEvent, Lsn};
+use crate::event::{ChangeEvent, Lsn, Op, PgTimestamp};
+use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::wal::{
     ReplicationClient, ReplicationMessage, ReplicationStream, StartOptions, WalError,
 };
@@ -50,6 +58,162 @@ pub trait Sink: Send {
     /// Waits until everything sent is durable and returns that position
     /// (`None` if nothing ever became durable).
     fn drain(&mut self) -> impl Future<Output = Result<Option<Lsn>, Self::Error>> + Send;
+}
+
+/// A [`Sink`] that counts into [`CaptureStats`] what it passes on to the
+/// sink it wraps. It changes nothing about what is sent or when.
+pub struct Metered<'a, S> {
+    inner: &'a mut S,
+    stats: CaptureStats,
+}
+
+impl<'a, S: Sink> Metered<'a, S> {
+    pub fn new(inner: &'a mut S, stats: CaptureStats) -> Metered<'a, S> {
+        Metered { inner, stats }
+    }
+}
+
+impl<S: Sink> Sink for Metered<'_, S> {
+    type Error = S::Error;
+
+    async fn send(&mut self, event: ChangeEvent) -> Result<(), S::Error> {
+        self.stats.record_decoded(&event);
+        let commit_time = event.commit_time;
+        self.inner.send(event).await?;
+        // After the send: a wait for the publish window (backpressure) is
+        // part of the lag a reader sees.
+        self.stats
+            .record_handed_over(commit_time, PgTimestamp::now());
+        Ok(())
+    }
+
+    async fn end_transaction(&mut self, end_lsn: Lsn) -> Result<(), S::Error> {
+        self.inner.end_transaction(end_lsn).await?;
+        self.stats.0.transactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn durable(&mut self) -> Result<Lsn, S::Error> {
+        let position = self.inner.durable().await?;
+        self.stats.record_durable(position);
+        Ok(position)
+    }
+
+    async fn drain(&mut self) -> Result<Option<Lsn>, S::Error> {
+        let position = self.inner.drain().await?;
+        if let Some(position) = position {
+            self.stats.record_durable(position);
+        }
+        Ok(position)
+    }
+}
+
+/// Capture counters for `/metrics`: a cloneable handle, cheap to update on
+/// every change. It does not format anything.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureStats(Arc<CaptureCounters>);
+
+/// Sentinel for "no lag measured yet".
+const NO_LAG: u64 = u64::MAX;
+
+/// Schema, table and op of a change.
+type ChangeKind = (Arc<str>, Arc<str>, Op);
+
+#[derive(Debug)]
+struct CaptureCounters {
+    /// Changes by kind. Bounded by the published tables × 4 ops.
+    decoded: Mutex<HashMap<ChangeKind, u64>>,
+    transactions: AtomicU64,
+    /// Commit-to-publish lag of the last change, in microseconds.
+    last_lag_micros: AtomicU64,
+    lag: Histogram,
+    durable_lsn: AtomicU64,
+}
+
+impl Default for CaptureCounters {
+    fn default() -> Self {
+        CaptureCounters {
+            decoded: Mutex::default(),
+            transactions: AtomicU64::new(0),
+            last_lag_micros: AtomicU64::new(NO_LAG),
+            lag: Histogram::default(),
+            durable_lsn: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Changes decoded from one table with one op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedCount {
+    pub schema: String,
+    pub table: String,
+    pub op: Op,
+    pub count: u64,
+}
+
+impl CaptureStats {
+    /// Changes decoded and handed to the sink, by table and op, ordered.
+    pub fn decoded(&self) -> Vec<DecodedCount> {
+        let decoded = self.0.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<DecodedCount> = decoded
+            .iter()
+            .map(|((schema, table, op), count)| DecodedCount {
+                schema: schema.to_string(),
+                table: table.to_string(),
+                op: *op,
+                count: *count,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.schema, &a.table, a.op.as_str()).cmp(&(&b.schema, &b.table, b.op.as_str()))
+        });
+        out
+    }
+
+    /// Transactions whose every change was handed to the sink.
+    pub fn transactions(&self) -> u64 {
+        self.0.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Commit time to hand-over to the sink, of the last change.
+    pub fn last_commit_to_publish_lag(&self) -> Option<Duration> {
+        match self.0.last_lag_micros.load(Ordering::Relaxed) {
+            NO_LAG => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Commit time to hand-over to the sink, of every change.
+    pub fn commit_to_publish_lag(&self) -> HistogramSnapshot {
+        self.0.lag.snapshot()
+    }
+
+    /// The last position the sink reported durable (`None` before any).
+    pub fn durable_lsn(&self) -> Option<Lsn> {
+        match self.0.durable_lsn.load(Ordering::Relaxed) {
+            0 => None,
+            lsn => Some(Lsn(lsn)),
+        }
+    }
+
+    fn record_decoded(&self, event: &ChangeEvent) {
+        let mut decoded = self.0.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        // Cloning the Arcs is a reference count, not a copy of the names.
+        let key = (event.schema.clone(), event.table.clone(), event.op);
+        *decoded.entry(key).or_default() += 1;
+    }
+
+    fn record_handed_over(&self, commit_time: PgTimestamp, now: PgTimestamp) {
+        // Clocks of two hosts: a commit "in the future" counts as no lag.
+        // (An i64 difference never reaches NO_LAG.)
+        let micros = u64::try_from(now.0.saturating_sub(commit_time.0)).unwrap_or(0);
+        self.0.last_lag_micros.store(micros, Ordering::Relaxed);
+        self.0.lag.observe(Duration::from_micros(micros));
+    }
+
+    fn record_durable(&self, position: Lsn) {
+        self.0.durable_lsn.fetch_max(position.0, Ordering::Relaxed);
+    }
 }
 
 /// Errors that end the capture loop.
@@ -283,6 +447,88 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that makes everything durable at once.
+    #[derive(Default)]
+    struct Immediate {
+        sent: Vec<ChangeEvent>,
+        last_end: Option<Lsn>,
+    }
+
+    impl Sink for Immediate {
+        type Error = std::io::Error;
+        async fn send(&mut self, event: ChangeEvent) -> Result<(), Self::Error> {
+            self.sent.push(event);
+            Ok(())
+        }
+        async fn end_transaction(&mut self, end_lsn: Lsn) -> Result<(), Self::Error> {
+            self.last_end = Some(end_lsn);
+            Ok(())
+        }
+        async fn durable(&mut self) -> Result<Lsn, Self::Error> {
+            Ok(self.last_end.unwrap_or(Lsn::ZERO))
+        }
+        async fn drain(&mut self) -> Result<Option<Lsn>, Self::Error> {
+            Ok(self.last_end)
+        }
+    }
+
+    fn change(table: &str, op: Op, commit_time: PgTimestamp) -> ChangeEvent {
+        ChangeEvent {
+            id: crate::event::EventId {
+                commit_lsn: Lsn(0x100),
+                ordinal: 0,
+            },
+            op,
+            schema: Arc::from("public"),
+            table: Arc::from(table),
+            key: None,
+            new: None,
+            old: None,
+            changed: None,
+            unchanged_toast: vec![],
+            lsn: Lsn(0xF0),
+            commit_lsn: Lsn(0x100),
+            xid: 7,
+            commit_time,
+        }
+    }
+
+    #[tokio::test]
+    async fn metered_sink_counts_what_it_passes_on() {
+        let stats = CaptureStats::default();
+        let mut inner = Immediate::default();
+        let mut sink = Metered::new(&mut inner, stats.clone());
+        let two_seconds_ago = PgTimestamp(PgTimestamp::now().0 - 2_000_000);
+        sink.send(change("orders", Op::Insert, two_seconds_ago))
+            .await
+            .unwrap();
+        sink.send(change("orders", Op::Insert, two_seconds_ago))
+            .await
+            .unwrap();
+        sink.send(change("items", Op::Delete, PgTimestamp(i64::MAX)))
+            .await
+            .unwrap();
+        sink.end_transaction(Lsn(0x200)).await.unwrap();
+        assert_eq!(sink.durable().await.unwrap(), Lsn(0x200));
+        assert_eq!(inner.sent.len(), 3);
+
+        let decoded = stats.decoded();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!((decoded[0].table.as_str(), decoded[0].count), ("items", 1));
+        assert_eq!(
+            (decoded[1].table.as_str(), decoded[1].op),
+            ("orders", Op::Insert)
+        );
+        assert_eq!(decoded[1].count, 2);
+        assert_eq!(stats.transactions(), 1);
+        assert_eq!(stats.durable_lsn(), Some(Lsn(0x200)));
+        // A commit time ahead of this clock counts as no lag.
+        assert_eq!(stats.last_commit_to_publish_lag(), Some(Duration::ZERO));
+        let lag = stats.commit_to_publish_lag();
+        assert_eq!(lag.count, 3);
+        assert!(lag.sum_seconds >= 4.0, "{lag:?}");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

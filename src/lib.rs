@@ -16,7 +16,8 @@
 //! `config` loads and validates settings, `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
-//! durable, and `app` wires the stages of `walcast run` together.
+//! durable, `metrics` renders every stage's counters for `GET /metrics`, and
+//! `app` wires the stages of `walcast run` together.
 
 pub mod wal;
 
@@ -33,6 +34,8 @@ pub mod consumer;
 pub mod fanout;
 
 pub mod api;
+
+pub mod metrics;
 
 pub mod config;
 

@@ -319,7 +319,8 @@ impl Engine {
                     self.written += 1;
                     let republish = seq <= self.highest_written;
                     self.highest_written = self.highest_written.max(seq);
-                    self.stats.published(republish);
+                    self.stats
+                        .published(message.routing_key.as_str(), republish);
                     let channel = link.channel.clone();
                     let exchange = ShortString::from(self.settings.exchange.as_str());
                     let mut write: BoxFuture<_> = Box::pin(async move {
@@ -406,9 +407,12 @@ impl Engine {
                 if front.seq != seq {
                     return self.tear_down(Fault::Unexpected("confirm out of sequence"));
                 }
-                self.unconfirmed.pop_front();
+                let confirmed = self.unconfirmed.pop_front();
                 self.written -= 1;
-                self.stats.confirmed(written_at.elapsed());
+                let routing_key = confirmed
+                    .as_ref()
+                    .map_or("", |c| c.message.routing_key.as_str());
+                self.stats.confirmed(routing_key, written_at.elapsed());
                 self.attempt = 0;
                 self.progress.send_if_modified(|p| {
                     let moved = seq > p.confirmed;

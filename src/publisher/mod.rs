@@ -56,7 +56,7 @@ use crate::event::{ChangeEvent, Lsn};
 
 pub use encoder::{encode, Encoded};
 pub use error::PublishError;
-pub use stats::{PublisherStats, StatsSnapshot};
+pub use stats::{PublisherStats, RoutingKeyCounts, StatsSnapshot};
 
 use engine::{Engine, Outgoing, Progress, Settings};
 use tracker::Tracker;
@@ -104,6 +104,16 @@ impl Publisher {
     pub async fn connect(
         config: &RabbitConfig,
         shutdown: CancellationToken,
+    ) -> Result<Publisher, PublishError> {
+        Self::connect_with_stats(config, shutdown, PublisherStats::default()).await
+    }
+
+    /// [`Publisher::connect`], counting into `stats`: a process that makes
+    /// a new publisher per capture session keeps one set of counters.
+    pub async fn connect_with_stats(
+        config: &RabbitConfig,
+        shutdown: CancellationToken,
+        stats: PublisherStats,
     ) -> Result<Publisher, PublishError> {
         let url = redact_url(&config.url);
         let uri: AMQPUri = config
@@ -157,7 +167,6 @@ impl Publisher {
         let permits = Arc::new(Semaphore::new(window));
         let (outgoing, incoming) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
-        let stats = PublisherStats::default();
         let engine = Engine::new(
             settings,
             link,

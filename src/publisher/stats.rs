@@ -1,12 +1,17 @@
 //! Counters for the publisher, cheap enough to update on every message.
 //!
 //! [`PublisherStats`] is a cloneable handle over atomics: the publisher
-//! writes, anyone (a metrics endpoint, a test) reads a [`StatsSnapshot`].
-//! It does not export anything; `/metrics` formats it.
+//! writes, anyone (a metrics endpoint, a test) reads a [`StatsSnapshot`],
+//! the per-routing-key counts ([`PublisherStats::by_routing_key`]) and the
+//! confirm-latency histogram. It does not export anything; `/metrics`
+//! formats it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::metrics::{Histogram, HistogramSnapshot};
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -17,8 +22,20 @@ struct Counters {
     reconnects: AtomicU64,
     returned: AtomicU64,
     confirm_latency_micros_total: AtomicU64,
+    confirm_latency: Histogram,
+    /// Published and confirmed counts by routing key. Bounded by the
+    /// captured tables × 4 ops; one uncontended lock per message.
+    by_routing_key: Mutex<HashMap<Box<str>, RoutingKeyCounts>>,
     connected: AtomicBool,
     blocked: AtomicBool,
+}
+
+/// Messages published and confirmed under one routing key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutingKeyCounts {
+    /// `basic.publish` calls, republishes included.
+    pub published: u64,
+    pub confirmed: u64,
 }
 
 /// Shared counters of one publisher.
@@ -74,19 +91,49 @@ impl PublisherStats {
         }
     }
 
-    pub(crate) fn published(&self, republish: bool) {
+    /// Published and confirmed counts by routing key, ordered by key.
+    pub fn by_routing_key(&self) -> BTreeMap<String, RoutingKeyCounts> {
+        let counts = self
+            .0
+            .by_routing_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Publish-to-confirm latencies of the confirmed messages.
+    pub fn confirm_latency(&self) -> HistogramSnapshot {
+        self.0.confirm_latency.snapshot()
+    }
+
+    pub(crate) fn published(&self, routing_key: &str, republish: bool) {
         self.0.published.fetch_add(1, Ordering::Relaxed);
         if republish {
             self.0.republished.fetch_add(1, Ordering::Relaxed);
         }
+        self.count(routing_key, |c| c.published += 1);
     }
 
-    pub(crate) fn confirmed(&self, latency: Duration) {
+    pub(crate) fn confirmed(&self, routing_key: &str, latency: Duration) {
         self.0.confirmed.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.0
             .confirm_latency_micros_total
             .fetch_add(micros, Ordering::Relaxed);
+        self.0.confirm_latency.observe(latency);
+        self.count(routing_key, |c| c.confirmed += 1);
+    }
+
+    fn count(&self, routing_key: &str, update: impl FnOnce(&mut RoutingKeyCounts)) {
+        let mut counts = self
+            .0
+            .by_routing_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(routing_key) {
+            Some(entry) => update(entry),
+            None => update(counts.entry(routing_key.into()).or_default()),
+        }
     }
 
     pub(crate) fn nacked(&self) {
