@@ -136,20 +136,29 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Best effort and synchronous: Drop cannot await.
-        let sql = format!(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{0}' AND active_pid IS NOT NULL; \
-             SELECT pg_sleep(0.2); \
-             SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'; \
-             DROP DATABASE IF EXISTS {0} WITH (FORCE);",
-            self.name
-        );
-        let _ = std::process::Command::new("psql")
-            .arg(&self.admin_url)
-            .args(["-q", "-X", "-c", &sql])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Best effort and synchronous: Drop cannot await. One `-c` per
+        // statement: DROP DATABASE cannot run inside the implicit
+        // transaction of a multi-statement string.
+        let statements = [
+            format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE database = '{}' AND active_pid IS NOT NULL",
+                self.name
+            ),
+            "SELECT pg_sleep(0.2)".to_owned(),
+            format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = '{}'",
+                self.name
+            ),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ];
+        let mut cmd = std::process::Command::new("psql");
+        cmd.arg(&self.admin_url).args(["-q", "-X"]);
+        for statement in &statements {
+            cmd.args(["-c", statement]);
+        }
+        let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 
