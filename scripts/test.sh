@@ -22,9 +22,18 @@ bash scripts/ensure-services.sh
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
 
+# Chromium for the dashboard's browser test (tests/dashboard_e2e.rs): the
+# Debian package, driven by playwright-core, which never downloads a browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
+
 # Node packages for the Socket.IO client and browser tests.
 if command -v npm >/dev/null 2>&1; then
-  for dir in tests/js; do
+  for dir in tests/js tests/e2e; do
     if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
       log "npm install in $dir"
       (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

@@ -211,7 +211,8 @@ async fn unknown_things_are_404_and_wrong_methods_405() {
         )
         .await;
     }
-    for path in ["/nope", "/orders/", "/orders/1/items", "/"] {
+    // `/` is the dashboard (tests/dashboard_assets.rs).
+    for path in ["/nope", "/orders/", "/orders/1/items", "/index.html"] {
         expect_error(
             &api,
             Method::GET,

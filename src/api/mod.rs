@@ -13,10 +13,12 @@
 //! pipeline stages report their health, the Socket.IO handshake reuses the
 //! authenticator, and a `/metrics` endpoint can read the stats.
 //!
-//! This module does not serve the dashboard or `/metrics`, and does not
-//! bind sockets itself.
+//! The same router serves the browser dashboard (`/`, `/dashboard/...`,
+//! embedded in the binary; see `dashboard.rs`). This module does not serve
+//! `/metrics`, and does not bind sockets itself.
 
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod health;
@@ -198,6 +200,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/{*path}", get(dashboard::asset))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))
