@@ -92,6 +92,11 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let failure: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>> = Default::default();
     let stop = shutdown.child_token();
 
+    // Bind first: a taken port is a configuration error, reported before
+    // any stage has started connections that would then be torn down.
+    let listener = TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     if roles.has(Role::Capture) {
         let handles = metrics.capture(&config.postgres.slot);
         let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
@@ -158,9 +163,6 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             health.remove("gateway");
         });
     }
-    let listener = TcpListener::bind(&config.http.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     let address = listener.local_addr()?;
     info!(%address, roles = ?roles.0, "walcast is running");
     let serve_stop = stop.clone();
