@@ -151,6 +151,18 @@ pub struct FanoutConfig {
     /// Events queued per socket before it counts as too slow and is
     /// disconnected (it reconnects with `since` and loses nothing).
     pub socket_buffer: usize,
+    /// Directory of the replay log, so the history survives a crash; empty
+    /// keeps it in memory only.
+    pub replay_dir: String,
+    /// fdatasync every replay log record before the delivery is acked.
+    pub replay_fsync: bool,
+    /// Engine.IO heartbeat interval, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// How long a client may leave a ping unanswered, in milliseconds.
+    pub ping_timeout_ms: u64,
+    /// A replay that cannot queue anything for a socket this long (in
+    /// milliseconds) disconnects it as too slow.
+    pub replay_stall_timeout_ms: u64,
 }
 
 impl Default for FanoutConfig {
@@ -158,6 +170,11 @@ impl Default for FanoutConfig {
         FanoutConfig {
             replay_buffer: 10_000,
             socket_buffer: 4096,
+            replay_dir: String::new(),
+            replay_fsync: false,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            replay_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -481,6 +498,50 @@ impl Config {
                 format!("{} is out of range 16..=1000000", self.fanout.socket_buffer),
             );
         }
+        let fanout = &self.fanout;
+        if fanout.replay_dir.trim() != fanout.replay_dir || fanout.replay_dir.contains('\0') {
+            problem(
+                "fanout.replay_dir",
+                format!(
+                    "{:?} has surrounding whitespace or a NUL byte; give a directory path, e.g. \".walcast/replay\"",
+                    fanout.replay_dir
+                ),
+            );
+        }
+        if fanout.replay_fsync && fanout.replay_dir.is_empty() {
+            problem(
+                "fanout.replay_fsync",
+                "is true but fanout.replay_dir is empty; there is no log to fsync".into(),
+            );
+        }
+        for (field, value, range) in [
+            (
+                "fanout.ping_interval_ms",
+                fanout.ping_interval_ms,
+                1_000..=3_600_000,
+            ),
+            (
+                "fanout.ping_timeout_ms",
+                fanout.ping_timeout_ms,
+                1_000..=3_600_000,
+            ),
+            (
+                "fanout.replay_stall_timeout_ms",
+                fanout.replay_stall_timeout_ms,
+                100..=3_600_000,
+            ),
+        ] {
+            if !range.contains(&value) {
+                problem(
+                    field,
+                    format!(
+                        "{value} is out of range {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+        }
 
         if self.http.listen.parse::<SocketAddr>().is_err() {
             problem(
@@ -769,7 +830,7 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
 
 /// Environment values are strings; numbers and lists are converted by key.
 fn env_value(key: &str, value: &str) -> toml::Value {
-    if key == "enabled" {
+    if key == "enabled" || key == "replay_fsync" {
         match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => return toml::Value::Boolean(true),
             "false" | "0" | "no" | "off" | "" => return toml::Value::Boolean(false),
@@ -859,6 +920,46 @@ mod tests {
         assert_eq!(config.postgres.url, "postgres://common@h/d");
         assert_eq!(config.postgres.status_interval_ms, 2500);
         assert_eq!(config.postgres.tables, vec!["public.orders", "shop.items"]);
+    }
+
+    #[test]
+    fn fanout_keys_come_from_the_environment_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let vars = env(&[
+            ("WALCAST_FANOUT_REPLAY_DIR", ".walcast/replay"),
+            ("WALCAST_FANOUT_REPLAY_FSYNC", "true"),
+            ("WALCAST_FANOUT_PING_INTERVAL_MS", "5000"),
+            ("WALCAST_FANOUT_PING_TIMEOUT_MS", "4000"),
+            ("WALCAST_FANOUT_REPLAY_STALL_TIMEOUT_MS", "250"),
+        ]);
+        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
+        let f = &config.fanout;
+        assert_eq!(f.replay_dir, ".walcast/replay");
+        assert!(f.replay_fsync);
+        assert_eq!(
+            (
+                f.ping_interval_ms,
+                f.ping_timeout_ms,
+                f.replay_stall_timeout_ms
+            ),
+            (5000, 4000, 250)
+        );
+
+        let mut config = Config::default();
+        config.fanout.replay_fsync = true;
+        config.fanout.ping_timeout_ms = 10;
+        config.fanout.replay_stall_timeout_ms = 0;
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "fanout.replay_fsync",
+                "fanout.ping_timeout_ms",
+                "fanout.replay_stall_timeout_ms"
+            ]
+        );
     }
 
     #[test]

@@ -311,6 +311,9 @@ async fn since_older_than_the_buffer_resyncs_and_garbage_is_refused() {
 async fn snapshot_hand_off_sends_exactly_what_the_snapshot_does_not_see() {
     let started = Instant::now();
     let gw = Gateway::start(GatewayOptions::default()).await;
+    // The consumer has no Postgres here: as if it had taken 100:100: after
+    // binding its queue.
+    gw.set_history_start(100);
     // Changes 1..=6 from transactions 100..=105.
     let mut bodies = vec![String::new()];
     for n in 1..=6u64 {
@@ -339,7 +342,7 @@ async fn snapshot_hand_off_sends_exactly_what_the_snapshot_does_not_see() {
     assert_eq!(ids(&s2.changes(3).await), expected_ids(8..=10));
     assert_eq!(ids(&s1.changes(4).await), expected_ids(7..=10));
 
-    // xid horizon is 99 (first change's xid - 1): xmin 99 is not covered.
+    // The history starts at xmax 100: xmin 99 is not covered.
     let mut s3 = NodeClient::connect(&gw.url(), json!({"snapshot": "99:100:"})).await;
     let line = s3.next().await;
     assert_eq!(line.0["event"], "resync", "{line:?}");
@@ -354,6 +357,7 @@ async fn snapshot_hand_off_sends_exactly_what_the_snapshot_does_not_see() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_older_than_evicted_changes_resyncs() {
     let gw = Gateway::start(options(3, 4096)).await;
+    gw.set_history_start(100);
     for n in 1..=6u64 {
         gw.publish(&event(n, 99 + n as u32, "public.orders", 1, 0))
             .await;

@@ -10,6 +10,24 @@
 //! would fail the same way again; a dead-letter policy on the queue keeps
 //! it), so it never blocks the queue.
 //!
+//! With a replay log, a change the hub cannot write to it is not acked: the
+//! session ends and the broker delivers it again after the reconnect (an
+//! unwritable disk becomes backpressure, never a hole in the history).
+//!
+//! # History start
+//!
+//! With [`Consumer::with_history_start`], once the queue is declared and
+//! bound (so every later commit is routed to it) the consumer takes
+//! `pg_current_snapshot()` from Postgres and gives it to the hub as the
+//! start of its history, which lets snapshot clients hand off before the
+//! first change arrives (see `fanout::ReplayBuffer`). It does so in a task
+//! beside consuming, retrying with backoff while Postgres is down; until it
+//! succeeds snapshot clients get `resync`. A hub whose persisted history
+//! already has a start keeps it. Before declaring, the consumer checks that
+//! its queue exists; if it does not (first start, or someone deleted it),
+//! changes may have been published that this gateway never gets, so it
+//! restarts the hub's history first.
+//!
 //! When the connection or channel fails, the consumer reconnects with
 //! jittered exponential backoff (capped at `max_backoff_ms`). Deliveries
 //! that were not acked before the failure cannot be acked on the new
@@ -35,7 +53,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{redact_url, RabbitConfig};
-use crate::fanout::{Change, Delivered, Hub};
+use crate::fanout::{
+    Change, DeliverError, Delivered, Hub, ParseSnapshotError, ReplayLogError, Snapshot,
+};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +81,25 @@ pub enum ConsumerError {
     Channel(#[source] lapin::Error),
     #[error("RabbitMQ ended the consumer (queue deleted or consumer cancelled)")]
     Cancelled,
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error(
+        "the gateway queue was (re)created but the replay history cannot record a restart: {0}"
+    )]
+    HistoryRestart(#[source] ReplayLogError),
+}
+
+/// Why the history start snapshot could not be taken; always retried.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryStartError {
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("connecting to Postgres timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    #[error("SELECT pg_current_snapshot() failed: {0} (it needs PostgreSQL 13 or later)")]
+    Query(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Parse(#[from] ParseSnapshotError),
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +147,8 @@ pub struct Consumer {
     queue: String,
     hub: Hub,
     status: ConsumerStatus,
-    fault: Option<u64>,
+    fault: Option<(u64, Fault)>,
+    history_pg: Option<tokio_postgres::Config>,
 }
 
 impl Consumer {
@@ -120,7 +160,17 @@ impl Consumer {
             hub,
             status: ConsumerStatus::default(),
             fault: None,
+            history_pg: None,
         }
+    }
+
+    /// Takes the hub's history start from this Postgres (the captured
+    /// database, `Config::pg_config()`) once the queue is bound; see the
+    /// module doc. Without it snapshot clients get `resync` until the hub
+    /// has a persisted start.
+    pub fn with_history_start(mut self, pg: tokio_postgres::Config) -> Consumer {
+        self.history_pg = Some(pg);
+        self
     }
 
     pub fn status(&self) -> ConsumerStatus {
@@ -138,7 +188,16 @@ impl Consumer {
     /// redelivers it and everything after it.
     #[doc(hidden)]
     pub fn drop_connection_before_ack(mut self, n: u64) -> Consumer {
-        self.fault = Some(n);
+        self.fault = Some((n, Fault::DropConnection));
+        self
+    }
+
+    /// Fault injection for tests: after handing the `n`-th delivery to the
+    /// hub, end the process at once (exit code 137, no destructors, no
+    /// ack), as a crash between the emit and the ack would.
+    #[doc(hidden)]
+    pub fn exit_process_before_ack(mut self, n: u64) -> Consumer {
+        self.fault = Some((n, Fault::ExitProcess));
         self
     }
 
@@ -156,7 +215,12 @@ impl Consumer {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Fault) => true,
                 Err((e, consumed)) => {
-                    if consumed {
+                    if matches!(
+                        e,
+                        ConsumerError::Deliver(_) | ConsumerError::HistoryRestart(_)
+                    ) {
+                        error!(error = %e, "replay log unwritable; not acking, retrying");
+                    } else if consumed {
                         warn!(error = %e, "consumer lost its RabbitMQ session; reconnecting");
                     } else if matches!(e, ConsumerError::Declare { .. }) {
                         error!(error = %e, "cannot set up the gateway queue; retrying");
@@ -220,7 +284,7 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, (ConsumerError, bool)> {
         let setup = |e| (ConsumerError::Channel(e), false);
-        let channel = connection.create_channel().await.map_err(setup)?;
+        let mut channel = connection.create_channel().await.map_err(setup)?;
         let exchange = self.config.exchange.as_str();
         channel
             .exchange_declare(
@@ -235,6 +299,30 @@ impl Consumer {
             .await
             .map_err(|source| declare("exchange", exchange, source))?;
         let queue = self.queue.as_str();
+        let existed = match channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(source) => return Err(declare("queue", queue, source)),
+        };
+        if !existed {
+            // What was published while the queue did not exist is lost to
+            // this gateway: its history cannot reach across.
+            self.hub
+                .restart_history()
+                .map_err(|e| (ConsumerError::HistoryRestart(e), false))?;
+            // The broker closed the channel on the 404.
+            channel = connection.create_channel().await.map_err(setup)?;
+        }
         channel
             .queue_declare(
                 ShortString::from(queue),
@@ -273,6 +361,22 @@ impl Consumer {
         self.status.0.sessions.fetch_add(1, Ordering::Relaxed);
         self.status.0.consuming.store(true, Ordering::Release);
         info!(prefetch = self.config.prefetch, "consuming");
+        // Ends the history start task with this session.
+        let session = shutdown.child_token();
+        let _session_guard = session.clone().drop_guard();
+        if let (Some(pg), Some(generation)) = (&self.history_pg, self.hub.history_start_needed()) {
+            let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
+            tokio::spawn(
+                take_history_start(
+                    pg.clone(),
+                    self.hub.clone(),
+                    generation,
+                    max_backoff,
+                    session,
+                )
+                .in_current_span(),
+            );
+        }
         let failed = |e| (ConsumerError::Channel(e), true);
         loop {
             let delivery = tokio::select! {
@@ -292,7 +396,9 @@ impl Consumer {
             match Change::parse(delivery.data) {
                 Ok(change) => {
                     let id = change.id;
-                    match self.hub.deliver(change) {
+                    // On error the delivery is not acked: the broker gets
+                    // it back when this session closes.
+                    match self.hub.deliver(change).map_err(|e| (e.into(), false))? {
                         Delivered::Fanned { sockets } => {
                             debug!(%id, sockets, "change fanned out");
                         }
@@ -300,10 +406,17 @@ impl Consumer {
                             debug!(%id, redelivered = delivery.redelivered, "duplicate change acked");
                         }
                     }
-                    if self.fault == Some(received) {
-                        self.fault = None;
-                        warn!(%id, "fault injection: dropping the connection before the ack");
-                        return Ok(SessionEnd::Fault);
+                    match self.fault {
+                        Some((n, Fault::DropConnection)) if n == received => {
+                            self.fault = None;
+                            warn!(%id, "fault injection: dropping the connection before the ack");
+                            return Ok(SessionEnd::Fault);
+                        }
+                        Some((n, Fault::ExitProcess)) if n == received => {
+                            warn!(%id, "fault injection: ending the process before the ack");
+                            std::process::exit(137);
+                        }
+                        _ => {}
                     }
                     delivery
                         .acker
@@ -333,9 +446,75 @@ impl Consumer {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    DropConnection,
+    ExitProcess,
+}
+
 enum SessionEnd {
     Shutdown,
     Fault,
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
+/// Takes `pg_current_snapshot()` and offers it to the hub as the start of
+/// the history at `generation`, retrying with backoff until it succeeds or
+/// `cancel` fires (the session ended).
+async fn take_history_start(
+    pg: tokio_postgres::Config,
+    hub: Hub,
+    generation: u64,
+    max_backoff: Duration,
+    cancel: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            result = current_snapshot(&pg) => result,
+        };
+        match result {
+            Ok(snapshot) => {
+                if !hub.offer_history_start(&snapshot, generation) {
+                    debug!(%snapshot, "history start not needed any more");
+                }
+                return;
+            }
+            Err(e) => warn!(
+                error = %e,
+                attempt,
+                "cannot take the history start from Postgres; retrying (until then snapshot clients get resync)"
+            ),
+        }
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff(attempt, max_backoff)) => {}
+        }
+    }
+}
+
+async fn current_snapshot(pg: &tokio_postgres::Config) -> Result<Snapshot, HistoryStartError> {
+    let (client, connection) =
+        tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| HistoryStartError::ConnectTimeout)?
+            .map_err(HistoryStartError::Connect)?;
+    let driver = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .map_err(HistoryStartError::Query);
+    drop(client);
+    driver.await.ok();
+    let text: String = row?.get(0);
+    Ok(text.parse()?)
 }
 
 fn declare(what: &'static str, name: &str, source: lapin::Error) -> (ConsumerError, bool) {

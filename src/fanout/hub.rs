@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ use crate::event::EventId;
 use super::change::Change;
 use super::handshake::StartAt;
 use super::replay::{ReplayBuffer, ResyncReason};
+use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
 use super::stats::FanoutStats;
 use super::subscription::{parse_target, Index, Subscriptions};
@@ -73,6 +75,12 @@ pub struct HubOptions {
     pub replay_stall_timeout: Duration,
     /// Handshake authorization (issue 4); `None` admits everyone.
     pub authorizer: Option<Authorizer>,
+    /// Where the replay history is logged so it survives a crash (see
+    /// `replay_log`); `None` keeps it in memory only.
+    pub replay_dir: Option<PathBuf>,
+    /// `fdatasync` every record before the delivery is acked, so a machine
+    /// crash loses nothing either (and the log is trusted after a reboot).
+    pub replay_fsync: bool,
 }
 
 impl HubOptions {
@@ -80,22 +88,19 @@ impl HubOptions {
         HubOptions {
             replay_buffer: config.replay_buffer,
             socket_buffer: config.socket_buffer,
-            ..HubOptions::default()
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            ping_timeout: Duration::from_millis(config.ping_timeout_ms),
+            replay_stall_timeout: Duration::from_millis(config.replay_stall_timeout_ms),
+            authorizer: None,
+            replay_dir: (!config.replay_dir.is_empty()).then(|| PathBuf::from(&config.replay_dir)),
+            replay_fsync: config.replay_fsync,
         }
     }
 }
 
 impl Default for HubOptions {
     fn default() -> Self {
-        let config = FanoutConfig::default();
-        HubOptions {
-            replay_buffer: config.replay_buffer,
-            socket_buffer: config.socket_buffer,
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            replay_stall_timeout: Duration::from_secs(10),
-            authorizer: None,
-        }
+        HubOptions::from_config(&FanoutConfig::default())
     }
 }
 
@@ -108,6 +113,8 @@ impl fmt::Debug for HubOptions {
             .field("ping_timeout", &self.ping_timeout)
             .field("replay_stall_timeout", &self.replay_stall_timeout)
             .field("authorizer", &self.authorizer.is_some())
+            .field("replay_dir", &self.replay_dir)
+            .field("replay_fsync", &self.replay_fsync)
             .finish()
     }
 }
@@ -119,6 +126,18 @@ pub enum Delivered {
     Fanned { sockets: usize },
     /// Seen before (redelivery or republish): dropped.
     Duplicate,
+}
+
+/// Why [`Hub::deliver`] did not take a change. The consumer must not ack
+/// it: the broker delivers it again.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("cannot append change {id} to the replay log in {dir}: {source}; not acking it (it is redelivered once the disk is writable again)")]
+    ReplayLog {
+        id: EventId,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The fan-out's shared state; clone it freely.
@@ -136,6 +155,8 @@ struct Inner {
 
 struct State {
     buffer: ReplayBuffer,
+    /// The buffer's history on disk, when `replay_dir` is set.
+    log: Option<ReplayLog>,
     clients: HashMap<Sid, Client>,
     index: Index,
     /// Reused target list, so a delivery does not allocate.
@@ -152,6 +173,10 @@ struct Client {
     /// invisible to the snapshot too, and dropping it keeps a long-lived
     /// socket clear of xid wraparound.
     snapshot: Option<Snapshot>,
+    /// The `since` cursor: the client has every change up to it, so no
+    /// change with an id at or below it is sent (a late republish, or a
+    /// redelivery after a crash that lost the log's tail).
+    floor: Option<EventId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,20 +210,43 @@ const CATCH_UP_BATCH: usize = 256;
 impl Hub {
     /// A hub; `shutdown` ends its background tasks and closes the sockets
     /// (through the layer built by [`super::layer`]).
+    ///
+    /// # Panics
+    ///
+    /// With `replay_dir` set, if the replay log cannot be opened (another
+    /// process holds it, the directory is not writable). [`Hub::open`]
+    /// returns that error instead.
     pub fn new(options: HubOptions, shutdown: CancellationToken) -> Hub {
-        Hub {
+        Hub::open(options, shutdown).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A hub whose replay history is loaded from and logged to
+    /// `options.replay_dir` (in memory only when that is `None`).
+    pub fn open(options: HubOptions, shutdown: CancellationToken) -> Result<Hub, ReplayLogError> {
+        let (log, buffer) = match &options.replay_dir {
+            None => (None, ReplayBuffer::new(options.replay_buffer)),
+            Some(dir) => {
+                let (log, buffer, _report) =
+                    ReplayLog::open(dir, options.replay_buffer, options.replay_fsync)?;
+                (Some(log), buffer)
+            }
+        };
+        let stats = FanoutStats::default();
+        stats.set_buffer(buffer.len(), buffer.bytes());
+        Ok(Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
-                    buffer: ReplayBuffer::new(options.replay_buffer),
+                    buffer,
+                    log,
                     clients: HashMap::new(),
                     index: Index::default(),
                     targets: Vec::new(),
                 }),
-                stats: FanoutStats::default(),
+                stats,
                 options,
                 shutdown,
             }),
-        }
+        })
     }
 
     pub fn stats(&self) -> FanoutStats {
@@ -218,6 +266,78 @@ impl Hub {
         self.lock().buffer.latest_id()
     }
 
+    /// `Some(generation)` while this history has no start (see
+    /// [`Hub::offer_history_start`]); `None` once it has one.
+    pub fn history_start_needed(&self) -> Option<u64> {
+        let state = self.lock();
+        state
+            .buffer
+            .horizons()
+            .history_start
+            .is_none()
+            .then(|| state.buffer.generation())
+    }
+
+    /// The `xmax` (low 32 bits) of the snapshot this history starts at.
+    pub fn history_start(&self) -> Option<u32> {
+        self.lock().buffer.horizons().history_start
+    }
+
+    /// Offers `snapshot`, taken after the consumer's queue was bound, as the
+    /// start of the history that was at `generation` when the bind was done
+    /// (from [`Hub::history_start_needed`]). Adopted unless the history has
+    /// a start already or restarted since. Returns whether it was adopted.
+    pub fn offer_history_start(&self, snapshot: &Snapshot, generation: u64) -> bool {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if !state.buffer.offer_history_start(snapshot.xmax, generation) {
+            return false;
+        }
+        info!(
+            xmax = snapshot.xmax,
+            "history start set: snapshots from here on can be handed off"
+        );
+        if let Some(log) = &mut state.log {
+            // Not persisting it only costs resyncs after a crash (a later
+            // start is taken then), never a gap.
+            if let Err(e) = log.rewrite(&state.buffer) {
+                self.inner.stats.record_replay_log_error();
+                warn!(error = %e, dir = %log.dir().display(), "cannot record the history start in the replay log");
+            }
+        }
+        true
+    }
+
+    /// Forgets where the history starts (the consumer found its queue gone:
+    /// changes published meanwhile are lost to this gateway). Cursors from
+    /// before get `resync` until a new history start and new changes.
+    ///
+    /// Errors when the replay log cannot record it; the caller must not
+    /// consume before this succeeds, or a crash could bring back a history
+    /// with a hole in it.
+    pub fn restart_history(&self) -> Result<(), ReplayLogError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.buffer.restart_history();
+        info!("replay history restarted: the gateway queue was (re)created");
+        if let Some(log) = &mut state.log {
+            if let Err(source) = log.rewrite(&state.buffer) {
+                self.inner.stats.record_replay_log_error();
+                return Err(ReplayLogError::Io {
+                    action: "record a history restart in",
+                    path: log.dir().to_path_buf(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in the replay log file, if there is one (tests, metrics).
+    pub fn replay_log_len(&self) -> Option<u64> {
+        self.lock().log.as_ref().and_then(|log| log.file_len().ok())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind (no
         // invariant spans an unwinding point), so keep serving.
@@ -227,10 +347,11 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Fans a change out and holds it for replay. When this returns, the
-    /// change is in the queue of every socket it is for (or that socket is
-    /// being disconnected as too slow): the consumer may ack it.
-    pub fn deliver(&self, change: Change) -> Delivered {
+    /// Fans a change out and holds it for replay. When this returns `Ok`,
+    /// the change is in the replay log (if any) and in the queue of every
+    /// socket it is for (or that socket is being disconnected as too slow):
+    /// the consumer may ack it. On `Err` nothing was sent or held.
+    pub fn deliver(&self, change: Change) -> Result<Delivered, DeliverError> {
         let stats = &self.inner.stats;
         let mut slow = Vec::new();
         let sockets;
@@ -240,7 +361,19 @@ impl Hub {
             if state.buffer.is_duplicate(&change.id) {
                 stats.record_duplicate();
                 debug!(id = %change.id, "dropping duplicate change");
-                return Delivered::Duplicate;
+                return Ok(Delivered::Duplicate);
+            }
+            // Logged before anyone sees it: what a client got, a restarted
+            // gateway still has.
+            if let Some(log) = &mut state.log {
+                if let Err(source) = log.append(&change, &state.buffer) {
+                    stats.record_replay_log_error();
+                    return Err(DeliverError::ReplayLog {
+                        id: change.id,
+                        dir: log.dir().to_path_buf(),
+                        source,
+                    });
+                }
             }
             state
                 .index
@@ -256,7 +389,9 @@ impl Hub {
                         continue; // the replay will reach it
                     }
                 }
-                if !passes_snapshot(client, change.xid) {
+                if client.floor.is_some_and(|floor| change.id <= floor)
+                    || !passes_snapshot(client, change.xid)
+                {
                     continue;
                 }
                 match emit_change(&client.socket, &change) {
@@ -273,6 +408,16 @@ impl Hub {
                 .filter_map(|sid| state.detach(*sid, stats))
                 .collect();
             state.buffer.push(change);
+            if let Some(log) = &mut state.log {
+                match log.maybe_compact(&state.buffer) {
+                    Ok(false) => {}
+                    Ok(true) => debug!("replay log compacted"),
+                    Err(e) => {
+                        stats.record_replay_log_error();
+                        warn!(error = %e, dir = %log.dir().display(), "cannot compact the replay log; it keeps growing until a retry succeeds");
+                    }
+                }
+            }
             stats.set_buffer(state.buffer.len(), state.buffer.bytes());
             stats.record_emitted(emitted);
             stats.record_delivered();
@@ -282,7 +427,7 @@ impl Hub {
                 self.disconnect_slow(socket, "live");
             }
         }
-        Delivered::Fanned { sockets }
+        Ok(Delivered::Fanned { sockets })
     }
 
     /// Attaches a socket that passed the handshake: sends a `resync` if its
@@ -307,6 +452,7 @@ impl Hub {
                 subs: Subscriptions::default(),
                 phase: Phase::Live,
                 snapshot: None,
+                floor: None,
             };
             match start {
                 StartAt::Live => {}
@@ -314,7 +460,8 @@ impl Hub {
                     Ok(()) => {
                         client.phase = Phase::CatchingUp {
                             cursor: Some(since),
-                        }
+                        };
+                        client.floor = Some(since);
                     }
                     Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
                 },

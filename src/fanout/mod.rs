@@ -1,7 +1,8 @@
 //! Fan-out: change events from the consumer to browsers over Socket.IO.
 //!
-//! The [`Hub`] holds a bounded replay buffer of recent changes, the attached
-//! sockets and their subscriptions; [`layer`] builds the socketioxide layer
+//! The [`Hub`] holds a bounded replay buffer of recent changes (logged to
+//! `fanout.replay_dir` when set, so it survives a crash: see [`ReplayLog`]),
+//! the attached sockets and their subscriptions; [`layer`] builds the socketioxide layer
 //! (namespace `/`, path `/socket.io/`) that feeds it. The consumer parses
 //! each RabbitMQ body into a [`Change`] and calls [`Hub::deliver`]; the
 //! `change` payload a browser receives is that body byte for byte.
@@ -9,18 +10,22 @@
 //! # Wiring
 //!
 //! ```no_run
-//! # async fn wire(config: walcast::config::Config) {
+//! # async fn wire(config: walcast::config::Config) -> anyhow::Result<()> {
 //! use tokio_util::sync::CancellationToken;
 //! use walcast::consumer::Consumer;
 //! use walcast::fanout::{self, Hub, HubOptions};
 //!
 //! let shutdown = CancellationToken::new();
-//! let hub = Hub::new(HubOptions::from_config(&config.fanout), shutdown.clone());
+//! // Loads and locks fanout.replay_dir when set: fails if another process
+//! // holds it.
+//! let hub = Hub::open(HubOptions::from_config(&config.fanout), shutdown.clone())?;
 //! let (sio_layer, _io) = fanout::layer(&hub); // inside the runtime
 //! let app: axum::Router = axum::Router::new()
 //!     // .route(...) the HTTP API
 //!     .layer(sio_layer); // last, so it sees /socket.io/ before routing
-//! let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone());
+//! let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone())
+//!     // The history start for snapshot hand-offs, from the captured database.
+//!     .with_history_start(config.pg_config());
 //! tokio::spawn(consumer.run(shutdown.clone()));
 //!
 //! use axum::serve::ListenerExt;
@@ -33,8 +38,8 @@
 //!     });
 //! axum::serve(listener, app)
 //!     .with_graceful_shutdown(shutdown.cancelled_owned())
-//!     .await
-//!     .unwrap();
+//!     .await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -47,27 +52,35 @@
 //!   sockets and hold the change; attaching a socket (and each batch of its
 //!   replay) takes it too. A socket therefore sees held changes in id order,
 //!   then live ones, with nothing missing or repeated where they meet.
+//! - **Durability.** With `replay_dir`, a change is appended to the replay
+//!   log before it is emitted and before its delivery is acked; a change
+//!   the log cannot take is neither (the broker redelivers it). After a
+//!   crash the history is loaded back, and redeliveries of what was logged
+//!   but not acked are dropped as duplicates. See [`ReplayLog`] for torn
+//!   writes, compaction and machine crashes.
 //! - **Dedupe.** A change whose id is held, or at or below the eviction
-//!   horizon (the largest evicted id; after a fresh start, anything below
-//!   the first change received), is a duplicate and goes nowhere. A new id
-//!   older than the newest (a publisher republish after a nack) is still
-//!   delivered.
+//!   horizon (the largest evicted id; anything below the first change of
+//!   this history), is a duplicate and goes nowhere. A new id older than the
+//!   newest (a publisher republish after a nack) is still delivered, except
+//!   to a socket whose `since` is at or above it.
 //! - **`since`.** Replays every held change with a larger id, then live. A
-//!   `since` below the horizon (or any `since` before this gateway received
-//!   its first change) gets `resync {reason: "since_too_old" | "no_history",
+//!   `since` below the horizon (or any `since` before this history's first
+//!   change) gets `resync {reason: "since_too_old" | "no_history",
 //!   latest_id}` and then live changes. A `since` newer than everything held
 //!   is just live. A malformed `since` refuses the connection
 //!   (`connect_error` "auth.since: invalid event id ...").
 //! - **`snapshot`.** Sends, in order, every held or later change whose xid
 //!   the snapshot does not see (xid ≥ xmax, or in xip; xids compared modulo
 //!   2^32 using the low 32 bits of the snapshot's values), none that it sees.
-//!   The xid horizon is the latest xid among changes not held (after a fresh
-//!   start, the first change's xid − 1). If it is at or after the snapshot's
-//!   xmin, an unsent change the snapshot does not see may be gone: `resync
-//!   {reason: "snapshot_too_old"}`. Otherwise every change not held is seen
-//!   by the snapshot and the replay covers the rest. The filter stays on for
-//!   live changes until one with xid ≥ xmax goes by (after that, in commit
-//!   order, none is visible to the snapshot).
+//!   It needs the history start S0 (a snapshot the consumer took after
+//!   binding its queue; persisted with the log): without one, `resync
+//!   {reason: "no_history"}`; with `xmin` before S0's `xmax`, or at or
+//!   before the latest evicted xid, a change the snapshot does not see may
+//!   never have reached this gateway or may be gone: `resync {reason:
+//!   "snapshot_too_old"}`. Otherwise every change not held is seen by the
+//!   snapshot and the replay covers the rest. The filter stays on for live
+//!   changes until one with xid ≥ xmax goes by (after that, in commit order,
+//!   none is visible to the snapshot).
 //! - **Slow sockets.** Each socket has a queue of `socket_buffer` packets.
 //!   When a change does not fit, the socket is detached at once (it gets
 //!   nothing more, so what it got is a gap-free prefix), counted, logged at
@@ -83,15 +96,17 @@ mod handshake;
 mod hub;
 mod layer;
 mod replay;
+mod replay_log;
 mod snapshot;
 mod stats;
 mod subscription;
 
 pub use change::{Change, EventHeader, MalformedChange};
 pub use handshake::{Handshake, HandshakeError, StartAt};
-pub use hub::{AuthRequest, Authorizer, Delivered, Hub, HubOptions};
+pub use hub::{AuthRequest, Authorizer, DeliverError, Delivered, Hub, HubOptions};
 pub use layer::{layer, router};
-pub use replay::{ReplayBuffer, ResyncReason};
+pub use replay::{Horizons, ReplayBuffer, ResyncReason};
+pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};
 pub use stats::{FanoutStats, StatsSnapshot};
 pub use subscription::{canonical_json, parse_target, RowKey, Target, MAX_SUBSCRIPTIONS};

@@ -1,23 +1,32 @@
 //! The replay buffer: recent changes ordered by id, and what this gateway
-//! can no longer vouch for.
+//! can vouch for.
 //!
 //! It holds the last `capacity` changes in an ordered map keyed by
-//! [`EventId`] (ids sort in commit order) and tracks two horizons:
+//! [`EventId`] (ids sort in commit order) and tracks:
 //!
 //! - **id horizon**: every id at or below the largest evicted id, and every
-//!   id below the first change this gateway received (after a fresh start
-//!   nothing earlier is known), is *not held*. A change whose id is held or
-//!   not-held is a duplicate ([`ReplayBuffer::is_duplicate`]): a broker
-//!   redelivery or a publisher republish. A genuinely new id that sorts below
-//!   the newest one (a republish after a nack can arrive late) is *not*
-//!   dropped as long as it is above the horizon.
-//! - **xid horizon**: the latest xid (wraparound-aware) among changes not
-//!   held; right after a fresh start it is the first change's `xid - 1`,
-//!   meaning "anything before is unknown". A snapshot whose `xmin` is at or
-//!   before this horizon may miss a change it does not see, so it gets a
-//!   resync ([`ReplayBuffer::check_snapshot`]).
+//!   id below the first change of this history (before it nothing is
+//!   known), is *not held*. A change whose id is held or not-held is a
+//!   duplicate ([`ReplayBuffer::is_duplicate`]): a broker redelivery or a
+//!   publisher republish. A genuinely new id that sorts below the newest one
+//!   (a republish after a nack can arrive late) is *not* dropped as long as
+//!   it is above the horizon.
+//! - **history start**: the `xmax` of a Postgres snapshot S0 taken after
+//!   this gateway's queue was bound. Every transaction S0 does not see
+//!   committed after the bind, so its changes are in the queue: held, or
+//!   still to come. A client snapshot S whose `xmin` is at or after S0's
+//!   `xmax` sees everything S0 sees, so every change S does not see is held
+//!   or still to come. Without a start (none taken yet, or the queue was
+//!   recreated) nothing can be vouched for and a snapshot gets `resync`.
+//!   (The first change received is *not* a start: a transaction whose
+//!   commit record precedes it can become visible after it, so a snapshot
+//!   taken in between may miss a change that never reaches this gateway.)
+//! - **xid horizon**: the latest xid (wraparound-aware) among evicted
+//!   changes. A snapshot whose `xmin` is at or before it may not see an
+//!   evicted change, so it gets a resync ([`ReplayBuffer::check_snapshot`]).
 //!
-//! Pure data structure: no sockets, no locks, no clock.
+//! [`Horizons`] is everything but the held changes, as the replay log
+//! persists it. Pure data structure: no sockets, no locks, no clock, no I/O.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -30,8 +39,9 @@ use super::snapshot::{xid_max, xid_precedes, Snapshot};
 /// Why a client must reload over HTTP instead of being replayed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResyncReason {
-    /// This gateway has not received any change yet, so it cannot vouch for
-    /// any cursor.
+    /// This history cannot vouch for the cursor at all: for `since`, no
+    /// change has arrived since it began; for `snapshot`, it has no start
+    /// yet (no snapshot taken after the queue was bound).
     NoHistory,
     /// `since` is older than the oldest change held.
     SinceTooOld,
@@ -54,25 +64,44 @@ impl ResyncReason {
     }
 }
 
+/// Everything the buffer knows besides the held changes: what the replay
+/// log writes at each compaction and restores at startup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Horizons {
+    /// The first change of this history; ids below it are unknown.
+    pub first_received: Option<EventId>,
+    /// The largest evicted id.
+    pub max_evicted: Option<EventId>,
+    /// The latest xid among evicted changes.
+    pub xid_horizon: Option<u32>,
+    /// `xmax` (low 32 bits) of the snapshot that starts this history.
+    pub history_start: Option<u32>,
+}
+
 /// Recent changes by id, with the horizons described in the module doc.
 #[derive(Debug)]
 pub struct ReplayBuffer {
     capacity: usize,
     changes: BTreeMap<EventId, Change>,
-    first_received: Option<EventId>,
-    max_evicted: Option<EventId>,
-    xid_horizon: Option<u32>,
+    horizons: Horizons,
+    /// Bumped when the history restarts, so a history start taken for an
+    /// earlier history is not adopted by a later one.
+    generation: u64,
     bytes: usize,
 }
 
 impl ReplayBuffer {
     pub fn new(capacity: usize) -> ReplayBuffer {
+        ReplayBuffer::with_horizons(capacity, Horizons::default())
+    }
+
+    /// An empty buffer that continues a history with these horizons.
+    pub fn with_horizons(capacity: usize, horizons: Horizons) -> ReplayBuffer {
         ReplayBuffer {
             capacity: capacity.max(1),
             changes: BTreeMap::new(),
-            first_received: None,
-            max_evicted: None,
-            xid_horizon: None,
+            horizons,
+            generation: 0,
             bytes: 0,
         }
     }
@@ -85,9 +114,22 @@ impl ReplayBuffer {
         self.changes.is_empty()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Approximate bytes held by the buffered changes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    pub fn horizons(&self) -> Horizons {
+        self.horizons
+    }
+
+    /// See [`ReplayBuffer::restart_history`].
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The newest change held.
@@ -97,18 +139,19 @@ impl ReplayBuffer {
 
     /// Whether `id` was seen already: held, or at/below the id horizon.
     pub fn is_duplicate(&self, id: &EventId) -> bool {
+        let h = &self.horizons;
         self.changes.contains_key(id)
-            || self.max_evicted.is_some_and(|evicted| *id <= evicted)
-            || self.first_received.is_some_and(|first| *id < first)
+            || h.max_evicted.is_some_and(|evicted| *id <= evicted)
+            || h.first_received.is_some_and(|first| *id < first)
     }
 
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
     /// evicting the oldest beyond capacity.
     pub fn push(&mut self, change: Change) {
         debug_assert!(!self.is_duplicate(&change.id));
-        if self.first_received.is_none() {
-            self.first_received = Some(change.id);
-            self.xid_horizon = Some(change.xid.wrapping_sub(1));
+        let h = &mut self.horizons;
+        if h.first_received.is_none() {
+            h.first_received = Some(change.id);
         }
         self.bytes += change.heap_size();
         self.changes.insert(change.id, change);
@@ -117,21 +160,60 @@ impl ReplayBuffer {
                 break;
             };
             self.bytes -= evicted.heap_size();
-            self.max_evicted = Some(self.max_evicted.map_or(id, |e| e.max(id)));
-            self.xid_horizon = Some(match self.xid_horizon {
+            h.max_evicted = Some(h.max_evicted.map_or(id, |e| e.max(id)));
+            h.xid_horizon = Some(match h.xid_horizon {
                 Some(horizon) => xid_max(horizon, evicted.xid),
                 None => evicted.xid,
             });
         }
     }
 
+    /// Adopts `xmax` of a snapshot taken after the queue was bound as the
+    /// start of this history, unless it has one (an older start reaches
+    /// further back) or the history restarted since `generation`. Returns
+    /// whether it was adopted.
+    pub fn offer_history_start(&mut self, xmax: u32, generation: u64) -> bool {
+        if self.horizons.history_start.is_some() || generation != self.generation {
+            return false;
+        }
+        self.horizons.history_start = Some(xmax);
+        true
+    }
+
+    /// Forgets where this history starts: changes may have been lost
+    /// before the next one (the queue was deleted and declared again).
+    /// Held changes stay for dedupe; a `since` from before the next change
+    /// and every snapshot (until a new start) get `resync`.
+    pub fn restart_history(&mut self) {
+        self.horizons.first_received = None;
+        self.horizons.history_start = None;
+        // Held ids must stay duplicates and must not be replayed as if the
+        // history reached back to them.
+        if let Some(latest) = self.latest_id() {
+            let h = &mut self.horizons;
+            h.max_evicted = Some(h.max_evicted.map_or(latest, |e| e.max(latest)));
+            for change in self.changes.values() {
+                h.xid_horizon = Some(match h.xid_horizon {
+                    Some(horizon) => xid_max(horizon, change.xid),
+                    None => change.xid,
+                });
+            }
+        }
+        self.generation += 1;
+    }
+
     /// Whether a client whose cursor is `since` can be replayed to: every
     /// change after `since` this gateway received must still be held.
     pub fn check_since(&self, since: EventId) -> Result<(), ResyncReason> {
-        let Some(first) = self.first_received else {
+        let Some(first) = self.horizons.first_received else {
             return Err(ResyncReason::NoHistory);
         };
-        if since < first || self.max_evicted.is_some_and(|evicted| evicted > since) {
+        if since < first
+            || self
+                .horizons
+                .max_evicted
+                .is_some_and(|evicted| evicted > since)
+        {
             return Err(ResyncReason::SinceTooOld);
         }
         Ok(())
@@ -141,19 +223,28 @@ impl ReplayBuffer {
     /// the replay cursor to start after (changes not held at this point are
     /// all seen by the snapshot, so the replay starts at the oldest held).
     pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<Option<EventId>, ResyncReason> {
-        let Some(horizon) = self.xid_horizon else {
+        let Some(start) = self.horizons.history_start else {
             return Err(ResyncReason::NoHistory);
         };
-        if !xid_precedes(horizon, snapshot.xmin) {
+        // S.xmin >= S0.xmax: S sees everything S0 sees.
+        if xid_precedes(snapshot.xmin, start) {
             return Err(ResyncReason::SnapshotTooOld);
         }
-        Ok(self.max_evicted)
+        if self
+            .horizons
+            .xid_horizon
+            .is_some_and(|horizon| !xid_precedes(horizon, snapshot.xmin))
+        {
+            return Err(ResyncReason::SnapshotTooOld);
+        }
+        Ok(self.horizons.max_evicted)
     }
 
     /// Whether a change after `cursor` was evicted: a client replaying from
     /// `cursor` can no longer get everything.
     pub fn evicted_after(&self, cursor: Option<EventId>) -> bool {
-        self.max_evicted
+        self.horizons
+            .max_evicted
             .is_some_and(|evicted| cursor.is_none_or(|c| evicted > c))
     }
 
@@ -247,19 +338,60 @@ mod tests {
         assert_eq!(buffer.check_since(id(10)), Ok(()));
         assert_eq!(buffer.check_since(id(15)), Ok(()));
         assert_eq!(buffer.check_since(id(99)), Ok(()), "newer than held: live");
-        // xid horizon is 99: a snapshot with xmin 100 is covered, 99 is not.
-        let ok: Snapshot = "100:102:".parse().unwrap();
+        // The first change is no history start: a transaction committed
+        // before it may become visible after it.
+        let s: Snapshot = "102:102:".parse().unwrap();
+        assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::NoHistory));
+    }
+
+    #[test]
+    fn a_history_start_covers_snapshots_from_its_xmax_on() {
+        let mut buffer = ReplayBuffer::new(10);
+        let generation = buffer.generation();
+        assert!(buffer.offer_history_start(100, generation));
+        assert!(
+            !buffer.offer_history_start(200, generation),
+            "older start kept"
+        );
+        assert_eq!(buffer.horizons().history_start, Some(100));
+        // Quiet system: no change yet, a snapshot from after the start is fine.
+        let ok: Snapshot = "100:103:101".parse().unwrap();
         assert_eq!(buffer.check_snapshot(&ok), Ok(None));
-        let old: Snapshot = "99:102:".parse().unwrap();
+        let old: Snapshot = "99:103:".parse().unwrap();
         assert_eq!(
             buffer.check_snapshot(&old),
             Err(ResyncReason::SnapshotTooOld)
         );
+        // since still needs a first change.
+        assert_eq!(buffer.check_since(id(1)), Err(ResyncReason::NoHistory));
+    }
+
+    #[test]
+    fn a_restarted_history_vouches_for_nothing_before_it() {
+        let mut buffer = buffer_with(10, &[(10, 100), (20, 101)]);
+        let before = buffer.generation();
+        assert!(buffer.offer_history_start(100, before));
+        buffer.restart_history();
+        assert!(!buffer.offer_history_start(102, before), "stale start");
+        let s: Snapshot = "102:102:".parse().unwrap();
+        assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::NoHistory));
+        assert_eq!(buffer.check_since(id(20)), Err(ResyncReason::NoHistory));
+        assert!(buffer.is_duplicate(&id(20)) && buffer.is_duplicate(&id(10)));
+        assert!(buffer.offer_history_start(102, buffer.generation()));
+        assert_eq!(
+            buffer.check_snapshot(&s),
+            Ok(Some(id(20))),
+            "held are not replayed"
+        );
+        buffer.push(change(30, 103));
+        assert_eq!(buffer.check_since(id(20)), Err(ResyncReason::SinceTooOld));
+        assert_eq!(buffer.check_since(id(30)), Ok(()));
     }
 
     #[test]
     fn eviction_raises_both_horizons() {
-        let buffer = buffer_with(2, &[(10, 100), (20, 107), (30, 103), (40, 104)]);
+        let mut buffer = buffer_with(2, &[(10, 100), (20, 107), (30, 103), (40, 104)]);
+        assert!(buffer.offer_history_start(90, buffer.generation()));
         // Evicted: 10 (xid 100) and 20 (xid 107). xid horizon = 107.
         assert_eq!(buffer.check_since(id(15)), Err(ResyncReason::SinceTooOld));
         assert_eq!(buffer.check_since(id(20)), Ok(()));
@@ -270,23 +402,30 @@ mod tests {
         assert!(buffer.evicted_after(None));
         assert!(buffer.evicted_after(Some(id(15))));
         assert!(!buffer.evicted_after(Some(id(20))));
+        let h = buffer.horizons();
+        assert_eq!(
+            (h.first_received, h.max_evicted, h.xid_horizon),
+            (Some(id(10)), Some(id(20)), Some(107))
+        );
     }
 
     #[test]
-    fn xid_horizon_wraps_around() {
-        let buffer = buffer_with(1, &[(10, u32::MAX - 1), (20, 2), (30, 3)]);
+    fn xid_comparisons_wrap_around() {
+        let mut buffer = buffer_with(1, &[(10, u32::MAX - 1), (20, 2), (30, 3)]);
+        assert!(buffer.offer_history_start(u32::MAX - 2, buffer.generation()));
         // Evicted xids u32::MAX - 1 and 2: the later one across the wrap is 2.
         let s: Snapshot = "2:5:".parse().unwrap();
         assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::SnapshotTooOld));
         let s: Snapshot = "3:5:".parse().unwrap();
         assert!(buffer.check_snapshot(&s).is_ok());
 
-        // First change at xid 0: the horizon is u32::MAX ("just before").
-        let buffer = buffer_with(10, &[(10, 0)]);
+        // A start just before the wrap covers snapshots just after it.
+        let mut buffer = ReplayBuffer::new(10);
+        assert!(buffer.offer_history_start(u32::MAX, 0));
         let s: Snapshot = "0:1:".parse().unwrap();
         assert!(buffer.check_snapshot(&s).is_ok());
         let s = Snapshot {
-            xmin: u32::MAX,
+            xmin: u32::MAX - 1,
             xmax: 1,
             xip: vec![],
         };

@@ -16,6 +16,7 @@ struct Counters {
     slow_disconnects: AtomicU64,
     resyncs: AtomicU64,
     connects_refused: AtomicU64,
+    replay_log_errors: AtomicU64,
     connected_sockets: AtomicU64,
     buffered_events: AtomicU64,
     buffered_bytes: AtomicU64,
@@ -42,6 +43,9 @@ pub struct StatsSnapshot {
     pub resyncs: u64,
     /// Handshakes refused (bad `since`/`snapshot`, authorizer said no).
     pub connects_refused: u64,
+    /// Replay log writes that failed (deliveries not acked, compactions
+    /// postponed).
+    pub replay_log_errors: u64,
     /// Sockets currently attached.
     pub connected_sockets: u64,
     /// Changes held in the replay buffer.
@@ -62,6 +66,7 @@ impl FanoutStats {
             slow_disconnects: get(&c.slow_disconnects),
             resyncs: get(&c.resyncs),
             connects_refused: get(&c.connects_refused),
+            replay_log_errors: get(&c.replay_log_errors),
             connected_sockets: get(&c.connected_sockets),
             buffered_events: get(&c.buffered_events),
             buffered_bytes: get(&c.buffered_bytes),
@@ -95,6 +100,10 @@ impl FanoutStats {
 
     pub(crate) fn record_connect_refused(&self) {
         self.0.connects_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_replay_log_error(&self) {
+        self.0.replay_log_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_connected_sockets(&self, n: usize) {

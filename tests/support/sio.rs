@@ -77,8 +77,7 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     pub exchange: String,
     pub queue: String,
-    publisher: Channel,
-    _publisher_conn: Connection,
+    publisher: Publisher,
     server: tokio::task::JoinHandle<()>,
     consumer_task: tokio::task::JoinHandle<()>,
 }
@@ -87,13 +86,113 @@ pub struct Gateway {
 pub struct GatewayOptions {
     pub hub: HubOptions,
     pub drop_connection_before_ack: Option<u64>,
+    /// End the whole process after handing this delivery to the hub.
+    pub exit_process_before_ack: Option<u64>,
+    /// Exchange and queue to use (a restarted gateway); fresh unique ones
+    /// when `None`.
+    pub names: Option<(String, String)>,
+    /// Postgres to take the history start from.
+    pub history_start: Option<tokio_postgres::Config>,
+}
+
+/// Fresh, unique exchange and queue names for one test.
+pub fn unique_names() -> (String, String) {
+    let suffix = unique_suffix();
+    (
+        format!("walcast.test.{suffix}"),
+        format!("walcast.test.{suffix}.gateway"),
+    )
+}
+
+/// Publishes crafted events to a test exchange, with publisher confirms.
+pub struct Publisher {
+    channel: Channel,
+    _conn: Connection,
+    exchange: String,
+}
+
+impl Publisher {
+    /// Connects and declares `exchange` (durable topic, as walcast does).
+    pub async fn connect(exchange: &str) -> Publisher {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        channel
+            .exchange_declare(
+                ShortString::from(exchange),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Publisher {
+            channel,
+            _conn: conn,
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    /// Publishes an event as the publisher does (contract section 2) and
+    /// waits for the broker's confirm; returns the body.
+    pub async fn publish(&self, event: &ChangeEvent) -> Vec<u8> {
+        let body = event.to_json();
+        self.publish_raw(&event.routing_key(), &body, Some(&event.id.to_string()))
+            .await;
+        body
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: Option<&str>) {
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_app_id(ShortString::from("walcast"));
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(ShortString::from(id));
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(self.exchange.as_str()),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "broker nacked a test publish");
+    }
+
+    /// Deletes a test queue and this publisher's exchange.
+    pub async fn delete(&self, queue: &str) {
+        self.channel
+            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await
+            .ok();
+        self.channel
+            .exchange_delete(
+                ShortString::from(self.exchange.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .ok();
+    }
 }
 
 impl Gateway {
     pub async fn start(options: GatewayOptions) -> Gateway {
-        let suffix = unique_suffix();
-        let exchange = format!("walcast.test.{suffix}");
-        let queue = format!("walcast.test.{suffix}.gateway");
+        let (exchange, queue) = options.names.clone().unwrap_or_else(unique_names);
         let config = RabbitConfig {
             url: amqp_url(),
             exchange: exchange.clone(),
@@ -124,30 +223,17 @@ impl Gateway {
         if let Some(n) = options.drop_connection_before_ack {
             consumer = consumer.drop_connection_before_ack(n);
         }
+        if let Some(n) = options.exit_process_before_ack {
+            consumer = consumer.exit_process_before_ack(n);
+        }
+        if let Some(pg) = options.history_start {
+            consumer = consumer.with_history_start(pg);
+        }
         let status = consumer.status();
         let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
         wait_until("the consumer to consume", TIMEOUT, || status.is_consuming()).await;
 
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let publisher = conn.create_channel().await.unwrap();
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        publisher
-            .exchange_declare(
-                ShortString::from(exchange.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let publisher = Publisher::connect(&exchange).await;
 
         Gateway {
             hub,
@@ -157,7 +243,6 @@ impl Gateway {
             exchange,
             queue,
             publisher,
-            _publisher_conn: conn,
             server,
             consumer_task,
         }
@@ -170,34 +255,21 @@ impl Gateway {
     /// Publishes an event as the publisher does (contract section 2) and
     /// waits for the broker's confirm; returns the body.
     pub async fn publish(&self, event: &ChangeEvent) -> Vec<u8> {
-        let body = event.to_json();
-        self.publish_raw(&event.routing_key(), &body, Some(&event.id.to_string()))
-            .await;
-        body
+        self.publisher.publish(event).await
     }
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: Option<&str>) {
-        let mut properties = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(2)
-            .with_app_id(ShortString::from("walcast"));
-        if let Some(id) = message_id {
-            properties = properties.with_message_id(ShortString::from(id));
-        }
-        let confirm = self
-            .publisher
-            .basic_publish(
-                ShortString::from(self.exchange.as_str()),
-                ShortString::from(routing_key),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+        self.publisher
+            .publish_raw(routing_key, body, message_id)
             .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "broker nacked a test publish");
+    }
+
+    /// Gives the hub a history start as if the consumer had taken a
+    /// snapshot with this `xmax` after binding its queue.
+    pub fn set_history_start(&self, xmax: u32) {
+        let generation = self.hub.history_start_needed().expect("no start yet");
+        let snapshot = format!("{xmax}:{xmax}:").parse().unwrap();
+        assert!(self.hub.offer_history_start(&snapshot, generation));
     }
 
     pub async fn wait_delivered(&self, n: u64) {
@@ -218,27 +290,47 @@ impl Gateway {
 
     /// Stops everything and deletes the test's queue and exchange.
     pub async fn teardown(self) {
+        let (publisher, queue) = self.stop_inner().await;
+        publisher.delete(&queue).await;
+    }
+
+    /// Stops gracefully and keeps the queue and exchange, for a restart on
+    /// the same names. With a replay log, waits until its lock is free.
+    pub async fn stop(self) {
+        let dir = self.hub.options().replay_dir.clone();
+        self.stop_inner().await;
+        if let Some(dir) = dir {
+            wait_for_lock_release(&dir).await;
+        }
+    }
+
+    async fn stop_inner(self) -> (Publisher, String) {
         self.shutdown.cancel();
         tokio::time::timeout(TIMEOUT, self.consumer_task)
             .await
             .expect("consumer stops on shutdown")
             .unwrap();
         tokio::time::timeout(TIMEOUT, self.server).await.ok();
-        self.publisher
-            .queue_delete(
-                ShortString::from(self.queue.as_str()),
-                QueueDeleteOptions::default(),
-            )
-            .await
-            .ok();
-        self.publisher
-            .exchange_delete(
-                ShortString::from(self.exchange.as_str()),
-                ExchangeDeleteOptions::default(),
-            )
-            .await
-            .ok();
+        (self.publisher, self.queue)
     }
+}
+
+/// Waits until no hub holds the replay log in `dir` (the last handle on a
+/// stopped hub may be dropped by a task that is still finishing).
+pub async fn wait_for_lock_release(dir: &Path) {
+    let lock = std::fs::File::open(dir.join(walcast::fanout::LOCK_FILE)).unwrap();
+    wait_until(
+        "the replay log lock to be released",
+        TIMEOUT,
+        || match fs4::FileExt::try_lock(&lock) {
+            Ok(()) => {
+                fs4::FileExt::unlock(&lock).unwrap();
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
 }
 
 /// The id of test event `n` (commit LSNs 0x1000 apart, ordinal 0).
