@@ -35,6 +35,9 @@ bash scripts/ensure-services.sh
 db="${WALCAST_DEV_DB:-walcast}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:${WALCAST_PG_PORT}/${db}}"
 export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# Browsers' replay history survives a restart of walcast.
+export WALCAST_FANOUT_REPLAY_DIR="${WALCAST_FANOUT_REPLAY_DIR:-$root/.walcast/replay}"
+export WALCAST_RABBITMQ_QUEUE="${WALCAST_RABBITMQ_QUEUE:-walcast.gateway.dev}"
 if [ "$(psql -h 127.0.0.1 -p "$WALCAST_PG_PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != "1" ]; then
   log "creating database $db"
   psql -h 127.0.0.1 -p "$WALCAST_PG_PORT" -U postgres -qc "CREATE DATABASE \"$db\""

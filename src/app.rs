@@ -136,11 +136,12 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     if roles.has(Role::Gateway) {
         let mut options = HubOptions::from_config(&config.fanout);
         options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
-        let hub = Hub::new(options, stop.clone());
+        let hub = Hub::open(options, stop.clone())?;
         let (socket_layer, _io) = fanout::layer(&hub);
         // Last, so Socket.IO sees /socket.io/ before the API's routing.
         router = router.layer(socket_layer);
-        let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone());
+        let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone())
+            .with_history_start(config.pg_config());
         let status = consumer.status();
         metrics.watch_gateway(hub.stats(), status.clone());
         let consumer_stop = stop.clone();
