@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 use std::sync::Arc;
 
 use crate::api::{self, ApiState, Authenticator, Health};
-use crate::capture::{self, CaptureError, CaptureOptions, Metered};
+use crate::capture::{self, CaptureError, CaptureOptions, Metered, StreamState};
 use crate::catalog::{describe, CatalogError};
 use crate::config::Config;
 use crate::consumer::Consumer;
@@ -320,6 +320,24 @@ async fn capture_with_lease(
             }
         }
     });
+    // The stream's state, mirrored into the health registry for /readyz.
+    let (state_sender, mut state) = tokio::sync::watch::channel(StreamState::Connecting);
+    let mirror_health = health.clone();
+    let mirror = tokio::spawn(async move {
+        loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                StreamState::Connecting => mirror_health.set("slot_stream", false, "connecting"),
+                StreamState::Streaming => mirror_health.set("slot_stream", true, "streaming"),
+                StreamState::Reconnecting(error) => {
+                    mirror_health.set("slot_stream", false, format!("reconnecting: {error}"))
+                }
+            }
+            if state.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     let options = CaptureOptions {
         pg: config.pg_config(),
         application_name: config.postgres.application_name.clone(),
@@ -330,11 +348,13 @@ async fn capture_with_lease(
         create_temporary_slot: false,
         status_interval: Duration::from_millis(config.postgres.status_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
+        state: Some(state_sender),
     };
-    health.set("slot_stream", true, "starting");
     let mut sink = Metered::new(&mut publisher, handles.capture.clone());
     let result = capture::run(&options, &mut sink, stop.clone()).await;
     watcher.abort();
+    drop(options);
+    let _ = mirror.await;
     publisher.close().await;
     match result {
         Ok(summary) => {

@@ -256,6 +256,25 @@ pub struct CaptureOptions {
     pub create_temporary_slot: bool,
     pub status_interval: Duration,
     pub max_backoff: Duration,
+    /// Where the loop reports whether it is streaming (for `/readyz`).
+    pub state: Option<tokio::sync::watch::Sender<StreamState>>,
+}
+
+/// Whether the replication stream is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    Connecting,
+    Streaming,
+    /// Lost; reconnecting after the error shown.
+    Reconnecting(String),
+}
+
+impl CaptureOptions {
+    fn report(&self, state: StreamState) {
+        if let Some(sender) = &self.state {
+            sender.send_replace(state);
+        }
+    }
 }
 
 /// How the loop ended.
@@ -293,6 +312,7 @@ pub async fn run<S: Sink>(
                 attempt = if made_progress { 1 } else { attempt + 1 };
                 let delay = backoff(attempt, options.max_backoff);
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
+                options.report(StreamState::Reconnecting(e.to_string()));
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(CaptureSummary { flushed }),
@@ -340,6 +360,7 @@ impl Session<'_> {
             })
             .await?;
         info!(slot = %options.slot, "streaming changes");
+        options.report(StreamState::Streaming);
         if let Some(lsn) = *self.flushed {
             if options.advance_slot {
                 stream.set_durable(lsn);

@@ -55,6 +55,7 @@ pub async fn run(
         create_temporary_slot: args.temporary,
         status_interval: Duration::from_millis(config.postgres.status_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
+        state: None,
     };
     let mut sink = StdoutSink::new();
     let summary = capture::run(&options, &mut sink, shutdown).await?;
