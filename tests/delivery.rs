@@ -53,6 +53,7 @@ impl Browser {
         &mut self,
         client: &mut NodeClient,
         timeout: Duration,
+        walcast: &Walcast,
         enough: impl Fn(&Browser) -> bool,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -60,10 +61,11 @@ impl Browser {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(line) = client.next_within(left).await else {
                 panic!(
-                    "browser stalled: {} changes, {} rows, resyncs {:?}",
+                    "browser stalled: {} changes, {} rows, resyncs {:?}; walcast log:\n{}",
                     self.ids.len(),
                     self.rows.len(),
-                    self.resyncs
+                    self.resyncs,
+                    tail(&walcast.log())
                 );
             };
             match line.kind() {
@@ -132,7 +134,7 @@ async fn scenario(db: TestDb, amqp_url: String, fault: Fault<'_>) {
     let quarter = TRANSACTIONS * ROWS / 4;
     assert!(
         browser
-            .read(&mut client, CATCH_UP, |b| b.rows.len() >= quarter)
+            .read(&mut client, CATCH_UP, &walcast, |b| b.rows.len() >= quarter)
             .await
     );
     match fault {
@@ -140,7 +142,11 @@ async fn scenario(db: TestDb, amqp_url: String, fault: Fault<'_>) {
             let log = walcast.kill().await;
             assert!(!log.contains("panicked"), "{log}");
             // The browser's connection went with the process.
-            assert!(!browser.read(&mut client, CATCH_UP, |_| false).await);
+            assert!(
+                !browser
+                    .read(&mut client, CATCH_UP, &walcast, |_| false)
+                    .await
+            );
             walcast = Walcast::start(&db, &spec).await;
         }
         Fault::RestartBroker(node) => {
@@ -168,9 +174,11 @@ async fn scenario(db: TestDb, amqp_url: String, fault: Fault<'_>) {
     writer.await.unwrap();
     let expected = order_ids(&db).await;
     assert!(expected.len() >= TRANSACTIONS * ROWS);
-    audit.wait_inserted(&expected, CATCH_UP).await;
+    audit.wait_inserted(&expected, CATCH_UP, &walcast).await;
     let connected = browser
-        .read(&mut client, CATCH_UP, |b| b.rows.is_superset(&expected))
+        .read(&mut client, CATCH_UP, &walcast, |b| {
+            b.rows.is_superset(&expected)
+        })
         .await;
     assert!(
         connected,
@@ -245,7 +253,7 @@ async fn standby_capture_takes_over_when_the_active_one_dies() {
         roles: "capture",
         replay_dir: None,
     };
-    let active = Walcast::start(&db, &spec(stack::free_port())).await;
+    let mut active = Walcast::start(&db, &spec(stack::free_port())).await;
     wait_for_log(&active, "holding the slot lease").await;
     let standby = Walcast::start(&db, &spec(stack::free_port())).await;
     wait_for_log(&standby, "hot standby").await;
@@ -265,10 +273,16 @@ async fn standby_capture_takes_over_when_the_active_one_dies() {
 
     writer.await.unwrap();
     let expected = order_ids(&db).await;
-    audit.wait_inserted(&expected, CATCH_UP).await;
+    audit.wait_inserted(&expected, CATCH_UP, &standby).await;
     let log = standby.stop().await;
     assert!(!log.contains("panicked"), "{log}");
     audit.delete(&amqp_url, &audit_queue).await;
+}
+
+/// The last lines of a log, for failure messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 async fn wait_for_log(walcast: &Walcast, needle: &str) {

@@ -135,7 +135,7 @@ impl Walcast {
     }
 
     /// SIGKILL: no shutdown path runs.
-    pub async fn kill(mut self) -> String {
+    pub async fn kill(&mut self) -> String {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
         self.log()
@@ -204,7 +204,12 @@ impl Audit {
     }
 
     /// Waits until every row id in `expected` has an insert event.
-    pub async fn wait_inserted(&self, expected: &BTreeSet<i64>, timeout: Duration) {
+    pub async fn wait_inserted(
+        &self,
+        expected: &BTreeSet<i64>,
+        timeout: Duration,
+        walcast: &Walcast,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let missing: Vec<i64> = {
@@ -216,9 +221,14 @@ impl Audit {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the audit queue misses inserts, e.g. rows {missing:?} ({} of {} seen)",
+                "the audit queue misses inserts, e.g. rows {missing:?} ({} of {} seen); walcast log:\n{}",
                 self.inserted.lock().unwrap().len(),
-                expected.len()
+                expected.len(),
+                {
+                    let log = walcast.log();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                }
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -239,6 +249,16 @@ impl Audit {
 }
 
 async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) {
+    try_declare(channel, exchange, queue)
+        .await
+        .expect("declare and bind the audit queue");
+}
+
+async fn try_declare(
+    channel: &lapin::Channel,
+    exchange: &str,
+    queue: &str,
+) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             exchange.into(),
@@ -249,8 +269,7 @@ async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) {
             },
             FieldTable::default(),
         )
-        .await
-        .expect("declare exchange");
+        .await?;
     channel
         .queue_declare(
             queue.into(),
@@ -260,8 +279,7 @@ async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) {
             },
             FieldTable::default(),
         )
-        .await
-        .expect("declare audit queue");
+        .await?;
     channel
         .queue_bind(
             queue.into(),
@@ -270,8 +288,8 @@ async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) {
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .expect("bind audit queue");
+        .await?;
+    Ok(())
 }
 
 async fn consume(
@@ -287,7 +305,10 @@ async fn consume(
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    declare(&channel, exchange, queue).await;
+    // The broker may be half up (restarting): fail this session, not the test.
+    if try_declare(&channel, exchange, queue).await.is_err() {
+        return;
+    }
     let Ok(mut consumer) = channel
         .basic_consume(
             queue.into(),
