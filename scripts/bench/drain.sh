@@ -43,7 +43,7 @@ pids=()
 cleanup() {
   set +e
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  psql "$admin" -qAtc "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE '${db}\_%' AND NOT active" >/dev/null 2>&1
+  drop_slots "${db}\_%"
   psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
   local ex=() qs=()
   for r in $(seq 1 "$rounds"); do
