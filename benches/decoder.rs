@@ -309,13 +309,7 @@ fn bench(c: &mut Criterion) {
     ] {
         let mut decoder = decoder_for(oid, name, columns);
         group.bench_function(id, |b| {
-            b.iter(|| {
-                black_box(
-                    decoder
-                        .decode(Lsn(0x16B3_7000), black_box(message))
-                        .is_ok(),
-                )
-            })
+            b.iter(|| black_box(decoder.decode(Lsn(0x16B3_7000), black_box(message)).is_ok()))
         });
     }
     for (id, oid, name, columns, message) in [
