@@ -10,7 +10,10 @@
 //! `connections` connections (autocommit: one transaction each, with the
 //! server's `synchronous_commit`), so commits can overlap and Postgres can
 //! group them. A connection that falls behind runs its next statements at
-//! once rather than skipping them. Prints one JSON line when done:
+//! once rather than skipping them, and every connection stops issuing
+//! statements at `start + seconds`, so a machine that cannot keep the rate
+//! shows as `rate` below what was asked, never as a longer run. Prints one
+//! JSON line when done:
 //! `{"committed":…,"errors":…,"seconds":…,"rate":…,"max_late_ms":…,"start_ms":…}`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +65,7 @@ async fn main() -> Result<()> {
     let max_late_us = Arc::new(AtomicU64::new(0));
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() * 1000.0;
     let start = Instant::now() + Duration::from_millis(10);
+    let end = start + Duration::from_secs_f64(args.seconds);
     let mut tasks = Vec::new();
     for (lane, (client, statement)) in clients.into_iter().enumerate() {
         let (committed, errors, max_late_us) =
@@ -72,6 +76,9 @@ async fn main() -> Result<()> {
             while i < total {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 let now = Instant::now();
+                if now >= end {
+                    break;
+                }
                 if now < due {
                     tokio::time::sleep_until(due).await;
                 } else {
@@ -91,7 +98,7 @@ async fn main() -> Result<()> {
     for task in tasks {
         task.await?;
     }
-    let seconds = (Instant::now() - start).as_secs_f64();
+    let seconds = (Instant::now() - start).as_secs_f64().max(args.seconds);
     let committed = committed.load(Ordering::Relaxed);
     println!(
         "{{\"committed\":{committed},\"errors\":{},\"seconds\":{seconds:.3},\"rate\":{:.1},\"max_late_ms\":{:.1},\"start_ms\":{start_ms:.1}}}",
