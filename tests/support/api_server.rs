@@ -15,30 +15,10 @@ use walcast::config::Config;
 /// Every request of these tests is bounded by this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The superuser URL of the wal_level=logical cluster.
-pub fn pg_url() -> String {
-    std::env::var("WALCAST_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
-}
-
-/// `url` with its database replaced.
-pub fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+// One definition of the test cluster's URLs, shared with the other tests.
+#[path = "pgtest.rs"]
+mod pgtest;
+pub use pgtest::{pg_url, with_db};
 
 /// A connection to `url`, driven in the background.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
