@@ -18,6 +18,15 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
 fi
 command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 
+# The build takes about 5 GB, and RabbitMQ blocks every publisher when its
+# disk runs low (a "low on disk" resource alarm), which makes the delivery
+# tests stall rather than fail fast: say so up front.
+free_kb=$(df -Pk "$root" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  log "WARNING: only $((free_kb / 1024)) MB free on $(df -P "$root" | awk 'NR==2 {print $6}'):"
+  log "  the build needs about 5 GB, and RabbitMQ blocks publishers when its disk runs low"
+fi
+
 bash scripts/ensure-services.sh
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
@@ -46,4 +55,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --all-targets --no-fail-fast "$@"
+status=0
+cargo test --all-targets --no-fail-fast "$@" || status=$?
+log "disk after the run: $(df -Ph "$root" | awk 'NR==2 {print $4 " free of " $2}'); target/ is $(du -sh target 2>/dev/null | cut -f1)"
+exit "$status"

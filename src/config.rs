@@ -112,6 +112,11 @@ pub struct RabbitConfig {
     pub publish_window: usize,
     /// Longest wait between reconnect attempts, in milliseconds.
     pub max_backoff_ms: u64,
+    /// The gateway queue is deleted by the broker after it has had no
+    /// consumer for this long (`x-expires`), so a gateway that is gone for
+    /// good does not pile up every event on the broker's disk. 0 keeps it
+    /// forever.
+    pub queue_expires_ms: u64,
 }
 
 impl Default for RabbitConfig {
@@ -123,6 +128,7 @@ impl Default for RabbitConfig {
             prefetch: 1000,
             publish_window: 1024,
             max_backoff_ms: 30_000,
+            queue_expires_ms: 1_800_000,
         }
     }
 }
@@ -282,6 +288,7 @@ impl fmt::Debug for RabbitConfig {
             .field("prefetch", &self.prefetch)
             .field("publish_window", &self.publish_window)
             .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("queue_expires_ms", &self.queue_expires_ms)
             .finish()
     }
 }
@@ -484,6 +491,16 @@ impl Config {
             problem(
                 "rabbitmq.max_backoff_ms",
                 format!("{} is out of range 100..=3600000", mq.max_backoff_ms),
+            );
+        }
+        if mq.queue_expires_ms != 0 && !(10_000..=u32::MAX as u64).contains(&mq.queue_expires_ms) {
+            problem(
+                "rabbitmq.queue_expires_ms",
+                format!(
+                    "{} must be 0 (never) or in 10000..={}",
+                    mq.queue_expires_ms,
+                    u32::MAX
+                ),
             );
         }
         if !(1..=10_000_000).contains(&self.fanout.replay_buffer) {

@@ -432,3 +432,84 @@ async fn a_fresh_gateway_in_a_quiet_system_hands_off_snapshots_from_its_start() 
         started.elapsed()
     );
 }
+
+/// A gateway that is gone for good must not leave a queue behind that
+/// piles up every event on the broker's disk: its queue carries
+/// `x-expires` (`rabbitmq.queue_expires_ms`), so the broker deletes it once
+/// it has had no consumer for that long. When the gateway comes back, it
+/// sees the queue was recreated and restarts its (persisted) history, so a
+/// client whose cursor is from before gets `resync`, not a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_of_a_gateway_gone_for_good_expires_and_its_return_restarts_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = unique_names();
+    let expires = Duration::from_secs(10);
+    let options = || GatewayOptions {
+        hub: hub_options(dir.path(), 1000),
+        names: Some(names.clone()),
+        queue_expires_ms: Some(expires.as_millis() as u64),
+        ..GatewayOptions::default()
+    };
+    let change = |n| event(n, 1000 + n as u32, "public.orders", 1, 0);
+
+    let gw = Gateway::start(options()).await;
+    let queue = gw.queue.clone();
+    gw.publish(&change(1)).await;
+    gw.wait_delivered(1).await;
+    gw.stop().await;
+    assert!(
+        Gateway::queue_exists(&queue).await,
+        "the queue outlives its gateway for x-expires"
+    );
+    // Published while the gateway is away: held in its queue, then lost
+    // with it when the queue expires.
+    let publisher = Publisher::connect(&names.0).await;
+    publisher.publish(&change(2)).await;
+    // Watched with rabbitmqctl: a passive declare would renew the lease.
+    let away = Instant::now();
+    tokio::time::sleep(expires).await;
+    while broker_lists_queue(&queue).await {
+        assert!(
+            away.elapsed() < expires + TIMEOUT,
+            "the queue of a gateway gone for {:?} still exists (x-expires {expires:?})",
+            away.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "queue expired {:?} after its gateway stopped",
+        away.elapsed()
+    );
+
+    let gw = Gateway::start(options()).await;
+    gw.publish(&change(3)).await;
+    gw.wait_delivered(1).await;
+    let mut client =
+        NodeClient::connect(&gw.url(), json!({"since": event_id(1).to_string()})).await;
+    let line = client.next().await;
+    assert_eq!(
+        line.0["event"], "resync",
+        "a cursor from before the lost queue gets resync: {line:?}"
+    );
+    client.close().await;
+    publisher.delete(&queue).await;
+    gw.teardown().await;
+}
+
+/// Whether the (local, shared) broker lists `queue`, asked through
+/// rabbitmqctl, which unlike a passive declare does not count as a use.
+async fn broker_lists_queue(queue: &str) -> bool {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name"])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.trim() == queue)
+}

@@ -5,7 +5,9 @@
 //! with `#`, so every gateway sees every change. Deliveries are parsed into
 //! a [`Change`] (only the routing header is read; the body's bytes are kept)
 //! and handed to [`Hub::deliver`]; the delivery is acked only after that
-//! returns, i.e. once the change is in the Socket.IO queues. A body that is
+//! returns, i.e. once the change is in the Socket.IO queues (deliveries that
+//! are already waiting are handed over first and acked together, with one
+//! `multiple` ack, instead of one awaited ack each). A body that is
 //! not a change event is logged, counted and rejected without requeue (it
 //! would fail the same way again; a dead-letter policy on the queue keeps
 //! it), so it never blocks the queue.
@@ -41,13 +43,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, Connection, ConnectionProperties, ExchangeKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -71,7 +73,7 @@ pub enum ConsumerError {
     Connect { url: String, source: lapin::Error },
     #[error("connecting to RabbitMQ at {url} timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { url: String },
-    #[error("cannot declare {what} {name:?}: {source} (if it exists with other settings, delete it or fix rabbitmq.exchange / rabbitmq.queue)")]
+    #[error("cannot declare {what} {name:?}: {source} (if it exists with other settings, delete it or fix rabbitmq.exchange / rabbitmq.queue / rabbitmq.queue_expires_ms)")]
     Declare {
         what: &'static str,
         name: String,
@@ -330,7 +332,7 @@ impl Consumer {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                queue_arguments(&self.config),
             )
             .await
             .map_err(|source| declare("queue", queue, source))?;
@@ -378,15 +380,33 @@ impl Consumer {
             );
         }
         let failed = |e| (ConsumerError::Channel(e), true);
+        // Acks are batched: while more deliveries are already waiting they
+        // are handed to the hub first, then one `multiple` ack covers the
+        // batch. A batch never waits for a delivery that has not arrived,
+        // so the ack follows the last hand-over at once.
+        let mut batch = AckBatch::default();
         loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                next = deliveries.next() => match next {
-                    None => return Err((ConsumerError::Cancelled, true)),
-                    Some(Err(e)) => return Err(failed(e)),
-                    Some(Ok(delivery)) => delivery,
-                },
+            let ready = if batch.len < MAX_ACK_BATCH {
+                deliveries.next().now_or_never()
+            } else {
+                None
+            };
+            let next = match ready {
+                Some(next) => next,
+                None => {
+                    let acked = batch.flush().await.map_err(failed)?;
+                    self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                        next = deliveries.next() => next,
+                    }
+                }
+            };
+            let delivery = match next {
+                None => return Err((ConsumerError::Cancelled, true)),
+                Some(Err(e)) => return Err(failed(e)),
+                Some(Ok(delivery)) => delivery,
             };
             let received = self.status.0.received.fetch_add(1, Ordering::Relaxed) + 1;
             if delivery.redelivered {
@@ -418,12 +438,7 @@ impl Consumer {
                         }
                         _ => {}
                     }
-                    delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(failed)?;
-                    self.status.0.acked.fetch_add(1, Ordering::Relaxed);
+                    batch.push(delivery.acker);
                 }
                 Err(e) => {
                     self.hub.stats().record_malformed();
@@ -446,6 +461,35 @@ impl Consumer {
     }
 }
 
+/// Deliveries handed to the hub in one batch, at most; their ack waits
+/// for the batch. Well under any sensible prefetch, so the broker keeps
+/// sending while a batch is acked.
+const MAX_ACK_BATCH: u64 = 256;
+
+/// Deliveries handed to the hub and not yet acked, acked together with
+/// one `basic.ack(multiple)` on the last one's tag.
+#[derive(Default)]
+struct AckBatch {
+    last: Option<Acker>,
+    len: u64,
+}
+
+impl AckBatch {
+    fn push(&mut self, acker: Acker) {
+        self.last = Some(acker);
+        self.len += 1;
+    }
+
+    /// Acks the batch; returns how many deliveries that covered.
+    async fn flush(&mut self) -> Result<u64, lapin::Error> {
+        let Some(last) = self.last.take() else {
+            return Ok(0);
+        };
+        last.ack(BasicAckOptions { multiple: true }).await?;
+        Ok(std::mem::take(&mut self.len))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     DropConnection,
@@ -455,6 +499,20 @@ enum Fault {
 enum SessionEnd {
     Shutdown,
     Fault,
+}
+
+/// The gateway queue's arguments: `x-expires` unless it is turned off.
+fn queue_arguments(config: &RabbitConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if config.queue_expires_ms > 0 {
+        // validate() keeps it within a u32, as RabbitMQ wants.
+        let expires = config.queue_expires_ms.min(u64::from(u32::MAX)) as i64;
+        arguments.insert(
+            ShortString::from("x-expires"),
+            AMQPValue::LongLongInt(expires),
+        );
+    }
+    arguments
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {

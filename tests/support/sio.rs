@@ -93,6 +93,8 @@ pub struct GatewayOptions {
     pub names: Option<(String, String)>,
     /// Postgres to take the history start from.
     pub history_start: Option<tokio_postgres::Config>,
+    /// `rabbitmq.queue_expires_ms`; walcast's default when `None`.
+    pub queue_expires_ms: Option<u64>,
 }
 
 /// Fresh, unique exchange and queue names for one test.
@@ -199,6 +201,9 @@ impl Gateway {
             queue: queue.clone(),
             prefetch: 200,
             max_backoff_ms: 200,
+            queue_expires_ms: options
+                .queue_expires_ms
+                .unwrap_or(RabbitConfig::default().queue_expires_ms),
             ..RabbitConfig::default()
         };
         let shutdown = CancellationToken::new();
@@ -292,6 +297,27 @@ impl Gateway {
     pub async fn teardown(self) {
         let (publisher, queue) = self.stop_inner().await;
         publisher.delete(&queue).await;
+    }
+
+    /// Whether `queue` exists on the test broker (a passive declare).
+    pub async fn queue_exists(queue: &str) -> bool {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let exists = channel
+            .queue_declare(
+                ShortString::from(queue),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        conn.close(200, ShortString::from("done")).await.ok();
+        exists
     }
 
     /// Stops gracefully and keeps the queue and exchange, for a restart on
