@@ -1026,6 +1026,22 @@ mod tests {
     }
 
     #[test]
+    fn queue_expiry_is_off_or_at_least_ten_seconds() {
+        let mut config = Config::default();
+        assert_eq!(config.rabbitmq.queue_expires_ms, 1_800_000);
+        for ok in [0, 10_000, u64::from(u32::MAX)] {
+            config.rabbitmq.queue_expires_ms = ok;
+            assert!(config.validate().is_empty(), "{ok} is valid");
+        }
+        for bad in [1, 9_999, u64::from(u32::MAX) + 1] {
+            config.rabbitmq.queue_expires_ms = bad;
+            let problems = config.validate();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].field, "rabbitmq.queue_expires_ms");
+        }
+    }
+
+    #[test]
     fn passwords_never_show() {
         assert_eq!(
             redact_url("postgres://user:s3cret@host:5432/db"),
