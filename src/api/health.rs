@@ -49,16 +49,17 @@ impl Health {
 
     /// Records a component's state. A component, once set, counts for
     /// readiness until [`Health::remove`]d. Changes of `healthy` are
-    /// logged; repeated reports are not.
+    /// logged; repeated reports are not. A component's first report, when
+    /// it is not healthy yet, is a start, not a fault: logged at info.
     pub fn set(&self, component: &'static str, healthy: bool, detail: impl Into<String>) {
         let detail = detail.into();
         let previous = self.lock().insert(component, (healthy, detail.clone()));
-        let changed = previous.is_none_or(|(was_healthy, _)| was_healthy != healthy);
-        if changed {
-            if healthy {
-                tracing::info!(component, detail = %detail, "component healthy");
-            } else {
-                tracing::warn!(component, detail = %detail, "component unhealthy");
+        match (previous, healthy) {
+            (Some((was_healthy, _)), _) if was_healthy == healthy => {}
+            (_, true) => tracing::info!(component, detail = %detail, "component healthy"),
+            (None, false) => tracing::info!(component, detail = %detail, "component starting"),
+            (Some(_), false) => {
+                tracing::warn!(component, detail = %detail, "component unhealthy")
             }
         }
     }
