@@ -16,6 +16,7 @@
 #   BENCH_FANOUT_SOCKETS  fan-out: sockets (default 10000)
 #   BENCH_FANOUT_RATE     fan-out: changes/s (default 10)
 #   BENCH_FANOUT_SECONDS  fan-out: seconds of load (default 10)
+#   BENCH_CLIENT_THREADS  fan-out: worker threads of the Rust client (default 1)
 #   BENCH_LARGE_ROWS      large transaction: rows of the UPDATE (default 1000000)
 #
 # Every benchmark uses its own database, slots, exchanges and queues and

@@ -4,23 +4,25 @@
 #   scripts/bench/fanout.sh
 #
 # walcast run --role capture,gateway (release, default settings) and
-# BENCH_FANOUT_SOCKETS (default 10,000) socket.io-client sockets in one
-# separate Node process (scripts/bench/sio-bench.mjs), every one receiving
-# every change. Reports walcast's RSS per connected socket ((RSS with the
+# BENCH_FANOUT_SOCKETS (default 10,000) Socket.IO sockets in one separate
+# client process (examples/bench_sio.rs: Engine.IO v4 / Socket.IO v5 over
+# WebSocket in Rust, BENCH_CLIENT_THREADS worker threads, default 1), every
+# one receiving every change. Reports walcast's RSS per connected socket ((RSS with the
 # sockets connected and idle − RSS before) / sockets), then commits
 # BENCH_FANOUT_RATE single-row updates per second (default 10) for
 # BENCH_FANOUT_SECONDS (default 10) and reports the client deliveries per second
 # the sockets received (changes received by all sockets / time from first
 # to last receipt), the delivery ratio, latency (1 socket in 100 records
 # it) and disconnects (walcast drops a socket that falls socket_buffer
-# events behind).
+# events behind), plus the CPU seconds the client and walcast used while
+# the load ran and drained.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 sockets="${BENCH_FANOUT_SOCKETS:-10000}"
 rate="${BENCH_FANOUT_RATE:-10}"
 seconds="${BENCH_FANOUT_SECONDS:-10}"
-[ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+threads="${BENCH_CLIENT_THREADS:-1}"
 bash scripts/ensure-services.sh >/dev/null 2>&1
 bench_build
 
@@ -30,16 +32,17 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 options=$(jq -cn --arg url "$walcast_url" --argjson sockets "$sockets" --argjson pid "$walcast_pid" \
   --arg load "$load_tool" --arg db "$url" --arg rate "$rate" --arg seconds "$seconds" \
-  '{url: $url, serverPid: $pid, concurrency: 100, drainMs: 120000,
+  --argjson threads "$threads" \
+  '{url: $url, serverPid: $pid, concurrency: 100, drainMs: 120000, threads: $threads,
     groups: [{name: "all", count: $sockets, sampleEvery: 100}],
     load: [$load, "--url", $db, "--rate", $rate, "--seconds", $seconds, "--keys", "1000", "--connections", "4"]}')
 log "$sockets sockets, $rate changes/s for $seconds s"
-summary=$(node --max-old-space-size=8192 scripts/bench/sio-bench.mjs "$options")
-log "$(jq -c '{connectMs, clientRssMiB, serverKiB, load}' <<<"$summary")"
+summary=$("$sio_tool" "$options")
+log "$(jq -c '{connectMs, clientRssMiB, serverKiB, cpu, load}' <<<"$summary")"
 jq -r --arg rate "$rate" '
   . as $s
   | .groups[0] as $g
   | ($s.serverKiB.connected - $s.serverKiB.before) as $grown
   | "| fan-out: walcast memory per socket | \($grown / $g.connected | . * 10 | round / 10) KiB | RSS \($s.serverKiB.before / 1024 | round) MiB → \($s.serverKiB.connected / 1024 | round) MiB with \($g.connected) idle sockets connected (\($g.failed) failed) in \($s.connectMs / 1000 | . * 10 | round / 10) s; peak \($s.serverKiB.peak / 1024 | round) MiB |",
-    "| fan-out: deliveries to \($g.connected) sockets | \(if $g.spanMs > 0 then ($g.received / $g.spanMs * 1000 | round) else 0 end) deliveries/s | \($s.load.rate | round) changes/s (\($rate)/s asked); delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); latency p50 \($g.latencyMs.p50 // 0 | round) ms, p99 \($g.latencyMs.p99 // 0 | round) ms; \($g.disconnects) disconnects; Node client RSS \($s.clientRssMiB) MiB |"' \
+    "| fan-out: deliveries to \($g.connected) sockets | \(if $g.spanMs > 0 then ($g.received / $g.spanMs * 1000 | round) else 0 end) deliveries/s | \($s.load.rate | round) changes/s (\($rate)/s asked); delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); latency p50 \($g.latencyMs.p50 // 0 | round) ms, p99 \($g.latencyMs.p99 // 0 | round) ms; \($g.disconnects) disconnects; CPU while loaded: walcast \($s.cpu.serverSec / $s.cpu.wallSec * 100 | round) %, client \($s.cpu.clientSec / $s.cpu.wallSec * 100 | round) % of a core (\($s.cpu.clientThreads) thread(s), RSS \($s.clientRssMiB) MiB) |"' \
   <<<"$summary"

@@ -19,13 +19,14 @@ amqp_url="${WALCAST_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 bin="$root/target/release/walcast"
 amqp_tool="$root/target/release/examples/bench_amqp"
 load_tool="$root/target/release/examples/bench_load"
+sio_tool="$root/target/release/examples/bench_sio"
 
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 
 # Builds walcast and the helper programs (release) unless BENCH_NO_BUILD=1.
 bench_build() {
   [ "${BENCH_NO_BUILD:-0}" = 1 ] && return 0
-  cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load
+  cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio
 }
 
 now() { date +%s.%N; }

@@ -21,6 +21,18 @@
 //!
 //! Nothing here binds a listener: the caller mounts [`layer`] on its axum
 //! app (see the `fanout` module doc).
+//!
+//! # Memory per socket
+//!
+//! An idle socket costs walcast about 25 KiB of RSS (10,000 sockets,
+//! `scripts/bench/fanout.sh`), almost all of it in socketioxide and
+//! engineioxide (heaptrack): three tasks per socket (reader, writer,
+//! heartbeat; about 6 KiB), the socket's packet channel (tokio allocates
+//! its first block of 32 slots up front; about 5 KiB), the WebSocket read
+//! buffer ([`WS_READ_BUFFER`]), the request head, and heap fragmentation
+//! left by hyper's 8-16 KiB per-connection read buffers, freed once the
+//! WebSocket takes over (`MALLOC_MMAP_THRESHOLD_=8192` in walcast's
+//! environment returns those to the OS: about 4.5 KiB less per socket).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,6 +56,12 @@ use super::hub::{AuthRequest, Hub};
 /// ones whose client stopped reading.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The WebSocket read buffer per socket (engineioxide's default is 4 KiB,
+/// all of it resident: tungstenite zero-fills it before reading). Clients
+/// only send pongs and `subscribe` commands, far smaller; a larger frame
+/// still arrives whole, the buffer grows to hold it.
+pub const WS_READ_BUFFER: usize = 512;
+
 /// Builds the Socket.IO layer for `hub` (path `/socket.io/`, namespace `/`).
 ///
 /// Must be called inside a Tokio runtime: it spawns the task that closes
@@ -52,6 +70,7 @@ pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
     let options = hub.options();
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(options.socket_buffer.max(1))
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .ping_interval(options.ping_interval)
         .ping_timeout(options.ping_timeout)
         .with_state(hub.clone())
