@@ -127,6 +127,11 @@ impl<'a> TupleData<'a> {
         self.column_count
     }
 
+    /// The size of the tuple's values on the wire.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn values(&self) -> TupleValues<'a> {
         TupleValues {
             remaining: self.column_count,
