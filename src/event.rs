@@ -42,14 +42,10 @@ impl Lsn {
     /// upper-case hex without leading zeros.
     fn text(self) -> Ascii<17> {
         let mut text = Ascii::default();
-        for (i, half) in [self.0 >> 32, self.0 & 0xFFFF_FFFF].into_iter().enumerate() {
-            if i == 1 {
-                text.push(b"/");
-            }
-            let digits = hex16(half);
-            let first = digits.iter().position(|&d| d != b'0').unwrap_or(15);
-            text.push(&digits[first..]);
-        }
+        let (high, low) = ((self.0 >> 32) as u32, self.0 as u32);
+        text.push_hex(high);
+        text.push(b"/");
+        text.push_hex(low);
         text
     }
 }
@@ -586,6 +582,16 @@ impl<const N: usize> Ascii<N> {
         self.len += width;
     }
 
+    /// `value` in upper-case hex without leading zeros, as `{:X}` writes it.
+    fn push_hex(&mut self, value: u32) {
+        let width = (8 - value.leading_zeros() as usize / 4).max(1);
+        let digits = &mut self.bytes[self.len..self.len + width];
+        for (i, digit) in digits.iter_mut().rev().enumerate() {
+            *digit = HEX_DIGITS[(value >> (4 * i)) as usize & 0xF];
+        }
+        self.len += width;
+    }
+
     fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
@@ -595,12 +601,13 @@ impl<const N: usize> Ascii<N> {
     }
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+
 /// `value` as exactly 16 upper-case hex digits.
 fn hex16(value: u64) -> [u8; 16] {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = [0; 16];
     for (i, digit) in out.iter_mut().enumerate() {
-        *digit = DIGITS[(value >> (60 - 4 * i)) as usize & 0xF];
+        *digit = HEX_DIGITS[(value >> (60 - 4 * i)) as usize & 0xF];
     }
     out
 }
@@ -907,6 +914,20 @@ mod tests {
             ]
             .map(String::from),
         );
+        // Escapes at every position of strings of every length up to 40.
+        let specials = [
+            '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '!', '#', '[', ']', '\u{7f}', 'é', '😀',
+        ];
+        texts.extend(random_u64s(20_000).map(|r| {
+            let len = (r % 40) as usize;
+            let mut text = "abcdefgh".repeat(5)[..len].to_owned();
+            if len > 0 {
+                let at = (r >> 8) as usize % len;
+                let special = specials[(r >> 16) as usize % specials.len()];
+                text.replace_range(at..at + 1, special.encode_utf8(&mut [0; 4]));
+            }
+            text
+        }));
         for text in &texts {
             let mut out = Vec::new();
             json::write_str(&mut out, text);

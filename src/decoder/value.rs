@@ -117,6 +117,16 @@ pub(crate) fn write_json(
     text: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), std::str::Utf8Error> {
+    // A timestamp in the usual form is checked byte by byte, which proves it
+    // ASCII: no separate UTF-8 check.
+    let written = match kind {
+        ValueKind::Scalar(Scalar::Timestamp) => write_timestamp(text, out),
+        ValueKind::Scalar(Scalar::TimestampTz) => write_timestamptz(text, out),
+        _ => false,
+    };
+    if written {
+        return Ok(());
+    }
     let text = std::str::from_utf8(text)?;
     match kind {
         ValueKind::Scalar(scalar) => write_scalar(scalar, text, out),
@@ -165,12 +175,12 @@ fn write_scalar(scalar: Scalar, text: &str, out: &mut Vec<u8>) {
             Err(_) => json::write_str(out, text),
         },
         Scalar::Timestamp => {
-            if !write_timestamp(text, out) {
+            if !write_timestamp(text.as_bytes(), out) {
                 json::write_str(out, text);
             }
         }
         Scalar::TimestampTz => {
-            if !write_timestamptz(text, out) {
+            if !write_timestamptz(text.as_bytes(), out) {
                 json::write_str(out, text);
             }
         }
@@ -184,15 +194,15 @@ fn write_scalar(scalar: Scalar, text: &str, out: &mut Vec<u8>) {
 /// `2026-11-22 05:04:10.580065` → `"2026-11-22T05:04:10.580065"`. Other
 /// forms (`infinity`, BC dates) write nothing and return false, to be kept
 /// as sent.
-fn write_timestamp(text: &str, out: &mut Vec<u8>) -> bool {
+fn write_timestamp(text: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(parts) = DateTimeParts::parse(text).filter(|parts| parts.rest.is_empty()) else {
         return false;
     };
     // Digits and separators only: nothing to escape.
     out.push(b'"');
-    out.extend_from_slice(parts.date.as_bytes());
+    out.extend_from_slice(parts.date);
     out.push(b'T');
-    out.extend_from_slice(parts.time.as_bytes());
+    out.extend_from_slice(parts.time);
     out.push(b'"');
     true
 }
@@ -201,23 +211,21 @@ fn write_timestamp(text: &str, out: &mut Vec<u8>) -> bool {
 /// converting any other offset (`+05:30`, `-08`, `+00:09:21`) to UTC while
 /// keeping the fractional digits exactly as sent. Other forms write nothing
 /// and return false, to be kept as sent.
-fn write_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
+fn write_timestamptz(text: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(parts) = DateTimeParts::parse(text) else {
         return false;
     };
     let Some(offset_seconds) = parse_offset(parts.rest) else {
         return false;
     };
-    let (whole, fraction) = match parts.time.find('.') {
-        Some(dot) => parts.time.split_at(dot),
-        None => (parts.time, ""),
-    };
+    // The seconds are 8 bytes, then the fraction, if any.
+    let (whole, fraction) = parts.time.split_at(8);
     // Digits and separators only: nothing to escape.
     if offset_seconds == 0 {
         out.push(b'"');
-        out.extend_from_slice(parts.date.as_bytes());
+        out.extend_from_slice(parts.date);
         out.push(b'T');
-        out.extend_from_slice(whole.as_bytes());
+        out.extend_from_slice(whole);
     } else {
         let Some(utc) = shift_to_utc(parts.date, whole, offset_seconds) else {
             return false;
@@ -225,17 +233,20 @@ fn write_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
         out.push(b'"');
         out.extend_from_slice(utc.as_bytes());
     }
-    out.extend_from_slice(fraction.as_bytes());
+    out.extend_from_slice(fraction);
     out.extend_from_slice(b"Z\"");
     true
 }
 
 /// `date` `whole` (to the second) at `offset_seconds` east of UTC, as UTC
 /// `YYYY-MM-DDTHH:MM:SS`; `None` if it is not a valid date and time.
-fn shift_to_utc(date: &str, whole: &str, offset_seconds: i64) -> Option<String> {
-    let local =
-        chrono::NaiveDateTime::parse_from_str(&format!("{date} {whole}"), "%Y-%m-%d %H:%M:%S")
-            .ok()?;
+fn shift_to_utc(date: &[u8], whole: &[u8], offset_seconds: i64) -> Option<String> {
+    let local = format!(
+        "{} {}",
+        std::str::from_utf8(date).ok()?,
+        std::str::from_utf8(whole).ok()?
+    );
+    let local = chrono::NaiveDateTime::parse_from_str(&local, "%Y-%m-%d %H:%M:%S").ok()?;
     let utc = local.checked_sub_signed(chrono::TimeDelta::seconds(offset_seconds))?;
     // Year 0 and below would need Postgres's BC notation; keep as sent.
     if chrono::Datelike::year(&utc) < 1 {
@@ -244,78 +255,64 @@ fn shift_to_utc(date: &str, whole: &str, offset_seconds: i64) -> Option<String> 
     Some(utc.format("%Y-%m-%dT%H:%M:%S").to_string())
 }
 
-/// A `YYYY-MM-DD HH:MM:SS[.ffffff]` prefix and whatever follows it.
+/// A `YYYY-MM-DD HH:MM:SS[.ffffff]` prefix and whatever follows it. The
+/// date and time parts are checked byte by byte, so they are ASCII.
 struct DateTimeParts<'a> {
-    date: &'a str,
-    time: &'a str,
-    rest: &'a str,
+    date: &'a [u8],
+    time: &'a [u8],
+    rest: &'a [u8],
 }
 
 impl<'a> DateTimeParts<'a> {
-    fn parse(text: &'a str) -> Option<Self> {
-        let (date, after) = text.split_once(' ')?;
-        let mut fields = date.split('-');
-        let year = fields.next()?;
-        let month = fields.next()?;
-        let day = fields.next()?;
-        if fields.next().is_some()
-            || year.len() < 4
-            || !all_digits(year)
-            || month.len() != 2
-            || !all_digits(month)
-            || day.len() != 2
-            || !all_digits(day)
-        {
+    fn parse(text: &'a [u8]) -> Option<Self> {
+        let space = text.iter().position(|&b| b == b' ')?;
+        let (date, after) = (&text[..space], &text[space + 1..]);
+        // At least four digits of year, then -MM-DD; HH:MM:SS is 8 bytes.
+        let year_len = date.len().checked_sub(6).filter(|&len| len >= 4)?;
+        let (year, month_day) = date.split_at(year_len);
+        let &[b'-', m1, m2, b'-', d1, d2] = month_day else {
+            return None;
+        };
+        let &[h1, h2, b':', n1, n2, b':', s1, s2] = after.first_chunk::<8>()? else {
+            return None;
+        };
+        let digits = [m1, m2, d1, d2, h1, h2, n1, n2, s1, s2];
+        if !year.iter().all(u8::is_ascii_digit) || !digits.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        // HH:MM:SS is 8 bytes, then an optional '.' and digits.
-        let bytes = after.as_bytes();
-        let hms = bytes.get(..8)?;
-        let hms_ok = hms.iter().enumerate().all(|(i, b)| match i {
-            2 | 5 => *b == b':',
-            _ => b.is_ascii_digit(),
-        });
-        if !hms_ok {
-            return None;
-        }
+        // Then an optional '.' and digits.
         let mut end = 8;
-        if bytes.get(8) == Some(&b'.') {
+        if after.get(8) == Some(&b'.') {
             end = 9;
-            while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+            while after.get(end).is_some_and(u8::is_ascii_digit) {
                 end += 1;
             }
             if end == 9 {
                 return None;
             }
         }
-        Some(DateTimeParts {
-            date,
-            time: after.get(..end)?,
-            rest: after.get(end..)?,
-        })
+        let (time, rest) = after.split_at(end);
+        Some(DateTimeParts { date, time, rest })
     }
 }
 
-fn all_digits(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// `+HH`, `+HH:MM` or `+HH:MM:SS` (and `-`) → seconds east of UTC.
-fn parse_offset(text: &str) -> Option<i64> {
-    let (sign, digits) = match text.as_bytes().first()? {
-        b'+' => (1, text.get(1..)?),
-        b'-' => (-1, text.get(1..)?),
+fn parse_offset(text: &[u8]) -> Option<i64> {
+    let (sign, digits) = match text.split_first()? {
+        (b'+', digits) => (1, digits),
+        (b'-', digits) => (-1, digits),
         _ => return None,
     };
     let mut seconds = 0i64;
     let mut scale = 3600;
-    let mut count = 0;
-    for field in digits.split(':') {
-        count += 1;
-        if count > 3 || field.len() != 2 || !all_digits(field) {
+    for (count, field) in digits.split(|&b| b == b':').enumerate() {
+        let &[tens, ones] = field else {
+            return None;
+        };
+        if count >= 3 || !tens.is_ascii_digit() || !ones.is_ascii_digit() {
             return None;
         }
-        seconds += field.parse::<i64>().ok()? * scale;
+        seconds += i64::from((tens - b'0') * 10 + (ones - b'0')) * scale;
         scale /= 60;
     }
     Some(sign * seconds)
@@ -341,9 +338,11 @@ fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     };
-    hex.chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        bytes.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    Some(bytes)
 }
 
 /// The `bytea_output = escape` form: `\\` is a backslash, `\nnn` an octal
