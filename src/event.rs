@@ -643,8 +643,19 @@ pub(crate) mod json {
 
     /// A JSON string.
     pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+        write_escaped(out, text.as_bytes());
+    }
+
+    /// A JSON string of ASCII text given as bytes (a row must stay UTF-8).
+    pub(crate) fn write_ascii_str(out: &mut Vec<u8>, text: &[u8]) {
+        debug_assert!(text.is_ascii());
+        write_escaped(out, text);
+    }
+
+    /// Escaping only ever splits the text at ASCII bytes, so UTF-8 in is
+    /// UTF-8 out.
+    fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bytes = text.as_bytes();
         out.reserve(bytes.len() + 2);
         out.push(b'"');
         let mut run_start = 0;
