@@ -19,216 +19,18 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use walcast::decoder::{Decoded, Decoder};
-use walcast::event::{ChangeEvent, Lsn};
+use walcast::event::ChangeEvent;
 
-/// Builders for pgoutput messages (the layout of the PostgreSQL docs,
-/// "Logical Replication Message Formats"; same as `src/decoder/tests.rs`).
-mod wire {
-    pub enum V<'a> {
-        Null,
-        Text(&'a str),
-    }
+#[path = "support/pgoutput.rs"]
+mod pgoutput;
 
-    fn cstr(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(s.as_bytes());
-        out.push(0);
-    }
-
-    fn tuple(out: &mut Vec<u8>, values: &[V<'_>]) {
-        out.extend_from_slice(&(values.len() as i16).to_be_bytes());
-        for value in values {
-            match value {
-                V::Null => out.push(b'n'),
-                V::Text(text) => {
-                    out.push(b't');
-                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-                    out.extend_from_slice(text.as_bytes());
-                }
-            }
-        }
-    }
-
-    pub fn begin(final_lsn: u64, commit_time: i64, xid: u32) -> Vec<u8> {
-        let mut out = vec![b'B'];
-        out.extend_from_slice(&final_lsn.to_be_bytes());
-        out.extend_from_slice(&commit_time.to_be_bytes());
-        out.extend_from_slice(&xid.to_be_bytes());
-        out
-    }
-
-    pub fn commit(commit_lsn: u64, end_lsn: u64, commit_time: i64) -> Vec<u8> {
-        let mut out = vec![b'C', 0];
-        out.extend_from_slice(&commit_lsn.to_be_bytes());
-        out.extend_from_slice(&end_lsn.to_be_bytes());
-        out.extend_from_slice(&commit_time.to_be_bytes());
-        out
-    }
-
-    /// Columns are (name, type oid); every column carries the replica
-    /// identity flag, as under REPLICA IDENTITY FULL.
-    pub fn relation(oid: u32, namespace: &str, name: &str, columns: &[(&str, u32)]) -> Vec<u8> {
-        let mut out = vec![b'R'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        cstr(&mut out, namespace);
-        cstr(&mut out, name);
-        out.push(b'f');
-        out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
-        for &(name, type_oid) in columns {
-            out.push(1);
-            cstr(&mut out, name);
-            out.extend_from_slice(&type_oid.to_be_bytes());
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-        }
-        out
-    }
-
-    pub fn insert(oid: u32, new: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'I'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'N');
-        tuple(&mut out, new);
-        out
-    }
-
-    /// With a whole old row ('O'), as REPLICA IDENTITY FULL sends.
-    pub fn update(oid: u32, old: &[V<'_>], new: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'U'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'O');
-        tuple(&mut out, old);
-        out.push(b'N');
-        tuple(&mut out, new);
-        out
-    }
-
-    pub fn delete(oid: u32, old: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'D'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'O');
-        tuple(&mut out, old);
-        out
-    }
-}
-
-use wire::V::{self, Null, Text as T};
-
-const ORDERS: u32 = 16_384;
-const WIDE: u32 = 16_400;
-const FINAL_LSN: u64 = 0x16B3_8000;
-/// 2026-11-22T05:04:10.580065Z in Postgres-epoch microseconds.
-const COMMIT_TIME: i64 = 848_639_050_580_065;
-
-/// `sql/schema.sql`'s orders table.
-const ORDERS_COLUMNS: &[(&str, u32)] = &[
-    ("id", 20),
-    ("customer_name", 25),
-    ("product_name", 25),
-    ("status", 25),
-    ("created_at", 1114),
-    ("updated_at", 1114),
-];
-
-fn orders_row<'a>(id: &'a str, status: &'a str, updated_at: &'a str) -> [V<'a>; 6] {
-    [
-        T(id),
-        T("Harry Hole"),
-        T("iPhone 17 Pro Max 256 GB"),
-        T(status),
-        T("2026-11-22 05:01:00.123456"),
-        T(updated_at),
-    ]
-}
-
-/// 30 columns of mixed types, text forms as Postgres sends them with
-/// walcast's session settings (DateStyle=ISO, TimeZone=UTC,
-/// extra_float_digits=3, bytea_output=hex).
-const WIDE_COLUMNS: &[(&str, u32)] = &[
-    ("id", 20),
-    ("small", 21),
-    ("count", 23),
-    ("active", 16),
-    ("score", 701),
-    ("ratio", 700),
-    ("price", 1700),
-    ("code", 25),
-    ("label", 1043),
-    ("description", 25),
-    ("uuid", 2950),
-    ("day", 1082),
-    ("created_at", 1114),
-    ("seen_at", 1184),
-    ("attrs", 3802),
-    ("digest", 17),
-    ("ids", 1007),
-    ("tags", 1009),
-    ("ttl", 1186),
-    ("flag", 16),
-    ("big", 20),
-    ("tax", 1700),
-    ("note", 25),
-    ("updated_at", 1184),
-    ("payload", 114),
-    ("country", 1042),
-    ("weight", 701),
-    ("version", 23),
-    ("email", 25),
-    ("parent_uuid", 2950),
-];
-
-fn wide_row<'a>(id: &'a str, version: &'a str) -> Vec<V<'a>> {
-    vec![
-        T(id),
-        T("12"),
-        T("48213"),
-        T("t"),
-        T("0.30000000000000004"),
-        T("3.14159274"),
-        T("1234.50"),
-        T("SKU-0042"),
-        T("Widget, large"),
-        T("A long-ish free text description of the item, with punctuation: \"quoted\", commas, and a tab\tinside."),
-        T("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-        T("2026-11-22"),
-        T("2026-11-22 05:04:10.580065"),
-        T("2026-11-22 05:04:10.580065+00"),
-        T(r#"{"color": "red", "sizes": [1, 2, 3], "nested": {"a": true, "b": null}}"#),
-        T("\\x0123456789abcdef0123456789abcdef"),
-        T("{1,2,3,4,5}"),
-        T(r#"{red,"dark blue",NULL}"#),
-        T("1 day 02:03:04"),
-        T("f"),
-        T("9223372036854775807"),
-        T("0.19"),
-        Null,
-        T("2026-11-22 05:04:11+00"),
-        T(r#"{"k":"v"}"#),
-        T("SE "),
-        T("72.5"),
-        T(version),
-        T("harry.hole@example.com"),
-        T("6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
-    ]
-}
-
-/// A decoder that has seen the relation (with its primary key set, as
-/// walcast does from the catalog) and is inside a transaction.
-fn decoder_for(oid: u32, name: &str, columns: &[(&str, u32)]) -> Decoder {
-    let mut decoder = Decoder::new();
-    decoder.set_key_columns(oid, vec!["id".to_owned()]);
-    decoder
-        .decode(Lsn(0x100), &wire::relation(oid, "public", name, columns))
-        .expect("relation");
-    decoder
-        .decode(Lsn(0x100), &wire::begin(FINAL_LSN, COMMIT_TIME, 1234))
-        .expect("begin");
-    decoder
-}
+use pgoutput::{Case, WAL_START};
 
 /// Decode one message into an event and serialize it, as capture + encoder do.
 #[inline]
 fn decode_encode(decoder: &mut Decoder, message: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    match decoder.decode(Lsn(0x16B3_7000), message) {
+    match decoder.decode(WAL_START, message) {
         Ok(Decoded::Change(event)) => event.write_json(out),
         Ok(_) => {}
         Err(e) => panic!("decode failed: {e}"),
@@ -236,7 +38,7 @@ fn decode_encode(decoder: &mut Decoder, message: &[u8], out: &mut Vec<u8>) {
 }
 
 fn decode_event(decoder: &mut Decoder, message: &[u8]) -> ChangeEvent {
-    match decoder.decode(Lsn(0x16B3_7000), message) {
+    match decoder.decode(WAL_START, message) {
         Ok(Decoded::Change(event)) => event,
         other => panic!("expected a change, got {other:?}"),
     }
@@ -246,89 +48,38 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decoder");
     group.throughput(Throughput::Elements(1));
 
-    let ts = "2026-11-22 05:04:10.580065";
-    let orders_insert = wire::insert(ORDERS, &orders_row("1234567", "pending", ts));
-    let orders_update = wire::update(
-        ORDERS,
-        &orders_row("1234567", "pending", "2026-11-22 05:01:00.123456"),
-        &orders_row("1234567", "shipped", ts),
-    );
-    let orders_delete = wire::delete(ORDERS, &orders_row("1234567", "shipped", ts));
-    let wide_insert = wire::insert(WIDE, &wide_row("1234567", "1"));
-    let wide_update = wire::update(WIDE, &wide_row("1234567", "1"), &wide_row("1234567", "2"));
+    let cases = pgoutput::cases();
+    let case = |name: &str| -> &Case {
+        cases
+            .iter()
+            .find(|case| case.name == name)
+            .expect("a benchmark case")
+    };
 
     let mut out = Vec::with_capacity(4096);
-    for (id, oid, name, columns, message) in [
-        (
-            "orders_insert",
-            ORDERS,
-            "orders",
-            ORDERS_COLUMNS,
-            &orders_insert,
-        ),
-        (
-            "orders_update",
-            ORDERS,
-            "orders",
-            ORDERS_COLUMNS,
-            &orders_update,
-        ),
-        (
-            "orders_delete",
-            ORDERS,
-            "orders",
-            ORDERS_COLUMNS,
-            &orders_delete,
-        ),
-        ("wide_insert", WIDE, "wide", WIDE_COLUMNS, &wide_insert),
-        ("wide_update", WIDE, "wide", WIDE_COLUMNS, &wide_update),
-    ] {
-        let mut decoder = decoder_for(oid, name, columns);
-        group.bench_function(id, |b| {
-            b.iter(|| decode_encode(&mut decoder, black_box(message), &mut out))
+    for case in &cases {
+        let mut decoder = case.decoder();
+        group.bench_function(case.name, |b| {
+            b.iter(|| decode_encode(&mut decoder, black_box(&case.message), &mut out))
         });
     }
 
     // Where the time goes for one update: decoding alone (the event is
     // dropped), and serializing an already decoded event.
-    for (id, oid, name, columns, message) in [
-        (
-            "orders_update_decode_only",
-            ORDERS,
-            "orders",
-            ORDERS_COLUMNS,
-            &orders_update,
-        ),
-        (
-            "wide_update_decode_only",
-            WIDE,
-            "wide",
-            WIDE_COLUMNS,
-            &wide_update,
-        ),
+    for (id, case) in [
+        ("orders_update_decode_only", case("orders_update")),
+        ("wide_update_decode_only", case("wide_update")),
     ] {
-        let mut decoder = decoder_for(oid, name, columns);
+        let mut decoder = case.decoder();
         group.bench_function(id, |b| {
-            b.iter(|| black_box(decoder.decode(Lsn(0x16B3_7000), black_box(message)).is_ok()))
+            b.iter(|| black_box(decoder.decode(WAL_START, black_box(&case.message)).is_ok()))
         });
     }
-    for (id, oid, name, columns, message) in [
-        (
-            "orders_update_json_only",
-            ORDERS,
-            "orders",
-            ORDERS_COLUMNS,
-            &orders_update,
-        ),
-        (
-            "wide_update_json_only",
-            WIDE,
-            "wide",
-            WIDE_COLUMNS,
-            &wide_update,
-        ),
+    for (id, case) in [
+        ("orders_update_json_only", case("orders_update")),
+        ("wide_update_json_only", case("wide_update")),
     ] {
-        let event = decode_event(&mut decoder_for(oid, name, columns), message);
+        let event = decode_event(&mut case.decoder(), &case.message);
         group.bench_function(id, |b| {
             b.iter(|| {
                 out.clear();
@@ -340,23 +91,8 @@ fn bench(c: &mut Criterion) {
 
     // The backlog-drain mix as whole transactions: Begin, 5 inserts,
     // 3 updates, 2 deletes, Commit; 10 changes per iteration.
-    let mut txn: Vec<Vec<u8>> = vec![wire::begin(FINAL_LSN, COMMIT_TIME, 1234)];
-    let ids: Vec<String> = (1_000_000..1_000_005).map(|i| i.to_string()).collect();
-    for id in &ids {
-        txn.push(wire::insert(ORDERS, &orders_row(id, "pending", ts)));
-    }
-    for id in &ids[..3] {
-        txn.push(wire::update(
-            ORDERS,
-            &orders_row(id, "pending", ts),
-            &orders_row(id, "processing", "2026-11-22 05:04:10.600001"),
-        ));
-    }
-    for id in &ids[3..] {
-        txn.push(wire::delete(ORDERS, &orders_row(id, "pending", ts)));
-    }
-    txn.push(wire::commit(FINAL_LSN, FINAL_LSN + 0x30, COMMIT_TIME));
-    let mut decoder = decoder_for(ORDERS, "orders", ORDERS_COLUMNS);
+    let txn = pgoutput::orders_transaction();
+    let mut decoder = case("orders_insert").decoder();
     group.throughput(Throughput::Elements(10));
     group.bench_function("orders_mixed_txn10", |b| {
         b.iter(|| {

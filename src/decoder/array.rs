@@ -1,4 +1,4 @@
-//! Postgres array literals (`array_out` text) → nested [`Datum::Array`]s.
+//! Postgres array literals (`array_out` text) → nested JSON arrays.
 //!
 //! Handles what `array_out` emits: `{1,2,3}`, nested `{{1,2},{3,4}}`,
 //! unquoted `NULL` elements, quoted elements with backslash escapes
@@ -6,25 +6,26 @@
 //! dimension decoration written when a lower bound is not 1
 //! (`[0:2]={1,2,3}`), which is dropped: JSON arrays start at 0 anyway.
 //!
-//! It only splits the literal; each element's text is handed to the caller's
-//! converter (`value`). It does not check that nested arrays are rectangular:
-//! Postgres already guaranteed that.
+//! It only splits the literal and writes the brackets, commas and `null`s;
+//! each element's text is handed to the caller's writer (`value`). It does
+//! not check that nested arrays are rectangular: Postgres already guaranteed
+//! that.
 
 use std::borrow::Cow;
-
-use crate::event::Datum;
 
 /// Deeper nesting than this is not a Postgres array (MAXDIM is 6); the limit
 /// keeps hostile input from exhausting the stack.
 const MAX_DEPTH: usize = 16;
 
-/// Parses `text` as an array literal, converting each non-null element with
-/// `convert`. `None` if the text is not a well-formed array literal.
-pub(crate) fn parse(
+/// Writes `text`, an array literal, as a JSON array to `out`, each non-null
+/// element written by `element`. `None` if the text is not a well-formed
+/// array literal; `out` then holds a partial array the caller must discard.
+pub(crate) fn write_json(
     text: &str,
     delimiter: u8,
-    convert: &mut dyn FnMut(Cow<'_, str>) -> Datum,
-) -> Option<Datum> {
+    out: &mut Vec<u8>,
+    element: &mut dyn FnMut(&str, &mut Vec<u8>),
+) -> Option<()> {
     let mut parser = Parser {
         text,
         pos: 0,
@@ -32,9 +33,9 @@ pub(crate) fn parse(
     };
     parser.skip_dimensions()?;
     parser.skip_whitespace();
-    let array = parser.array(0, convert)?;
+    parser.array(0, out, element)?;
     parser.skip_whitespace();
-    (parser.pos == text.len()).then_some(array)
+    (parser.pos == text.len()).then_some(())
 }
 
 struct Parser<'a> {
@@ -88,35 +89,40 @@ impl<'a> Parser<'a> {
     fn array(
         &mut self,
         depth: usize,
-        convert: &mut dyn FnMut(Cow<'_, str>) -> Datum,
-    ) -> Option<Datum> {
+        out: &mut Vec<u8>,
+        element: &mut dyn FnMut(&str, &mut Vec<u8>),
+    ) -> Option<()> {
         if depth >= MAX_DEPTH {
             return None;
         }
         self.eat(b'{')?;
-        let mut items = Vec::new();
+        out.push(b'[');
         self.skip_whitespace();
         if self.eat(b'}').is_some() {
-            return Some(Datum::Array(items));
+            out.push(b']');
+            return Some(());
         }
         loop {
             self.skip_whitespace();
-            let item = match self.peek()? {
-                b'{' => self.array(depth + 1, convert)?,
-                b'"' => convert(self.quoted()?),
+            match self.peek()? {
+                b'{' => self.array(depth + 1, out, element)?,
+                b'"' => element(&self.quoted()?, out),
                 _ => match self.unquoted()? {
-                    text if text.eq_ignore_ascii_case("NULL") => Datum::Null,
-                    text => convert(text),
+                    text if text.eq_ignore_ascii_case("NULL") => out.extend_from_slice(b"null"),
+                    text => element(&text, out),
                 },
-            };
-            items.push(item);
+            }
             self.skip_whitespace();
             match self.peek()? {
                 b'}' => {
                     self.pos += 1;
-                    return Some(Datum::Array(items));
+                    out.push(b']');
+                    return Some(());
                 }
-                b if b == self.delimiter => self.pos += 1,
+                b if b == self.delimiter => {
+                    self.pos += 1;
+                    out.push(b',');
+                }
                 _ => return None,
             }
         }
@@ -194,28 +200,35 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::json;
 
-    fn text_array(text: &str) -> Option<Datum> {
-        parse(text, b',', &mut |t| Datum::Text(t.into_owned()))
+    /// The literal as a JSON array of strings, `None` if it is not one.
+    fn text_array_with(text: &str, delimiter: u8) -> Option<String> {
+        let mut out = Vec::new();
+        write_json(text, delimiter, &mut out, &mut |element, out| {
+            json::write_str(out, element)
+        })?;
+        Some(String::from_utf8(out).unwrap())
     }
 
-    fn t(s: &str) -> Datum {
-        Datum::Text(s.into())
+    fn text_array(text: &str) -> Option<String> {
+        text_array_with(text, b',')
+    }
+
+    fn some(json: &str) -> Option<String> {
+        Some(json.to_owned())
     }
 
     #[test]
     fn flat_nested_empty_and_null() {
-        assert_eq!(text_array("{}"), Some(Datum::Array(vec![])));
+        assert_eq!(text_array("{}"), some("[]"));
         assert_eq!(
             text_array("{a,NULL,null,b}"),
-            Some(Datum::Array(vec![t("a"), Datum::Null, Datum::Null, t("b")]))
+            some(r#"["a",null,null,"b"]"#)
         );
         assert_eq!(
             text_array("{{a,b},{c,d}}"),
-            Some(Datum::Array(vec![
-                Datum::Array(vec![t("a"), t("b")]),
-                Datum::Array(vec![t("c"), t("d")]),
-            ]))
+            some(r#"[["a","b"],["c","d"]]"#)
         );
     }
 
@@ -223,43 +236,25 @@ mod tests {
     fn quoted_elements_unescape_and_are_never_null() {
         assert_eq!(
             text_array(r#"{"a,b","say \"hi\"","back\\slash","NULL","","{}"}"#),
-            Some(Datum::Array(vec![
-                t("a,b"),
-                t("say \"hi\""),
-                t("back\\slash"),
-                t("NULL"),
-                t(""),
-                t("{}"),
-            ]))
+            some(r#"["a,b","say \"hi\"","back\\slash","NULL","","{}"]"#)
         );
-        assert_eq!(
-            text_array(r#"{"\é x",ü}"#),
-            Some(Datum::Array(vec![t("é x"), t("ü")]))
-        );
+        assert_eq!(text_array(r#"{"\é x",ü}"#), some(r#"["é x","ü"]"#));
     }
 
     #[test]
     fn dimension_decoration_is_dropped() {
-        assert_eq!(
-            text_array("[0:2]={1,2,3}"),
-            Some(Datum::Array(vec![t("1"), t("2"), t("3")]))
-        );
+        assert_eq!(text_array("[0:2]={1,2,3}"), some(r#"["1","2","3"]"#));
         assert_eq!(
             text_array("[-1:0][1:1]={{x},{y}}"),
-            Some(Datum::Array(vec![
-                Datum::Array(vec![t("x")]),
-                Datum::Array(vec![t("y")]),
-            ]))
+            some(r#"[["x"],["y"]]"#)
         );
     }
 
     #[test]
     fn custom_delimiter() {
         assert_eq!(
-            parse("{(1,1),(0,0);(2,2),(1,1)}", b';', &mut |t| Datum::Text(
-                t.into_owned()
-            )),
-            Some(Datum::Array(vec![t("(1,1),(0,0)"), t("(2,2),(1,1)")]))
+            text_array_with("{(1,1),(0,0);(2,2),(1,1)}", b';'),
+            some(r#"["(1,1),(0,0)","(2,2),(1,1)"]"#)
         );
     }
 

@@ -127,6 +127,11 @@ impl<'a> TupleData<'a> {
         self.column_count
     }
 
+    /// The size of the tuple's values on the wire.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn values(&self) -> TupleValues<'a> {
         TupleValues {
             remaining: self.column_count,
@@ -432,6 +437,10 @@ impl<'a> Cursor<'a> {
         ))
     }
 
+    // The readers below run for every field of every tuple: they are
+    // inlined, and building an error is kept out of line (`truncated`).
+
+    #[inline]
     fn bytes(&mut self, len: usize, field: &str) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
@@ -442,44 +451,60 @@ impl<'a> Cursor<'a> {
                 self.pos += len;
                 Ok(bytes)
             }
-            None => Err(self.error(
-                field,
-                format!(
-                    "message truncated: needed {len} bytes, {} left",
-                    self.remaining()
-                ),
-            )),
+            None => Err(self.truncated(len, field)),
         }
     }
 
-    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], DecodeError> {
-        let bytes = self.bytes(N, field)?;
-        // `bytes` returned exactly N bytes.
-        bytes
-            .try_into()
-            .map_err(|_| self.error(field, "internal length mismatch"))
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, len: usize, field: &str) -> DecodeError {
+        self.error(
+            field,
+            format!(
+                "message truncated: needed {len} bytes, {} left",
+                self.remaining()
+            ),
+        )
     }
 
+    #[inline]
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], DecodeError> {
+        let pos = self.pos;
+        match self.buf.get(pos..).and_then(<[u8]>::first_chunk::<N>) {
+            Some(bytes) => {
+                self.pos = pos + N;
+                Ok(*bytes)
+            }
+            None => Err(self.truncated(N, field)),
+        }
+    }
+
+    #[inline]
     fn u8(&mut self, field: &str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(field)?[0])
     }
 
+    #[inline]
     fn i16(&mut self, field: &str) -> Result<i16, DecodeError> {
         Ok(i16::from_be_bytes(self.array(field)?))
     }
 
+    #[inline]
     fn i32(&mut self, field: &str) -> Result<i32, DecodeError> {
         Ok(i32::from_be_bytes(self.array(field)?))
     }
 
+    #[inline]
     fn u32(&mut self, field: &str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
 
+    #[inline]
     fn i64(&mut self, field: &str) -> Result<i64, DecodeError> {
         Ok(i64::from_be_bytes(self.array(field)?))
     }
 
+    #[inline]
     fn u64(&mut self, field: &str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }

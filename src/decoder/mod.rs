@@ -14,8 +14,13 @@
 //! know about replication connections, slots or feedback (that is `wal`), nor
 //! how events are delivered.
 //!
+//! Rows are written as JSON while the tuple is read: each value's text goes
+//! through `value` straight into the row's JSON object ([`Row`]), behind the
+//! column's `"name":` escaped once when the Relation message arrived, so a
+//! change costs a few allocations (one per row) however many columns it has.
+//!
 //! - `message`: the wire layout, parsed without copying.
-//! - `value`: a column's text form → [`Datum`] by type.
+//! - `value`: a column's text form → its JSON by type.
 //! - `array`: array literals.
 
 mod array;
@@ -26,9 +31,10 @@ mod value;
 mod tests;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, ColumnName, Datum, EventId, Lsn, Op, PgTimestamp, Row};
+use crate::event::{json, ChangeEvent, ColumnName, EventId, Lsn, Op, PgTimestamp, Row, RowWriter};
 
 use message::{Message, OldTuple, RelationMessage, TupleData, TupleValue, TypeMessage};
 use value::{Scalar, ValueKind};
@@ -131,11 +137,15 @@ struct Transaction {
 struct Relation {
     info: RelationInfo,
     columns: Vec<Column>,
+    /// The bytes of every column's `json_key`, to size row buffers.
+    json_keys_len: usize,
 }
 
 #[derive(Debug)]
 struct Column {
     name: ColumnName,
+    /// `"name":`, escaped once here rather than in every row.
+    json_key: Box<[u8]>,
     type_oid: u32,
     kind: ValueKind,
     /// Flagged as part of the replica identity in the Relation message.
@@ -278,6 +288,7 @@ impl Decoder {
             .iter()
             .map(|column| Column {
                 name: Arc::from(column.name),
+                json_key: json::object_key(column.name),
                 type_oid: column.type_oid,
                 kind: self.value_kind(column.type_oid),
                 is_identity: column.is_identity,
@@ -290,11 +301,13 @@ impl Decoder {
             schema: Arc::from(schema),
             table: Arc::from(message.name),
         };
+        let json_keys_len = columns.iter().map(|column| column.json_key.len()).sum();
         self.relations.insert(
             message.oid,
             Relation {
                 info: info.clone(),
                 columns,
+                json_keys_len,
             },
         );
         info
@@ -361,6 +374,20 @@ fn mark_key_columns(columns: &mut [Column], key_columns: Option<&Vec<String>>) {
     }
 }
 
+/// Adds `column` to `to` with the value `from` holds at `span` (already
+/// converted); returns where it is in `to`.
+fn copy_value(
+    to: &mut RowWriter,
+    column: &Column,
+    from: &RowWriter,
+    span: Range<usize>,
+) -> Range<usize> {
+    let out = to.column(&column.json_key);
+    let start = out.len();
+    out.extend_from_slice(from.value(span));
+    start..to.position()
+}
+
 /// The row-valued parts of an event.
 #[derive(Default)]
 struct RowParts {
@@ -394,32 +421,34 @@ impl Change<'_> {
         let old_is_full = old.as_ref().is_some_and(OldTuple::is_full);
         let old_tuple = old.as_ref().map(OldTuple::tuple);
 
-        let columns = &self.relation.columns;
-        let mut key = Vec::new();
-        let mut new_row = Vec::with_capacity(columns.len());
-        let mut old_row = old_tuple.map(|_| Vec::with_capacity(columns.len()));
+        let mut key = self.key_writer();
+        let mut new_row = self.row_writer(&new);
+        let mut old_row = old_tuple.map(|tuple| self.row_writer(tuple));
         let mut changed = old_is_full.then(Vec::new);
         let mut unchanged_toast = Vec::new();
         let mut old_values = old_tuple.map(|tuple| tuple.values());
 
-        for (column, new_value) in columns.iter().zip(new.values()) {
+        for (column, new_value) in self.relation.columns.iter().zip(new.values()) {
             let old_value = old_values.as_mut().and_then(Iterator::next);
             // In a key tuple the non-identity columns are placeholders.
-            let old_datum = match old_value {
-                Some(value) if old_is_full || column.is_identity => self.datum(column, value)?,
+            let old_json = match (old_row.as_mut(), old_value) {
+                (Some(old_row), Some(value)) if old_is_full || column.is_identity => {
+                    self.write_value(old_row, column, value)?
+                }
                 _ => None,
             };
-            let new_datum = match new_value {
+            let new_json = match new_value {
                 TupleValue::UnchangedToast => {
                     unchanged_toast.push(column.name.clone());
                     // Only a whole old row carries the real value.
-                    if old_is_full {
-                        old_datum.clone()
-                    } else {
-                        None
+                    match (old_row.as_ref(), old_json) {
+                        (Some(old_row), Some(old_json)) if old_is_full => {
+                            Some(copy_value(&mut new_row, column, old_row, old_json))
+                        }
+                        _ => None,
                     }
                 }
-                value => self.datum(column, value)?,
+                value => self.write_value(&mut new_row, column, value)?,
             };
             if let (Some(changed), Some(old_value)) = (changed.as_mut(), old_value) {
                 let differs = match (old_value, new_value) {
@@ -433,16 +462,8 @@ impl Change<'_> {
                     changed.push(column.name.clone());
                 }
             }
-            if let Some(datum) = &new_datum {
-                if column.is_key {
-                    key.push((column.name.clone(), datum.clone()));
-                }
-            }
-            if let (Some(old_row), Some(datum)) = (old_row.as_mut(), old_datum) {
-                old_row.push((column.name.clone(), datum));
-            }
-            if let Some(datum) = new_datum {
-                new_row.push((column.name.clone(), datum));
+            if let (true, Some(new_json)) = (column.is_key, new_json) {
+                copy_value(&mut key, column, &new_row, new_json);
             }
         }
 
@@ -450,9 +471,9 @@ impl Change<'_> {
             op,
             lsn,
             RowParts {
-                key: Some(Row(key)),
-                new: Some(Row(new_row)),
-                old: old_row.map(Row),
+                key: Some(key.finish()),
+                new: Some(new_row.finish()),
+                old: old_row.map(RowWriter::finish),
                 changed,
                 unchanged_toast,
             },
@@ -463,32 +484,41 @@ impl Change<'_> {
     fn delete(self, lsn: Lsn, old: OldTuple<'_>) -> Result<ChangeEvent, DecodeError> {
         let (tuple, is_full) = (old.tuple(), old.is_full());
         self.check_arity(tuple, old.label())?;
-        let columns = &self.relation.columns;
-        let mut key = Vec::new();
-        let mut old_row = Vec::with_capacity(columns.len());
-        for (column, value) in columns.iter().zip(tuple.values()) {
+        let mut key = self.key_writer();
+        let mut old_row = self.row_writer(tuple);
+        for (column, value) in self.relation.columns.iter().zip(tuple.values()) {
             // A key tuple holds real values for identity columns only; a key
             // column outside the replica identity cannot be known from it.
             if !is_full && !column.is_identity {
                 continue;
             }
-            let Some(datum) = self.datum(column, value)? else {
+            let Some(old_json) = self.write_value(&mut old_row, column, value)? else {
                 continue;
             };
             if column.is_key {
-                key.push((column.name.clone(), datum.clone()));
+                copy_value(&mut key, column, &old_row, old_json);
             }
-            old_row.push((column.name.clone(), datum));
         }
         self.event(
             Op::Delete,
             lsn,
             RowParts {
-                key: Some(Row(key)),
-                old: Some(Row(old_row)),
+                key: Some(key.finish()),
+                old: Some(old_row.finish()),
                 ..RowParts::default()
             },
         )
+    }
+
+    /// A writer for a row of `tuple`, sized so that it rarely grows: a
+    /// value's JSON is about as long as its text plus the 5 bytes of kind
+    /// and length that framed it on the wire.
+    fn row_writer(&self, tuple: &TupleData<'_>) -> RowWriter {
+        RowWriter::with_capacity(tuple.byte_len() + self.relation.json_keys_len + 2)
+    }
+
+    fn key_writer(&self) -> RowWriter {
+        RowWriter::with_capacity(64)
     }
 
     /// Numbers the change inside its transaction; only a change that decoded
@@ -542,22 +572,32 @@ impl Change<'_> {
         })
     }
 
-    /// The typed value, or `None` for an unchanged TOAST value (not sent).
-    fn datum(&self, column: &Column, value: TupleValue<'_>) -> Result<Option<Datum>, DecodeError> {
-        match value {
-            TupleValue::Null => Ok(Some(Datum::Null)),
-            TupleValue::UnchangedToast => Ok(None),
-            TupleValue::Text(text) => {
-                value::convert(column.kind, text)
-                    .map(Some)
-                    .map_err(|error| {
-                        let info = &self.relation.info;
-                        DecodeError::Malformed(format!(
-                            "{} message for {}.{}, column {}: value is not valid UTF-8 ({error})",
-                            self.message, info.schema, info.table, column.name
-                        ))
-                    })
-            }
+    /// Writes the column and its value to `row`; returns where the value's
+    /// JSON is in `row`, or `None` for an unchanged TOAST value (not sent,
+    /// nothing written).
+    fn write_value(
+        &self,
+        row: &mut RowWriter,
+        column: &Column,
+        value: TupleValue<'_>,
+    ) -> Result<Option<Range<usize>>, DecodeError> {
+        let text = match value {
+            TupleValue::UnchangedToast => return Ok(None),
+            TupleValue::Null => None,
+            TupleValue::Text(text) => Some(text),
+        };
+        let out = row.column(&column.json_key);
+        let start = out.len();
+        match text {
+            None => out.extend_from_slice(b"null"),
+            Some(text) => value::write_json(column.kind, text, out).map_err(|error| {
+                let info = &self.relation.info;
+                DecodeError::Malformed(format!(
+                    "{} message for {}.{}, column {}: value is not valid UTF-8 ({error})",
+                    self.message, info.schema, info.table, column.name
+                ))
+            })?,
         }
+        Ok(Some(start..row.position()))
     }
 }

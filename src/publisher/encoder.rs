@@ -77,8 +77,8 @@ mod tests {
             op: Op::Insert,
             schema: Arc::from("public"),
             table: Arc::from("orders"),
-            key: Some(Row(vec![(Arc::from("id"), Datum::Int(42))])),
-            new: Some(Row(vec![
+            key: Some(Row::new(vec![(Arc::from("id"), Datum::Int(42))])),
+            new: Some(Row::new(vec![
                 (Arc::from("id"), Datum::Int(42)),
                 (Arc::from("status"), Datum::Text("pending".into())),
             ])),

@@ -102,8 +102,8 @@ pub fn event(table: &str, tx: u64, ordinal: u32) -> ChangeEvent {
         op: Op::Insert,
         schema: Arc::from("public"),
         table: Arc::from(table),
-        key: Some(Row(vec![(id.clone(), n.clone())])),
-        new: Some(Row(vec![
+        key: Some(Row::new(vec![(id.clone(), n.clone())])),
+        new: Some(Row::new(vec![
             (id, n),
             (
                 Arc::from("note"),

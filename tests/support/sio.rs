@@ -378,8 +378,8 @@ pub fn event(n: u64, xid: u32, table: &str, key: i64, padding: usize) -> ChangeE
         op: if n % 3 == 0 { Op::Update } else { Op::Insert },
         schema: Arc::from(schema),
         table: Arc::from(table),
-        key: Some(Row(vec![(col("id"), Datum::Int(key))])),
-        new: Some(Row(vec![
+        key: Some(Row::new(vec![(col("id"), Datum::Int(key))])),
+        new: Some(Row::new(vec![
             (col("id"), Datum::Int(key)),
             (
                 col("note"),
