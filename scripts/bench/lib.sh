@@ -16,7 +16,9 @@ fi
 
 admin="postgres://postgres@127.0.0.1:${WALCAST_PG_PORT}/postgres"
 amqp_url="${WALCAST_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-bin="$root/target/release/walcast"
+# BENCH_WALCAST_BIN runs another build of walcast (e.g. an older commit's,
+# for a before/after comparison in one sitting).
+bin="${BENCH_WALCAST_BIN:-$root/target/release/walcast}"
 amqp_tool="$root/target/release/examples/bench_amqp"
 load_tool="$root/target/release/examples/bench_load"
 sio_tool="$root/target/release/examples/bench_sio"
