@@ -65,7 +65,7 @@ impl Browser {
                     self.ids.len(),
                     self.rows.len(),
                     self.resyncs,
-                    tail(&walcast.log())
+                    stack::log_tail(&walcast.log())
                 );
             };
             match line.kind() {
@@ -277,12 +277,6 @@ async fn standby_capture_takes_over_when_the_active_one_dies() {
     let log = standby.stop().await;
     assert!(!log.contains("panicked"), "{log}");
     audit.delete(&amqp_url, &audit_queue).await;
-}
-
-/// The last lines of a log, for failure messages.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 async fn wait_for_log(walcast: &Walcast, needle: &str) {

@@ -49,7 +49,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Acker, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Acker, Connection, ConnectionProperties, Event, ExchangeKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -63,6 +63,10 @@ use crate::fanout::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; doubles per failed attempt up to `max_backoff_ms`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait for an ack to be sent, or for a `connection.close`: on a
+/// connection that died under them, lapin may never answer either, and a
+/// consumer waiting for it would stall for good.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a consuming session ended. Every one of them is retried: a broker
 /// restart, a network cut and a deleted queue all heal by reconnecting;
@@ -81,6 +85,10 @@ pub enum ConsumerError {
     },
     #[error("RabbitMQ channel failed: {0}")]
     Channel(#[source] lapin::Error),
+    #[error("the RabbitMQ connection ended")]
+    ConnectionLost,
+    #[error("RabbitMQ did not take an ack or reject within {IO_TIMEOUT:?}; the connection is presumed dead")]
+    AckTimeout,
     #[error("RabbitMQ ended the consumer (queue deleted or consumer cancelled)")]
     Cancelled,
     #[error(transparent)]
@@ -270,19 +278,24 @@ impl Consumer {
                 Ok(Ok(connection)) => connection,
             },
         };
-        let result = self.consume(&connection, shutdown).await;
+        // Subscribed before anything can go wrong: lapin only queues
+        // connection events while someone listens. A lost connection shows
+        // here even when no delivery stream notices it.
+        let mut events = Box::pin(connection.events_listener());
+        let result = self.consume(&connection, &mut events, shutdown).await;
         // Closing returns unacked deliveries to the queue; on a dead
-        // connection this fails, which is fine.
-        connection
-            .close(200, ShortString::from("walcast gateway stopping"))
-            .await
-            .ok();
+        // connection this fails or never answers, which is fine.
+        let close = connection.close(200, ShortString::from("walcast gateway stopping"));
+        if tokio::time::timeout(IO_TIMEOUT, close).await.is_err() {
+            debug!("connection.close did not answer; dropping the connection");
+        }
         result
     }
 
     async fn consume(
         &mut self,
         connection: &Connection,
+        events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, (ConsumerError, bool)> {
         let setup = |e| (ConsumerError::Channel(e), false);
@@ -394,12 +407,19 @@ impl Consumer {
             let next = match ready {
                 Some(next) => next,
                 None => {
-                    let acked = batch.flush().await.map_err(failed)?;
+                    let acked = batch.flush().await.map_err(|e| (e, true))?;
                     self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                        next = deliveries.next() => next,
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                            event = events.next() => match event {
+                                Some(Event::Error(e)) => return Err(failed(e)),
+                                None => return Err((ConsumerError::ConnectionLost, true)),
+                                Some(other) => debug!(event = ?other, "rabbitmq connection event"),
+                            },
+                            next = deliveries.next() => break next,
+                        }
                     }
                 }
             };
@@ -449,11 +469,11 @@ impl Consumer {
                         error = %e,
                         "rejecting a message that is not a change event"
                     );
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await
-                        .map_err(failed)?;
+                    let reject = delivery.acker.reject(BasicRejectOptions { requeue: false });
+                    match tokio::time::timeout(IO_TIMEOUT, reject).await {
+                        Err(_) => return Err((ConsumerError::AckTimeout, true)),
+                        Ok(result) => result.map_err(failed)?,
+                    };
                     self.status.0.rejected.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -481,12 +501,15 @@ impl AckBatch {
     }
 
     /// Acks the batch; returns how many deliveries that covered.
-    async fn flush(&mut self) -> Result<u64, lapin::Error> {
+    async fn flush(&mut self) -> Result<u64, ConsumerError> {
         let Some(last) = self.last.take() else {
             return Ok(0);
         };
-        last.ack(BasicAckOptions { multiple: true }).await?;
-        Ok(std::mem::take(&mut self.len))
+        match tokio::time::timeout(IO_TIMEOUT, last.ack(BasicAckOptions { multiple: true })).await {
+            Err(_) => Err(ConsumerError::AckTimeout),
+            Ok(Err(e)) => Err(ConsumerError::Channel(e)),
+            Ok(Ok(_)) => Ok(std::mem::take(&mut self.len)),
+        }
     }
 }
 

@@ -224,11 +224,7 @@ impl Audit {
                 "the audit queue misses inserts, e.g. rows {missing:?} ({} of {} seen); walcast log:\n{}",
                 self.inserted.lock().unwrap().len(),
                 expected.len(),
-                {
-                    let log = walcast.log();
-                    let lines: Vec<&str> = log.lines().collect();
-                    lines[lines.len().saturating_sub(60)..].join("\n")
-                }
+                log_tail(&walcast.log())
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -302,6 +298,10 @@ async fn consume(
     let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
         return;
     };
+    // A cut connection does not always end the delivery stream, and an ack
+    // on it may never answer (as in walcast's own consumer): watch the
+    // connection's events and bound every ack.
+    let mut events = connection.events_listener();
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
@@ -320,7 +320,17 @@ async fn consume(
     else {
         return;
     };
-    while let Some(Ok(delivery)) = consumer.next().await {
+    loop {
+        let delivery = tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(_)) | None => return,
+                Some(_) => continue,
+            },
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                _ => return,
+            },
+        };
         let event: Value = serde_json::from_slice(&delivery.data).expect("event JSON");
         let id = event["id"].as_str().unwrap().to_owned();
         if let Some(message_id) = delivery.properties.message_id() {
@@ -333,12 +343,11 @@ async fn consume(
                 .insert(event["new"]["id"].as_i64().unwrap());
         }
         ids.lock().unwrap().insert(id);
-        if delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .is_err()
-        {
+        let ack = delivery.acker.ack(BasicAckOptions::default());
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(10), ack).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
     }
@@ -392,6 +401,13 @@ pub async fn order_ids(db: &TestDb) -> BTreeSet<i64> {
         .iter()
         .map(|r| r.get::<_, i64>(0))
         .collect()
+}
+
+/// The last 80 lines of walcast's own log, for a failure message; lapin's
+/// reconnect noise would otherwise push everything else out.
+pub fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" lapin::")).collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
 }
 
 pub fn unique(tag: &str) -> String {
