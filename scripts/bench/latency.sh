@@ -36,18 +36,26 @@ scenario() {
     --arg load "$load_tool" --arg db "$url" --arg rate "$rate" --arg seconds "$seconds" \
     '{url: $url, serverPid: $pid, groups: $groups, drainMs: 10000,
       load: [$load, "--url", $db, "--rate", $rate, "--seconds", $seconds, "--keys", "1000", "--connections", "16"]}')
+  local top_file
+  top_file=$(mktemp)
+  cpu_watch_start "$top_file"
   if [ "${BENCH_LATENCY_CLIENT:-rust}" = node ]; then
     summary=$(node scripts/bench/sio-bench.mjs "$options")
   else
     summary=$("$sio_tool" "$options")
   fi
+  cpu_watch_stop
   log "$name: $(jq -c '.load' <<<"$summary")"
   jq -r --arg name "$name" --arg rate "$rate" '
     . as $s
     | .groups[]
     | "| latency \($name): \(.name) (\(.connected) sockets) | p50 \(.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \(.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \(.latencyMs.max // 0 | round) ms | delivery \(if (.expected // 0) > 0 then (.received / .expected * 10000 | floor / 10000) else "n/a" end) (\(.received)/\(.expected)); load \($s.load.rate | round)/s of \($rate)/s asked, \($s.load.committed) commits, max \($s.load.max_late_ms | round) ms behind; \(.disconnects) disconnects\(if $s.cpu then "; CPU: walcast \($s.cpu.serverSec / $s.cpu.wallSec * 100 | round) %, client \($s.cpu.clientSec / $s.cpu.wallSec * 100 | round) % of a core" else "" end) |"' \
     <<<"$summary"
+  cpu_watch_row "latency $name" "$top_file"
+  rm -f "$top_file"
 }
 
-scenario "(i) 1000/s" 1000 '[{"name":"all","count":10},{"name":"one order each","count":1000,"subscribe":"key"}]'
-scenario "(ii) 5000/s" 5000 '[{"name":"all","count":10}]'
+# BENCH_LATENCY_ONLY=i or =ii runs one of the two.
+only="${BENCH_LATENCY_ONLY:-}"
+[ "$only" = ii ] || scenario "(i) 1000/s" 1000 '[{"name":"all","count":10},{"name":"one order each","count":1000,"subscribe":"key"}]'
+[ "$only" = i ] || scenario "(ii) 5000/s" 5000 '[{"name":"all","count":10}]'

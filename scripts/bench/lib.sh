@@ -61,6 +61,35 @@ wait_slot() {
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# cpu_watch_start FILE / cpu_watch_stop: top samples every process's CPU
+# every 5 s into FILE in between. cpu_watch_row LABEL FILE prints a table
+# row with the mean CPU (% of one core) of Postgres, RabbitMQ, walcast, the
+# load generator and the benchmark client, and how idle the machine was:
+# what shows which component sets a limit.
+cpu_watch_start() { top -b -d 5 -w 512 > "$1" 2>/dev/null & cpu_watch_pid=$!; }
+cpu_watch_stop() { kill "$cpu_watch_pid" 2>/dev/null; wait "$cpu_watch_pid" 2>/dev/null || true; }
+cpu_watch_row() {
+  awk -v label="$1" '
+    /^top -/ { block++; next }
+    block > 1 && /^%Cpu/ { if (match($0, /[0-9.]+ id/)) { idle += substr($0, RSTART, RLENGTH - 3); samples++ } next }
+    block > 1 && $1 ~ /^[0-9]+$/ {
+      name = $12
+      if (name == "postgres") part = "postgres"
+      else if (name == "beam.smp") part = "rabbitmq"
+      else if (name == "walcast") part = "walcast"
+      else if (name == "bench_load") part = "load"
+      else if (name == "bench_sio" || name == "node") part = "client"
+      else part = "other"
+      cpu[part] += $9
+    }
+    END {
+      if (samples == 0) exit
+      printf "| %s: CPU by process | machine %d %% idle | mean %% of one core over %d samples of 5 s: postgres %d, rabbitmq %d, walcast %d, load generator %d, client %d, other %d |\n",
+        label, idle / samples, samples, cpu["postgres"] / samples, cpu["rabbitmq"] / samples,
+        cpu["walcast"] / samples, cpu["load"] / samples, cpu["client"] / samples, cpu["other"] / samples
+    }' "$2"
+}
+
 # median of numbers on stdin, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'; }
 
