@@ -24,18 +24,7 @@ use walcast::event::ChangeEvent;
 #[path = "support/pgoutput.rs"]
 mod pgoutput;
 
-use pgoutput::{Case, WAL_START};
-
-/// Decode one message into an event and serialize it, as capture + encoder do.
-#[inline]
-fn decode_encode(decoder: &mut Decoder, message: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    match decoder.decode(WAL_START, message) {
-        Ok(Decoded::Change(event)) => event.write_json(out),
-        Ok(_) => {}
-        Err(e) => panic!("decode failed: {e}"),
-    }
-}
+use pgoutput::{decode_encode, Case, WAL_START};
 
 fn decode_event(decoder: &mut Decoder, message: &[u8]) -> ChangeEvent {
     match decoder.decode(WAL_START, message) {

@@ -16,21 +16,10 @@
 
 use std::hint::black_box;
 
-use walcast::decoder::{Decoded, Decoder};
-
 #[path = "../benches/support/pgoutput.rs"]
 mod pgoutput;
 
-use pgoutput::WAL_START;
-
-fn decode_encode(decoder: &mut Decoder, message: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    match decoder.decode(WAL_START, message) {
-        Ok(Decoded::Change(event)) => event.write_json(out),
-        Ok(_) => {}
-        Err(e) => panic!("decode failed: {e}"),
-    }
-}
+use pgoutput::decode_encode;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -8,96 +8,10 @@
 
 #![allow(dead_code)] // each user takes what it needs
 
-/// Builders for pgoutput messages (the layout of the PostgreSQL docs,
-/// "Logical Replication Message Formats"; same as `src/decoder/tests.rs`).
-pub mod wire {
-    pub enum V<'a> {
-        Null,
-        Text(&'a str),
-    }
+#[path = "../../src/decoder/wire_builders.rs"]
+pub mod wire;
 
-    fn cstr(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(s.as_bytes());
-        out.push(0);
-    }
-
-    fn tuple(out: &mut Vec<u8>, values: &[V<'_>]) {
-        out.extend_from_slice(&(values.len() as i16).to_be_bytes());
-        for value in values {
-            match value {
-                V::Null => out.push(b'n'),
-                V::Text(text) => {
-                    out.push(b't');
-                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-                    out.extend_from_slice(text.as_bytes());
-                }
-            }
-        }
-    }
-
-    pub fn begin(final_lsn: u64, commit_time: i64, xid: u32) -> Vec<u8> {
-        let mut out = vec![b'B'];
-        out.extend_from_slice(&final_lsn.to_be_bytes());
-        out.extend_from_slice(&commit_time.to_be_bytes());
-        out.extend_from_slice(&xid.to_be_bytes());
-        out
-    }
-
-    pub fn commit(commit_lsn: u64, end_lsn: u64, commit_time: i64) -> Vec<u8> {
-        let mut out = vec![b'C', 0];
-        out.extend_from_slice(&commit_lsn.to_be_bytes());
-        out.extend_from_slice(&end_lsn.to_be_bytes());
-        out.extend_from_slice(&commit_time.to_be_bytes());
-        out
-    }
-
-    /// Columns are (name, type oid); every column carries the replica
-    /// identity flag, as under REPLICA IDENTITY FULL.
-    pub fn relation(oid: u32, namespace: &str, name: &str, columns: &[(&str, u32)]) -> Vec<u8> {
-        let mut out = vec![b'R'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        cstr(&mut out, namespace);
-        cstr(&mut out, name);
-        out.push(b'f');
-        out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
-        for &(name, type_oid) in columns {
-            out.push(1);
-            cstr(&mut out, name);
-            out.extend_from_slice(&type_oid.to_be_bytes());
-            out.extend_from_slice(&(-1i32).to_be_bytes());
-        }
-        out
-    }
-
-    pub fn insert(oid: u32, new: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'I'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'N');
-        tuple(&mut out, new);
-        out
-    }
-
-    /// With a whole old row ('O'), as REPLICA IDENTITY FULL sends.
-    pub fn update(oid: u32, old: &[V<'_>], new: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'U'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'O');
-        tuple(&mut out, old);
-        out.push(b'N');
-        tuple(&mut out, new);
-        out
-    }
-
-    pub fn delete(oid: u32, old: &[V<'_>]) -> Vec<u8> {
-        let mut out = vec![b'D'];
-        out.extend_from_slice(&oid.to_be_bytes());
-        out.push(b'O');
-        tuple(&mut out, old);
-        out
-    }
-}
-
-use walcast::decoder::Decoder;
+use walcast::decoder::{Decoded, Decoder};
 use walcast::event::Lsn;
 use wire::V::{self, Null, Text as T};
 
@@ -202,10 +116,12 @@ pub fn wide_row<'a>(id: &'a str, version: &'a str) -> Vec<V<'a>> {
 /// A decoder that has seen the relation (with its primary key set, as
 /// walcast does from the catalog) and is inside a transaction.
 pub fn decoder_for(oid: u32, name: &str, columns: &[(&str, u32)]) -> Decoder {
+    // REPLICA IDENTITY FULL: every column is part of the identity.
+    let identity: Vec<(bool, &str, u32)> = columns.iter().map(|&(n, t)| (true, n, t)).collect();
     let mut decoder = Decoder::new();
     decoder.set_key_columns(oid, vec!["id".to_owned()]);
     decoder
-        .decode(Lsn(0x100), &wire::relation(oid, "public", name, columns))
+        .decode(Lsn(0x100), &wire::relation(oid, "public", name, &identity))
         .expect("relation");
     decoder
         .decode(Lsn(0x100), &wire::begin(FINAL_LSN, COMMIT_TIME, 1234))
@@ -260,7 +176,10 @@ pub fn cases() -> Vec<Case> {
             ORDERS_COLUMNS,
             wire::update(
                 ORDERS,
-                &orders_row("1234567", "pending", "2026-11-22 05:01:00.123456"),
+                Some((
+                    b'O',
+                    &orders_row("1234567", "pending", "2026-11-22 05:01:00.123456"),
+                )),
                 &orders_row("1234567", "shipped", TS),
             ),
         ),
@@ -269,7 +188,7 @@ pub fn cases() -> Vec<Case> {
             ORDERS,
             "orders",
             ORDERS_COLUMNS,
-            wire::delete(ORDERS, &orders_row("1234567", "shipped", TS)),
+            wire::delete(ORDERS, b'O', &orders_row("1234567", "shipped", TS)),
         ),
         case(
             "wide_insert",
@@ -283,7 +202,11 @@ pub fn cases() -> Vec<Case> {
             WIDE,
             "wide",
             WIDE_COLUMNS,
-            wire::update(WIDE, &wide_row("1234567", "1"), &wide_row("1234567", "2")),
+            wire::update(
+                WIDE,
+                Some((b'O', &wide_row("1234567", "1"))),
+                &wide_row("1234567", "2"),
+            ),
         ),
     ]
 }
@@ -299,13 +222,24 @@ pub fn orders_transaction() -> Vec<Vec<u8>> {
     for id in &ids[..3] {
         txn.push(wire::update(
             ORDERS,
-            &orders_row(id, "pending", TS),
+            Some((b'O', &orders_row(id, "pending", TS))),
             &orders_row(id, "processing", "2026-11-22 05:04:10.600001"),
         ));
     }
     for id in &ids[3..] {
-        txn.push(wire::delete(ORDERS, &orders_row(id, "pending", TS)));
+        txn.push(wire::delete(ORDERS, b'O', &orders_row(id, "pending", TS)));
     }
     txn.push(wire::commit(FINAL_LSN, FINAL_LSN + 0x30, COMMIT_TIME));
     txn
+}
+
+/// Decode one message into an event and serialize it, as capture + encoder do.
+#[inline]
+pub fn decode_encode(decoder: &mut Decoder, message: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    match decoder.decode(WAL_START, message) {
+        Ok(Decoded::Change(event)) => event.write_json(out),
+        Ok(_) => {}
+        Err(e) => panic!("decode failed: {e}"),
+    }
 }
