@@ -19,17 +19,25 @@ WORKDIR /build
 
 # Dependencies first, against placeholder sources: this layer is reused
 # until Cargo.toml or Cargo.lock change, so editing src/ rebuilds walcast only.
+# Cargo.toml must load, so every target it declares ([[bench]] decoder)
+# needs a file at its path.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+# Placeholder sources (scripts/check-docker-context.sh runs this step too).
+RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src target/release/.fingerprint/walcast-* \
+    && echo 'fn main() {}' > benches/decoder.rs
+RUN cargo build --release --locked \
+    && rm -rf src benches target/release/.fingerprint/walcast-* \
               target/release/deps/walcast-* target/release/deps/libwalcast-* \
               target/release/walcast
 
-# sql/ is compiled in (include_str!), so the image needs no files beside the binary.
+# sql/ and dashboard/ are compiled in (include_str!, include_bytes!), so the
+# image needs no files beside the binary. benches/ only for the manifest:
+# `cargo build` does not compile it.
 COPY sql ./sql
+COPY benches ./benches
+COPY dashboard ./dashboard
 COPY src ./src
 # touch: COPY keeps the files' old mtimes, which could look older than the
 # placeholder build.

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs and starts what is
 # missing (PostgreSQL with wal_level=logical on 5433, RabbitMQ, Node
 # packages for the Socket.IO and browser tests), then runs cargo fmt,
-# clippy and every test against the real services.
+# clippy, a compile check of the fuzz target and of the Docker build
+# context, and every test against the real services.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test tail     # extra arguments go to `cargo test`
@@ -54,6 +55,15 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The fuzz target compiles src/decoder and src/event.rs on its own (a
+# separate workspace, fuzz/); checking it on stable keeps it from rotting.
+# Running it needs nightly: see README, "Tests".
+log "cargo check fuzz/ (fuzz target)"
+cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
+# The Docker image's build context (.dockerignore + the Dockerfile's COPY
+# lines) holds every file the build reads; no Docker engine needed.
+log "docker build context"
+bash scripts/check-docker-context.sh
 log "cargo test"
 status=0
 cargo test --all-targets --no-fail-fast "$@" || status=$?
