@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts the services walcast needs on this
-# machine, idempotently:
-#   - a dedicated PostgreSQL cluster with wal_level=logical (port 5433 by default),
-#   - RabbitMQ on 5672 (started if it is not running).
+# machine, idempotently (a second run only checks, in about a second):
+#   - a dedicated PostgreSQL cluster "walcast" with wal_level=logical
+#     (127.0.0.1:5433 by default, trust for the postgres superuser),
+#   - RabbitMQ on 5672 (started if it is not running),
+# and, for the test suite only (skipped with --dev or WALCAST_SERVICES=dev):
+#   - login roles with known passwords on "walcast" for the authentication
+#     tests (walcast_scram, walcast_md5, walcast_clear),
+#   - "walcast_fault" (logical, :5434), which fault tests stop and restart,
+#   - "walcast_replica" (wal_level=replica, :5435) for the "not logical" tests.
+# It never touches the machine's other clusters (such as Debian's "main").
 # Runs as root (Debian's pg_createcluster/pg_ctlcluster); `postgres` itself
-# runs as the postgres user.
+# runs as the postgres user. Ports and names: scripts/env.sh.
+#
+#   scripts/ensure-services.sh          # everything the tests need
+#   scripts/ensure-services.sh --dev    # what walcast itself needs (dev.sh)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/env.sh
@@ -12,9 +22,36 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[ensure-services] %s\n' "$*" >&2; }
 
+mode="${WALCAST_SERVICES:-test}"
+for arg in "$@"; do
+  case "$arg" in
+    --dev) mode="dev" ;;
+    --test) mode="test" ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) log "unknown argument: $arg (--dev or --test)"; exit 2 ;;
+  esac
+done
+case "$mode" in
+  dev | test) ;;
+  *) log "WALCAST_SERVICES must be dev or test, not '$mode'"; exit 2 ;;
+esac
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "run as root: it installs packages and manages PostgreSQL clusters with pg_ctlcluster"
+  exit 1
+fi
+
+# --- packages -------------------------------------------------------------------
 need_apt=()
 command -v pg_createcluster >/dev/null 2>&1 || need_apt+=("postgresql-common")
-[ -x "/usr/lib/postgresql/${WALCAST_PG_VERSION}/bin/postgres" ] || need_apt+=("postgresql-${WALCAST_PG_VERSION}")
+if [ ! -x "/usr/lib/postgresql/${WALCAST_PG_VERSION}/bin/postgres" ]; then
+  # Debian's default server unless a version was asked for that is not it.
+  if apt-cache show "postgresql-${WALCAST_PG_VERSION}" >/dev/null 2>&1; then
+    need_apt+=("postgresql-${WALCAST_PG_VERSION}")
+  else
+    need_apt+=("postgresql")
+  fi
+fi
 command -v psql >/dev/null 2>&1 || need_apt+=("postgresql-client")
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=("rabbitmq-server")
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -22,26 +59,34 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ ! -x "/usr/lib/postgresql/${WALCAST_PG_VERSION}/bin/postgres" ]; then
+    # Debian's default server is another major version than env.sh guessed.
+    unset WALCAST_PG_VERSION
+    # shellcheck source=scripts/env.sh
+    . "$here/env.sh"
+  fi
 fi
+v="$WALCAST_PG_VERSION"
 
-# --- PostgreSQL: dedicated logical clusters ------------------------------------
-# ensure_cluster NAME PORT SHARED_BUFFERS
+# --- PostgreSQL: dedicated clusters -------------------------------------------------
+# ensure_cluster NAME PORT WAL_LEVEL SHARED_BUFFERS MAX_CONNECTIONS
 ensure_cluster() {
-  local v="$WALCAST_PG_VERSION" c="$1" port="$2" shared_buffers="$3"
+  local c="$1" port="$2" wal_level="$3" shared_buffers="$4" max_connections="$5"
   local confdir="/etc/postgresql/$v/$c"
   if [ ! -d "$confdir" ]; then
     log "creating cluster $v/$c on port $port"
     pg_createcluster "$v" "$c" -p "$port" >/dev/null
   fi
   mkdir -p "$confdir/conf.d"
-  cat > "$confdir/conf.d/walcast.conf" <<CONF
+  local conf
+  conf=$(cat <<CONF
 # Managed by walcast's scripts/ensure-services.sh
 listen_addresses = '127.0.0.1'
 port = $port
-wal_level = logical
+wal_level = $wal_level
 max_replication_slots = 200
 max_wal_senders = 200
-max_connections = 400
+max_connections = $max_connections
 max_slot_wal_keep_size = 4GB
 wal_sender_timeout = 60s
 fsync = on
@@ -49,9 +94,11 @@ synchronous_commit = on
 shared_buffers = $shared_buffers
 max_wal_size = 4GB
 CONF
-  # Trust for the superuser (tests), real password methods for dedicated
-  # roles so authentication paths are exercised against a real server.
-  cat > "$confdir/pg_hba.conf" <<HBA
+)
+  # Trust for the superuser (tests, dev.sh), real password methods for the
+  # test roles so authentication paths are exercised against a real server.
+  local hba
+  hba=$(cat <<HBA
 # Managed by walcast's scripts/ensure-services.sh
 local   all  all                          trust
 host    all  walcast_scram   127.0.0.1/32 scram-sha-256
@@ -62,35 +109,54 @@ host    all  all             ::1/128      trust
 local   replication all                   trust
 host    replication all      127.0.0.1/32 trust
 HBA
+)
+  # Written only when they change, so an up-to-date cluster is left alone.
+  local changed=no
+  if [ "$(cat "$confdir/conf.d/walcast.conf" 2>/dev/null)" != "$conf" ]; then
+    printf '%s\n' "$conf" > "$confdir/conf.d/walcast.conf"
+    changed=yes
+  fi
+  if [ "$(cat "$confdir/pg_hba.conf" 2>/dev/null)" != "$hba" ]; then
+    printf '%s\n' "$hba" > "$confdir/pg_hba.conf"
+    changed=yes
+  fi
   chown -R postgres:postgres "$confdir"
   local status
   status=$(pg_lsclusters -h | awk -v v="$v" -v c="$c" '$1==v && $2==c {print $4}')
   if [ "$status" != "online" ]; then
     log "starting cluster $v/$c"
     pg_ctlcluster --skip-systemctl-redirect "$v" "$c" start
-  else
+  elif [ "$changed" = yes ]; then
     # Pick up what a reload can apply (pg_hba, most settings).
     pg_ctlcluster --skip-systemctl-redirect "$v" "$c" reload >/dev/null 2>&1 || true
-  fi
-  if [ "$(psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'show wal_level')" != "logical" ]; then
-    log "restarting $v/$c to apply wal_level=logical"
-    pg_ctlcluster --skip-systemctl-redirect "$v" "$c" restart
   fi
   for _ in $(seq 1 60); do
     pg_isready -q -h 127.0.0.1 -p "$port" && break
     sleep 0.5
   done
+  if [ "$(psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'show wal_level')" != "$wal_level" ]; then
+    log "restarting $v/$c to apply wal_level=$wal_level"
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$c" restart
+    for _ in $(seq 1 60); do
+      pg_isready -q -h 127.0.0.1 -p "$port" && break
+      sleep 0.5
+    done
+  fi
 }
 
-v="$WALCAST_PG_VERSION"; port="$WALCAST_PG_PORT"
-ensure_cluster "$WALCAST_PG_CLUSTER" "$WALCAST_PG_PORT" 256MB
-# A second cluster that fault tests stop and restart on purpose, so that the
-# shared one stays up for every other test.
-ensure_cluster "$WALCAST_PG_FAULT_CLUSTER" "$WALCAST_PG_FAULT_PORT" 64MB
+ensure_cluster "$WALCAST_PG_CLUSTER" "$WALCAST_PG_PORT" logical 256MB 400
 
-# Password roles for the authentication tests (password_encryption decides
-# how the secret is stored: md5 for the md5 role, scram for the others).
-psql -h 127.0.0.1 -p "$port" -U postgres -q -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
+if [ "$mode" = test ]; then
+  # Fault tests stop and restart this one on purpose, so that the shared one
+  # stays up for every other test.
+  ensure_cluster "$WALCAST_PG_FAULT_CLUSTER" "$WALCAST_PG_FAULT_PORT" logical 64MB 400
+  # Not configured for logical replication: `walcast check` and slot
+  # creation must refuse it.
+  ensure_cluster "$WALCAST_PG_REPLICA_CLUSTER" "$WALCAST_PG_REPLICA_PORT" replica 32MB 100
+
+  # Password roles for the authentication tests (password_encryption decides
+  # how the secret is stored: md5 for the md5 role, scram for the others).
+  psql -h 127.0.0.1 -p "$WALCAST_PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'walcast_scram') THEN
@@ -109,16 +175,12 @@ ALTER ROLE walcast_clear PASSWORD 'clear-secret';
 SET password_encryption = 'md5';
 ALTER ROLE walcast_md5 PASSWORD 'md5-secret';
 SQL
-
-# The stock cluster (wal_level=replica) serves the "not logical" tests; start
-# it if it is there and stopped.
-if pg_lsclusters -h | awk -v v="$v" '$1==v && $2=="main" && $4!="online" {f=1} END {exit !f}'; then
-  log "starting cluster $v/main"
-  pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
 fi
 
 # --- RabbitMQ -----------------------------------------------------------------
-if ! rabbitmqctl -q status >/dev/null 2>&1; then
+# Something listening on 5672 counts as up (rabbitmqctl alone takes seconds).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null &&
+   ! rabbitmqctl -q status >/dev/null 2>&1; then
   log "starting rabbitmq-server"
   rabbitmq-server -detached
   for _ in $(seq 1 120); do
@@ -126,4 +188,8 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     sleep 1
   done
 fi
-log "postgres (logical) on 127.0.0.1:$port, rabbitmq on 127.0.0.1:5672"
+if [ "$mode" = test ]; then
+  log "postgres $v: logical on 127.0.0.1:$WALCAST_PG_PORT (fault tests :$WALCAST_PG_FAULT_PORT), replica on :$WALCAST_PG_REPLICA_PORT; rabbitmq on 127.0.0.1:5672"
+else
+  log "postgres $v (logical) on 127.0.0.1:$WALCAST_PG_PORT, rabbitmq on 127.0.0.1:5672"
+fi

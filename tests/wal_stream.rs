@@ -3,7 +3,7 @@
 //! Needs the `wal_level=logical` cluster of `scripts/ensure-services.sh`
 //! (`WALCAST_TEST_PG_URL`, default port 5433, with the walcast_scram /
 //! walcast_md5 / walcast_clear roles) and a `wal_level=replica` cluster
-//! (`WALCAST_TEST_PG_REPLICA_URL`, default port 5432). Every test works in
+//! (`WALCAST_TEST_PG_REPLICA_URL`, default port 5435). Every test works in
 //! its own database with its own slot and publication names, so the tests
 //! run in parallel; the database and its slots are dropped even when a test
 //! fails.
@@ -28,7 +28,7 @@ fn pg_url() -> String {
 
 fn replica_url() -> String {
     std::env::var("WALCAST_TEST_PG_REPLICA_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5435/postgres".into())
 }
 
 fn base_config() -> Config {

@@ -17,10 +17,10 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
 }
 
-/// A cluster with wal_level=replica.
+/// A cluster with wal_level=replica (scripts/ensure-services.sh: walcast_replica).
 pub fn replica_url() -> String {
     std::env::var("WALCAST_TEST_PG_REPLICA_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5435/postgres".into())
 }
 
 /// `url` with its database replaced.
