@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is
-# missing (PostgreSQL with wal_level=logical on 5433, RabbitMQ, Node
-# packages for the Socket.IO and browser tests), then runs cargo fmt,
+# missing (scripts/ensure-services.sh: PostgreSQL clusters walcast :5433 and
+# walcast_fault :5434 with wal_level=logical, walcast_replica :5435 with
+# wal_level=replica, RabbitMQ; Chromium and the Node packages for the
+# Socket.IO and browser tests), then runs cargo fmt,
 # clippy, a compile check of the fuzz target and of the Docker build
 # context, and every test against the real services.
 #
