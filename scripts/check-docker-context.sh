@@ -15,6 +15,7 @@
 # the walcast crate is compiled.
 #
 #   scripts/check-docker-context.sh
+#   KEEP=1 scripts/check-docker-context.sh    # keep the trees (path in the log)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,6 +30,7 @@ command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup
 command -v python3 >/dev/null 2>&1 || { log "python3 not found (apt-get install python3)"; exit 1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/walcast-docker-context.XXXXXX")"
+[ -z "${KEEP:-}" ] || log "trees in $work"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 
 # Files in the context: what a fresh clone (plus new, not ignored files) has.
