@@ -190,7 +190,8 @@ impl Metrics {
     ///   `walcast_slot_{confirmed_flush_lsn,retained_wal_bytes,safe_wal_size_bytes}{slot}`;
     /// - gateway: `walcast_consumer_{received,acked,rejected,redelivered,sessions}_total`,
     ///   `walcast_consumer_consuming`,
-    ///   `walcast_fanout_{delivered,duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
+    ///   `walcast_fanout_delivered_total{table,op}`,
+    ///   `walcast_fanout_{duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
     ///   `walcast_fanout_connected_sockets`,
     ///   `walcast_fanout_replay_buffer_{events,bytes}`;
     /// - api: `walcast_http_requests_total{method,route,status}`,
@@ -453,13 +454,21 @@ fn render_consumer(out: &mut Exposition, consumer: &ConsumerStatus) {
 }
 
 fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
+    let delivered = "walcast_fanout_delivered_total";
+    out.family(
+        delivered,
+        Kind::Counter,
+        "Changes accepted from RabbitMQ and fanned out (duplicates excluded), by table and op.",
+    );
+    for count in fanout.delivered_by_table() {
+        out.sample(
+            delivered,
+            &[("table", &count.table), ("op", count.op.as_str())],
+            count.count,
+        );
+    }
     let stats = fanout.snapshot();
     for (name, help, value) in [
-        (
-            "walcast_fanout_delivered_total",
-            "Changes accepted from RabbitMQ and fanned out (duplicates excluded).",
-            stats.delivered,
-        ),
         (
             "walcast_fanout_duplicates_total",
             "Changes dropped because their id was seen already.",
