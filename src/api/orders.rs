@@ -8,11 +8,13 @@
 //! the WAL, never from here.
 //!
 //! Semantics worth knowing:
-//! - `PUT` needs `customer_name` and `product_name`; `status` is optional
-//!   and, when omitted, left as it is (it has a life of its own: workers and
-//!   psql move it, and a stale form must not reset it to `pending`).
-//! - `PATCH` takes any subset of the three fields; `{}` changes nothing and
-//!   answers the current order without writing (so no change event).
+//! - `PUT` and `PATCH` both take any subset of the three fields (contract
+//!   section 4: "with any of those fields"); an omitted field is left as it
+//!   is. `status` in particular has a life of its own (workers and psql
+//!   move it), and a stale form must not reset it to `pending`.
+//! - `{}` changes nothing and answers the current order (200) without
+//!   writing, so no change event: the same as any request that names no
+//!   new value, and idempotent like the rest of PUT.
 //! - Names are stored trimmed; at most 200 characters after trimming, like
 //!   the table's CHECK constraints.
 
@@ -237,7 +239,7 @@ pub struct ListQuery {
     after: Option<String>,
 }
 
-/// Body of `POST /orders` and `PUT /orders/{id}`.
+/// Body of `POST /orders`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Describes the accepted JSON; bodies are checked by `parse_fields`.
@@ -248,12 +250,13 @@ pub struct OrderInput {
     /// Required; 1 to 200 characters after trimming; stored trimmed.
     #[schema(min_length = 1, max_length = 200, example = "iPhone 17")]
     product_name: String,
-    /// POST: defaults to `pending`. PUT: omitted leaves it unchanged.
+    /// Defaults to `pending`.
     #[schema(nullable = false)]
     status: Option<OrderStatus>,
 }
 
-/// Body of `PATCH /orders/{id}`: any subset of the writable fields.
+/// Body of `PUT /orders/{id}` and `PATCH /orders/{id}`: any subset of the
+/// writable fields; an omitted field is left unchanged, `{}` changes nothing.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Describes the accepted JSON; bodies are checked by `parse_fields`.
@@ -275,7 +278,7 @@ struct Fields {
 }
 
 /// Checks a request body. With `names_required`, `customer_name` and
-/// `product_name` must be present (POST, PUT). The first problem found is
+/// `product_name` must be present (POST). The first problem found is
 /// reported, checking unknown fields first so that a typo (`staus`) is
 /// named as such rather than as a missing field.
 fn parse_fields(body: &Value, names_required: bool) -> Result<Fields, ApiError> {
@@ -613,19 +616,20 @@ pub async fn create_order(
         .into_response())
 }
 
-/// Replace an order's names (and status, when given).
+/// Change an order: the same as `PATCH`.
 ///
-/// `customer_name` and `product_name` are required; an omitted `status` is
-/// left unchanged.
+/// Any subset of `customer_name`, `product_name`, `status`; omitted fields
+/// are left as they are (contract section 4). `{}` changes nothing and
+/// returns the order as it is, without a change event.
 #[utoipa::path(
     put,
     path = "/orders/{id}",
     tag = "orders",
     params(("id" = i64, Path, description = "Order id")),
-    request_body(content = OrderInput, content_type = "application/json"),
+    request_body(content = OrderPatch, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated order", body = Order),
+        (status = 200, description = "The updated order (as it is, for `{}`)", body = Order),
         (status = 400, description = "Malformed JSON or non-numeric id", body = ErrorBody),
         (status = 401, description = "Auth on and no valid bearer token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such order (`not_found`)", body = ErrorBody),
@@ -637,18 +641,17 @@ pub async fn create_order(
     )
 )]
 pub async fn replace_order(
-    State(state): State<ApiState>,
-    OrderId(id): OrderId,
-    JsonBody(body): JsonBody,
+    state: State<ApiState>,
+    id: OrderId,
+    body: JsonBody,
 ) -> Result<Json<Order>, ApiError> {
-    let fields = parse_fields(&body, true)?;
-    update(&state, id, fields).await
+    change_order(state, id, body).await
 }
 
 /// Change some fields of an order.
 ///
 /// Any subset of `customer_name`, `product_name`, `status`; `{}` changes
-/// nothing and returns the order as it is.
+/// nothing and returns the order as it is, without a change event.
 #[utoipa::path(
     patch,
     path = "/orders/{id}",
@@ -657,7 +660,7 @@ pub async fn replace_order(
     request_body(content = OrderPatch, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated order", body = Order),
+        (status = 200, description = "The updated order (as it is, for `{}`)", body = Order),
         (status = 400, description = "Malformed JSON or non-numeric id", body = ErrorBody),
         (status = 401, description = "Auth on and no valid bearer token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such order (`not_found`)", body = ErrorBody),
@@ -669,6 +672,15 @@ pub async fn replace_order(
     )
 )]
 pub async fn patch_order(
+    state: State<ApiState>,
+    id: OrderId,
+    body: JsonBody,
+) -> Result<Json<Order>, ApiError> {
+    change_order(state, id, body).await
+}
+
+/// PUT and PATCH: check the body, then write the fields it names.
+async fn change_order(
     State(state): State<ApiState>,
     OrderId(id): OrderId,
     JsonBody(body): JsonBody,
