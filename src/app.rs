@@ -14,6 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -206,23 +207,21 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 }
 
-/// The Socket.IO handshake takes the same bearer tokens as the API's writes.
+/// The Socket.IO handshake takes the same bearer tokens as the API's writes:
+/// `auth.token`, or else an `Authorization: Bearer` header on the handshake
+/// request, checked exactly like the API's (scheme in any case).
 fn socket_authorizer(authenticator: Authenticator) -> Authorizer {
     Arc::new(move |request: AuthRequest| {
         let authenticator = authenticator.clone();
         Box::pin(async move {
-            let token = request.token.or_else(|| {
-                request
-                    .headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-            });
-            match token {
-                None => Err("a token is required (auth.token)".to_owned()),
-                Some(token) => authenticator.verify(&token).map_err(|e| e.to_string()),
-            }
+            let verified = match (&request.token, request.headers.get(AUTHORIZATION)) {
+                (Some(token), _) => authenticator.verify(token),
+                (None, Some(header)) => authenticator.verify_header(Some(header)),
+                (None, None) => {
+                    return Err("a token is required (auth.token)".to_owned());
+                }
+            };
+            verified.map_err(|e| e.to_string())
         })
     })
 }
