@@ -248,7 +248,19 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`.
+/// Metrics of the stages this process runs, in the Prometheus text format.
+///
+/// Served by every role; not an API request itself (scrapes are not counted
+/// in `walcast_http_requests_total`) and never behind auth.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200,
+        description = "Prometheus text exposition format 0.0.4; the families are listed in README.md (Metrics)",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String))
+)]
 pub async fn serve(State(metrics): State<Metrics>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()).into_response()
 }
