@@ -151,6 +151,15 @@ async fn malformed_requests_are_400() {
         )
         .await;
     }
+    // An empty value is an absent parameter (what a form's "any" sends),
+    // not a bad one.
+    let (status, everything) = api.call(Method::GET, "/orders", None).await;
+    assert_eq!(status, StatusCode::OK, "{everything}");
+    let (status, empty) = api
+        .call(Method::GET, "/orders?status=&limit=&after=", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["orders"], everything["orders"]);
     api.finish().await;
 }
 

@@ -227,7 +227,8 @@ pub struct OrderList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only orders with this status.
+    /// Only orders with this status. An empty value (`status=`), like
+    /// every empty parameter here, counts as absent.
     #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
     /// Page size, 1 to 500; default 50.
@@ -406,8 +407,13 @@ struct ListParams {
 }
 
 impl ListParams {
+    /// An empty value (`?status=`, what a form's "any" choice sends) is the
+    /// same as leaving the parameter out.
     fn parse(query: ListQuery) -> Result<ListParams, ApiError> {
-        let status = match query.status.as_deref() {
+        fn given(value: &Option<String>) -> Option<&str> {
+            value.as_deref().filter(|text| !text.is_empty())
+        }
+        let status = match given(&query.status) {
             None => None,
             Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
                 ApiError::bad_field(
@@ -417,7 +423,7 @@ impl ListParams {
                 )
             })?),
         };
-        let limit = match query.limit.as_deref() {
+        let limit = match given(&query.limit) {
             None => DEFAULT_PAGE_SIZE,
             Some(text) => text
                 .parse::<i64>()
@@ -431,7 +437,7 @@ impl ListParams {
                     )
                 })?,
         };
-        let after = match query.after.as_deref() {
+        let after = match given(&query.after) {
             None => None,
             Some(text) => Some(text.parse::<i64>().map_err(|_| {
                 ApiError::bad_field(
@@ -843,8 +849,14 @@ mod tests {
                 after: Some(-3)
             }
         );
+        assert_eq!(
+            ListParams::parse(query(Some(""), Some(""), Some(""))).unwrap(),
+            ListParams::parse(query(None, None, None)).unwrap(),
+            "an empty value is an absent one"
+        );
         for (bad, field) in [
             (query(None, Some("0"), None), "limit"),
+            (query(Some(" "), None, None), "status"),
             (query(None, Some("501"), None), "limit"),
             (query(None, Some("ten"), None), "limit"),
             (query(None, None, Some("1.5")), "after"),
