@@ -444,12 +444,23 @@ function onChange(event) {
     if (queued.length > MAX_QUEUED) {
       // The reload is not keeping up: drop the queue and reconnect with the
       // listing's snapshot once it arrives.
-      queued = null;
+      dropQueue();
       socket.disconnect();
     }
     return;
   }
   process(event);
+}
+
+/**
+ * Abandons the resync queue. Its events are not applied (the next listing
+ * and its snapshot hand-off cover them), but they were received: the event
+ * log shows them like every other event.
+ */
+function dropQueue() {
+  const events = queued ?? [];
+  queued = null;
+  for (const event of events) logEvent(event);
 }
 
 function process(event) {
@@ -496,7 +507,7 @@ async function reload() {
     for (const event of events) process(event);
     setState('live');
   } else {
-    queued = null;
+    dropQueue();
     handoff = null;
     if (socket.connected) socket.disconnect();
     socket.connect();
@@ -521,7 +532,7 @@ socket.on('disconnect', (reason) => {
   if (queued !== null) {
     // The queue has a gap now; stop the automatic reconnect (it would send
     // a cursor from before the reload) and let the reload connect afresh.
-    queued = null;
+    dropQueue();
     socket.disconnect();
     return;
   }

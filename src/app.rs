@@ -14,6 +14,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use axum::http::header::AUTHORIZATION;
+use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -98,6 +100,9 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     if roles.has(Role::Capture) {
+        // Registered before the server answers: until the capture task has
+        // taken the lease (or found it taken), nothing has been checked.
+        health.set("capture", false, "starting");
         let handles = metrics.capture(&config.postgres.slot);
         let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
         tracker
@@ -124,7 +129,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         api::router(state)
     } else {
         Router::new()
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(api::healthz))
             .route("/readyz", get(readiness))
             .with_state(health.clone())
     };
@@ -144,6 +149,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             .with_history_start(config.pg_config());
         let status = consumer.status();
         metrics.watch_gateway(hub.stats(), status.clone());
+        health.set("gateway", false, "connecting to rabbitmq");
         let consumer_stop = stop.clone();
         tracker.spawn(async move { consumer.run(consumer_stop).await });
         let (health, stop) = (health.clone(), stop.clone());
@@ -201,42 +207,29 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 }
 
-/// The Socket.IO handshake takes the same bearer tokens as the API's writes.
+/// The Socket.IO handshake takes the same bearer tokens as the API's writes:
+/// `auth.token`, or else an `Authorization: Bearer` header on the handshake
+/// request, checked exactly like the API's (scheme in any case).
 fn socket_authorizer(authenticator: Authenticator) -> Authorizer {
     Arc::new(move |request: AuthRequest| {
         let authenticator = authenticator.clone();
         Box::pin(async move {
-            let token = request.token.or_else(|| {
-                request
-                    .headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-            });
-            match token {
-                None => Err("a token is required (auth.token)".to_owned()),
-                Some(token) => authenticator.verify(&token).map_err(|e| e.to_string()),
-            }
+            let verified = match (&request.token, request.headers.get(AUTHORIZATION)) {
+                (Some(token), _) => authenticator.verify(token),
+                (None, Some(header)) => authenticator.verify_header(Some(header)),
+                (None, None) => {
+                    return Err("a token is required (auth.token)".to_owned());
+                }
+            };
+            verified.map_err(|e| e.to_string())
         })
     })
 }
 
-/// `/readyz` for processes without the API role: the health registry alone.
-async fn readiness(
-    axum::extract::State(health): axum::extract::State<Health>,
-) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    let components = health.components();
-    let status = if health.all_healthy() {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "status": if status.is_success() { "ready" } else { "not_ready" },
-        "components": components,
-    });
-    (status, axum::Json(body))
+/// `/readyz` for processes without the API role: the health registry
+/// alone, in the API's body shape.
+async fn readiness(axum::extract::State(health): axum::extract::State<Health>) -> Response {
+    api::readiness(health.components())
 }
 
 /// The capture role: wait for the slot lease (hot standby), then stream the
@@ -252,8 +245,21 @@ async fn capture_role(
     let max_backoff = Duration::from_millis(config.postgres.max_backoff_ms);
     let mut attempt = 0u32;
     while !stop.is_cancelled() {
-        health.set("capture", true, "waiting for the slot lease");
-        let lease = match SlotLease::acquire(&pg, slot, Duration::from_secs(1), stop).await {
+        // Not publishing (yet, or any more after a lost lease): what the
+        // last session said about RabbitMQ and the stream no longer holds.
+        health.remove("rabbitmq");
+        health.remove("slot_stream");
+        health.set("capture", false, "taking the slot lease");
+        // A hot standby is ready: it is doing what it should.
+        let standby = || {
+            health.set(
+                "capture",
+                true,
+                "hot standby: another capture process owns the slot",
+            )
+        };
+        let lease = match SlotLease::acquire(&pg, slot, Duration::from_secs(1), stop, standby).await
+        {
             Ok(Some(lease)) => lease,
             Ok(None) => break,
             Err(e) if e.is_retryable() => {
@@ -270,6 +276,15 @@ async fn capture_role(
             Err(e) => return Err(e.into()),
         };
         attempt = 0;
+        // Not ready until the publisher has connected and the stream runs:
+        // registered now, not when they first report, so that /readyz does
+        // not answer 200 while RabbitMQ has never been reached.
+        health.set(
+            "rabbitmq",
+            false,
+            "not connected yet: connecting to rabbitmq",
+        );
+        health.set("slot_stream", false, "waiting for the rabbitmq connection");
         health.set("capture", true, "capturing");
         let session = stop.child_token();
         let outcome = tokio::select! {
@@ -389,12 +404,14 @@ pub struct SlotLease {
 }
 
 impl SlotLease {
-    /// Waits until this process holds the lock for `slot` (or `shutdown`).
+    /// Waits until this process holds the lock for `slot` (or `shutdown`);
+    /// calls `on_standby` once when it finds another process holding it.
     pub async fn acquire(
         pg: &tokio_postgres::Config,
         slot: &str,
         poll: Duration,
         shutdown: &CancellationToken,
+        mut on_standby: impl FnMut(),
     ) -> Result<Option<SlotLease>, CatalogError> {
         let key = lease_key(slot);
         let mut announced = false;
@@ -423,6 +440,7 @@ impl SlotLease {
                     }));
                 }
                 if !announced {
+                    on_standby();
                     info!(
                         slot,
                         "another capture process owns the slot; waiting as hot standby"

@@ -190,7 +190,8 @@ impl Metrics {
     ///   `walcast_slot_{confirmed_flush_lsn,retained_wal_bytes,safe_wal_size_bytes}{slot}`;
     /// - gateway: `walcast_consumer_{received,acked,rejected,redelivered,sessions}_total`,
     ///   `walcast_consumer_consuming`,
-    ///   `walcast_fanout_{delivered,duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
+    ///   `walcast_fanout_delivered_total{table,op}`,
+    ///   `walcast_fanout_{duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
     ///   `walcast_fanout_connected_sockets`,
     ///   `walcast_fanout_replay_buffer_{events,bytes}`;
     /// - api: `walcast_http_requests_total{method,route,status}`,
@@ -247,7 +248,19 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`.
+/// Metrics of the stages this process runs, in the Prometheus text format.
+///
+/// Served by every role; not an API request itself (scrapes are not counted
+/// in `walcast_http_requests_total`) and never behind auth.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200,
+        description = "Prometheus text exposition format 0.0.4; the families are listed in README.md (Metrics)",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String))
+)]
 pub async fn serve(State(metrics): State<Metrics>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render()).into_response()
 }
@@ -453,13 +466,21 @@ fn render_consumer(out: &mut Exposition, consumer: &ConsumerStatus) {
 }
 
 fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
+    let delivered = "walcast_fanout_delivered_total";
+    out.family(
+        delivered,
+        Kind::Counter,
+        "Changes accepted from RabbitMQ and fanned out (duplicates excluded), by table and op.",
+    );
+    for count in fanout.delivered_by_table() {
+        out.sample(
+            delivered,
+            &[("table", &count.table), ("op", count.op.as_str())],
+            count.count,
+        );
+    }
     let stats = fanout.snapshot();
     for (name, help, value) in [
-        (
-            "walcast_fanout_delivered_total",
-            "Changes accepted from RabbitMQ and fanned out (duplicates excluded).",
-            stats.delivered,
-        ),
         (
             "walcast_fanout_duplicates_total",
             "Changes dropped because their id was seen already.",

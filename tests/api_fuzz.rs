@@ -4,6 +4,10 @@
 //! must always answer either a well-formed order or the error shape, and
 //! must still serve afterwards.
 //!
+//! A second property, with auth on: random query strings of the listing and
+//! garbage `Authorization` headers on reads and writes. Reads answer 200 or
+//! 400, writes 401, never a 5xx, always in the documented shapes.
+//!
 //! Deterministic by default; `WALCAST_FUZZ_SEED` and `WALCAST_FUZZ_CASES`
 //! change the seed and the number of cases per worker.
 
@@ -312,5 +316,161 @@ async fn random_requests_never_get_a_5xx() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{order}");
+    api.finish().await;
+}
+
+const QUERY_KEYS: [&str; 7] = [
+    "status", "limit", "after", "colour", "", "status[]", "LIMIT",
+];
+
+/// A query string: known and unknown keys, values valid, empty, huge,
+/// percent-encoded garbage, broken escapes, repeated keys.
+fn random_query(rng: &mut StdRng) -> String {
+    let mut pairs = Vec::new();
+    for _ in 0..rng.random_range(0..5) {
+        let key = if rng.random_range(0..6) == 0 {
+            percent_encode(&random_string(rng).chars().take(20).collect::<String>())
+        } else {
+            QUERY_KEYS[rng.random_range(0..QUERY_KEYS.len())].to_owned()
+        };
+        let value = match rng.random_range(0..8) {
+            0 => String::new(),
+            1 => STATUSES[rng.random_range(0..STATUSES.len())].to_owned(),
+            2 => rng.random_range(-5i64..600).to_string(),
+            3 => rng.random::<i64>().to_string(),
+            4 => ["%", "%ZZ", "%00", "+", "a=b", "1e3", "0x10", "%C3%28"][rng.random_range(0..8)]
+                .to_owned(),
+            _ => percent_encode(&random_string(rng).chars().take(60).collect::<String>()),
+        };
+        pairs.push(match rng.random_range(0..10) {
+            0 => key,
+            _ => format!("{key}={value}"),
+        });
+    }
+    pairs.join("&")
+}
+
+/// An `Authorization` value that is never a valid token: other schemes,
+/// bare or empty bearer, garbage and JWT-shaped garbage, obs-text bytes.
+fn garbage_authorization(rng: &mut StdRng) -> Vec<u8> {
+    let token: Vec<u8> = match rng.random_range(0..6) {
+        0 => Vec::new(),
+        1 => format!(
+            "{}.{}.{}",
+            percent_encode(&random_string(rng)),
+            random_string(rng).len(),
+            rng.random::<u64>()
+        )
+        .into_bytes(),
+        2 => (0..rng.random_range(1..4_000))
+            .map(|_| rng.random_range(b' '..=b'~'))
+            .collect(),
+        3 => (0..rng.random_range(1..64))
+            .map(|_| match rng.random_range(0..3) {
+                0 => b'\t',
+                1 => rng.random_range(0x80..=0xff),
+                _ => rng.random_range(b' '..=b'~'),
+            })
+            .collect(),
+        4 => b"eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln".to_vec(),
+        _ => random_string(rng).into_bytes(),
+    };
+    let scheme: &[u8] = [
+        &b"Bearer "[..],
+        b"bearer ",
+        b"BEARER  ",
+        b"Bearer",
+        b"Basic ",
+        b"",
+        b"Token ",
+    ][rng.random_range(0..7)];
+    [scheme, &token[..]].concat()
+}
+
+async fn auth_worker(api: &TestApi, seed: u64, cases: u64) -> (u64, u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut reads, mut writes) = (0, 0);
+    for case in 0..cases {
+        let write = rng.random_range(0..3) == 0;
+        let (method, path) = if write {
+            match rng.random_range(0..3) {
+                0 => (Method::POST, "/orders".to_owned()),
+                // Numeric ids: a path that matches no route is a 404 whatever
+                // the token, and not what this property is about.
+                1 => (
+                    Method::PATCH,
+                    format!("/orders/{}", rng.random_range(-5i64..100_000)),
+                ),
+                _ => (
+                    Method::DELETE,
+                    format!("/orders/{}", rng.random_range(-5i64..100_000)),
+                ),
+            }
+        } else {
+            (Method::GET, format!("/orders?{}", random_query(&mut rng)))
+        };
+        let authorization = garbage_authorization(&mut rng);
+        let mut request = api.http.request(method.clone(), api.url(&path));
+        // Values a client cannot send (control bytes) are skipped, not
+        // tested: they never reach the server.
+        if let Ok(value) = header::HeaderValue::from_bytes(&authorization) {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        if write {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(r#"{"customer_name": "c", "product_name": "p"}"#);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} case {case}: {method} {path:.200}: {e:?}"));
+        let (status, body) = read(response).await;
+        let context = || {
+            format!(
+                "seed {seed} case {case}: {method} {path:.300} authorization {:?} → {status} {body:.300}",
+                String::from_utf8_lossy(&authorization[..authorization.len().min(100)])
+            )
+        };
+        assert!(!status.is_server_error(), "{}", context());
+        if write {
+            writes += 1;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", context());
+            assert_eq!(assert_error_shape(&body), "unauthorized", "{}", context());
+        } else {
+            reads += 1;
+            match status {
+                StatusCode::OK => assert!(body["orders"].is_array(), "{}", context()),
+                StatusCode::BAD_REQUEST => {
+                    assert_eq!(assert_error_shape(&body), "invalid_query", "{}", context())
+                }
+                _ => panic!("{}", context()),
+            }
+        }
+    }
+    (reads, writes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_queries_and_authorization_headers_never_get_a_5xx() {
+    let api = TestApi::start_with("fuzzauth", |c| {
+        c.http.pool_size = 8;
+        c.auth.enabled = true;
+        c.auth.tokens = vec!["fuzz-static-token-0123456789".into()];
+        c.auth.jwt_secret = "fuzz-jwt-secret-0123456789-0123456789-xyz".into();
+    })
+    .await;
+    let seed = env_number("WALCAST_FUZZ_SEED", 0x5eed_2026);
+    let cases = env_number("WALCAST_FUZZ_CASES", 1_000);
+    let outcomes = futures_util::future::join_all(
+        (0..WORKERS).map(|w| auth_worker(&api, seed.wrapping_add(w), cases)),
+    )
+    .await;
+    let reads: u64 = outcomes.iter().map(|o| o.0).sum();
+    let writes: u64 = outcomes.iter().map(|o| o.1).sum();
+    eprintln!("auth fuzz seed {seed}: {reads} reads, {writes} refused writes");
+    assert!(reads > 1_000 && writes > 500, "{reads} / {writes}");
+    let (status, _) = api.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
     api.finish().await;
 }

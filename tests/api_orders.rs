@@ -108,10 +108,35 @@ async fn create_get_replace_patch_delete() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(replaced["status"], "delivered");
 
-    // PATCH {} writes nothing.
-    let (status, unchanged) = api.call(Method::PATCH, &location, Some(&json!({}))).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(unchanged, replaced);
+    // PUT with one field, like PATCH (contract section 4: "any of those
+    // fields"): the others are left as they are.
+    let (status, renamed) = api
+        .call(
+            Method::PUT,
+            &location,
+            Some(&json!({"product_name": "iPhone 17e"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["product_name"], "iPhone 17e");
+    assert_eq!(renamed["customer_name"], "Harry");
+    assert_eq!(renamed["status"], "delivered");
+    let (status, replaced) = api
+        .call(
+            Method::PUT,
+            &location,
+            Some(&json!({"product_name": "iPhone 17"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+
+    // PATCH {} and PUT {} write nothing: the order comes back as it is,
+    // updated_at included (the trigger did not run).
+    for method in [Method::PATCH, Method::PUT] {
+        let (status, unchanged) = api.call(method.clone(), &location, Some(&json!({}))).await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+        assert_eq!(unchanged, replaced, "{method}");
+    }
 
     // The database holds what the API said.
     let row = db

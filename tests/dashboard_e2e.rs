@@ -8,11 +8,17 @@
 //! Steps: (a) a psql UPDATE shows in its row; (b) an order created with the
 //! form arrives through the WAL, its status is changed with the row's
 //! select, another order is deleted, and an API error is shown; (c) walcast
-//! is stopped with SIGTERM, an order is changed with psql while it is down,
-//! walcast starts again on the same port, slot and queue, and the page
-//! shows the change; one more psql change proves it is live again. At the
-//! end the table must hold exactly the database's rows, and the page must
-//! not have logged an unexpected error. The screenshot goes to
+//! (its gateway's history on disk, `fanout.replay_dir`) is stopped with
+//! SIGTERM, an order is changed with psql while it is down, walcast starts
+//! again on the same port, slot, queue and replay dir, and the page gets
+//! the change replayed with `since`: it shows in the row and in the event
+//! log, and the page never resyncs; (d) walcast restarts once more without
+//! the replay dir, so the page's cursor is unknown and it resyncs: the
+//! listing it reloads is held in the browser until a psql change has
+//! arrived, which the page queues and then applies, and which shows in the
+//! event log; one more psql change proves it is live again. At the end the
+//! table must hold exactly the database's rows, and the page must not have
+//! logged an unexpected error. The screenshot goes to
 //! `tests/artifacts/dashboard.png`.
 
 #[path = "support/pgtest.rs"]
@@ -336,13 +342,15 @@ async fn dashboard_follows_psql_form_writes_and_a_walcast_restart_in_chromium() 
 
     let artifacts = artifacts_dir();
     let unique = format!("dashboard.{}.{}", std::process::id(), free_port());
-    let setup = Setup {
+    let replay_dir = tempfile::tempdir().expect("a replay dir");
+    let replay_env = "WALCAST_FANOUT_REPLAY_DIR";
+    let mut setup = Setup {
         db: &db,
         port: free_port(),
         exchange: format!("walcast.test.{unique}"),
         queue: format!("walcast.test.{unique}.gateway"),
         log: artifacts.join(format!("dashboard-walcast-{unique}.log")),
-        env: Vec::new(),
+        env: vec![(replay_env, replay_dir.path().display().to_string())],
     };
     let _broker = setup.broker_cleanup();
     let mut walcast = setup.start().await;
@@ -419,7 +427,43 @@ async fn dashboard_follows_psql_form_writes_and_a_walcast_restart_in_chromium() 
     browser
         .send(json!({"go": true, "id": away, "status": "cancelled", "customer": away_customer}))
         .await;
-    browser.expect("saw-change-after-restart", &setup).await;
+    let replayed = browser.expect("saw-change-after-restart", &setup).await;
+    // Replayed from the gateway's log with `since`: an event in the log,
+    // not a reload after a resync.
+    assert_eq!(replayed["awayLogged"], true, "{replayed}");
+    assert!(
+        !replayed["states"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("resyncing")),
+        "{replayed}"
+    );
+
+    // (d) Restart without the replay dir: the page resyncs, and a change
+    // that arrives while it reloads is queued, applied and logged.
+    browser.expect("ready-for-resync-restart", &setup).await;
+    setup.stop(&mut walcast).await;
+    setup.env.retain(|(key, _)| *key != replay_env);
+    browser.send(json!({"go": "down"})).await;
+    browser.expect("saw-disconnect-again", &setup).await;
+    let mut walcast = setup.start().await;
+    browser.expect("listing-held", &setup).await;
+    let queued = first;
+    db.psql(&format!(
+        "UPDATE orders SET status = 'pending' WHERE id = {queued}"
+    ))
+    .await;
+    browser
+        .send(json!({"go": true, "id": queued, "status": "pending"}))
+        .await;
+    let resynced = browser.expect("saw-queued-change-logged", &setup).await;
+    assert!(
+        resynced["states"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("resyncing")),
+        "{resynced}"
+    );
 
     browser.expect("ready-for-live-check", &setup).await;
     db.psql(&format!(

@@ -10,6 +10,10 @@
 //!    exposition and checks them by table, op, route and status.
 //! 2. Cutting the proxy turns `/readyz` 503 naming rabbitmq; resuming it
 //!    turns it 200 again, and the changes made during the cut arrive.
+//!
+//! A second test starts single roles with RabbitMQ already unreachable:
+//! `/readyz` must not answer 200 before RabbitMQ was ever reached, and
+//! every role answers it in the same body shape.
 
 #[path = "support/pgtest.rs"]
 mod pgtest;
@@ -138,8 +142,20 @@ struct Walcast {
 
 impl Walcast {
     async fn start(db: &TestDb, rabbitmq_url: &str, exchange: &str, queue: &str) -> Walcast {
+        Walcast::start_roles(db, rabbitmq_url, exchange, queue, "capture,gateway,api").await
+    }
+
+    async fn start_roles(
+        db: &TestDb,
+        rabbitmq_url: &str,
+        exchange: &str,
+        queue: &str,
+        roles: &str,
+    ) -> Walcast {
         let mut cmd = db.walcast(&[
             "run",
+            "--role",
+            roles,
             "--listen",
             "127.0.0.1:0",
             "--exchange",
@@ -467,7 +483,8 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
         .scrape_until("every stage to count the five changes", |s| {
             s.get("walcast_publisher_confirmed_total", &orders("insert")) >= Some(4.0)
                 && s.get("walcast_publisher_confirmed_total", &orders("update")) >= Some(1.0)
-                && s.get("walcast_fanout_delivered_total", &[]) >= Some(5.0)
+                && s.get("walcast_fanout_delivered_total", &orders("insert")) == Some(4.0)
+                && s.get("walcast_fanout_delivered_total", &orders("update")) == Some(1.0)
                 && s.get("walcast_consumer_acked_total", &[]) >= Some(5.0)
         })
         .await;
@@ -475,6 +492,12 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     assert_eq!(scrape.types[decoded], "counter");
     assert_eq!(scrape.value(decoded, &orders("insert")), 4.0);
     assert_eq!(scrape.value(decoded, &orders("update")), 1.0);
+    let delivered = "walcast_fanout_delivered_total";
+    assert_eq!(scrape.types[delivered], "counter");
+    assert!(
+        scrape.get(delivered, &orders("delete")).is_none(),
+        "no delete happened, so no delete series"
+    );
     assert!(scrape.value("walcast_publisher_published_total", &orders("insert")) >= 4.0);
     assert!(scrape.value("walcast_publisher_published_total", &orders("update")) >= 1.0);
     assert!(scrape.value("walcast_fanout_emitted_total", &[]) >= 5.0);
@@ -615,7 +638,7 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     let scrape = walcast
         .scrape_until("the outage's changes to be confirmed and delivered", |s| {
             s.get("walcast_publisher_confirmed_total", &orders("insert")) >= Some(6.0)
-                && s.get("walcast_fanout_delivered_total", &[]) >= Some(7.0)
+                && s.get("walcast_fanout_delivered_total", &orders("insert")) == Some(6.0)
         })
         .await;
     assert!(scrape.value("walcast_publisher_reconnects_total", &[]) >= 1.0);
@@ -628,5 +651,151 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     );
 
     client.close().await;
+    walcast.stop().await;
+}
+
+/// The names and health of `/readyz`'s components.
+fn components(body: &Value) -> BTreeMap<String, bool> {
+    body["components"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no components: {body}"))
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["healthy"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The body shape every role's `/readyz` shares (the API's `Readiness`).
+fn assert_readiness_shape(status: u16, body: &Value) {
+    let ready = status == 200;
+    assert_eq!(
+        body["status"],
+        if ready { "ready" } else { "not_ready" },
+        "{body}"
+    );
+    assert!(body["components"].is_array(), "{body}");
+    if ready {
+        assert!(body.get("error").is_none(), "{body}");
+    } else {
+        assert_eq!(body["error"]["code"], "not_ready", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_until_rabbitmq_was_reached_in_every_role() {
+    let db = TestDb::create("readyroles").await;
+    let suffix = format!(
+        "{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let exchange = format!("walcast.test.readyroles.{suffix}");
+    let queue = format!("{exchange}.gateway");
+    let _cleanup = Cleanup {
+        queue: queue.clone(),
+        exchange: exchange.clone(),
+        database: db.name.clone(),
+    };
+    let proxy = TcpProxy::start(upstream(&amqp_url()).await).await;
+    let url = via(&amqp_url(), proxy.addr());
+
+    // --- capture,api: RabbitMQ unreachable from the start ----------------
+    proxy.cut();
+    let walcast = Walcast::start_roles(&db, &url, &exchange, &queue, "capture,api").await;
+    // The very first answer already: the components are registered before
+    // the listener serves, not when they first report.
+    let (status, _, body) = walcast.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let rabbitmq_named = |body: &Value| {
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rabbitmq: "))
+    };
+    let not_ready = walcast.readyz_until(503, TIMEOUT, rabbitmq_named).await;
+    assert_readiness_shape(503, &not_ready);
+    let named = components(&not_ready);
+    assert_eq!(named.get("rabbitmq"), Some(&false), "{not_ready}");
+    assert_eq!(named.get("slot_stream"), Some(&false), "{not_ready}");
+    assert_eq!(named.get("capture"), Some(&true), "{not_ready}");
+    assert_eq!(named.get("api_postgres"), Some(&true), "{not_ready}");
+    walcast
+        .scrape_until("rabbitmq to show as unhealthy", |s| {
+            s.get("walcast_component_healthy", &[("component", "rabbitmq")]) == Some(0.0)
+        })
+        .await;
+
+    proxy.resume();
+    let ready = walcast.readyz_until(200, TIMEOUT, |_| true).await;
+    assert_readiness_shape(200, &ready);
+    let named = components(&ready);
+    for component in ["api_postgres", "capture", "rabbitmq", "slot_stream"] {
+        assert_eq!(named.get(component), Some(&true), "{ready}");
+    }
+    // Ready means capturing: a psql change gets confirmed by RabbitMQ.
+    db.psql("INSERT INTO orders (customer_name, product_name) VALUES ('Ada', 'lamp')")
+        .await;
+    walcast
+        .scrape_until("the change to be confirmed", |s| {
+            s.get(
+                "walcast_publisher_confirmed_total",
+                &[("table", "public.orders"), ("op", "insert")],
+            ) == Some(1.0)
+        })
+        .await;
+    walcast.stop().await;
+
+    // --- gateway alone: not ready until it consumes ------------------------
+    proxy.cut();
+    let walcast = Walcast::start_roles(&db, &url, &exchange, &queue, "gateway").await;
+    let (status, _, body) = walcast.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_readiness_shape(503, &body);
+    assert_eq!(
+        components(&body),
+        BTreeMap::from([("gateway".to_owned(), false)]),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("gateway: "),
+        "{body}"
+    );
+    let (status, _, body) = walcast.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"status": "ok"})
+    );
+    proxy.resume();
+    let ready = walcast.readyz_until(200, TIMEOUT, |_| true).await;
+    assert_readiness_shape(200, &ready);
+    assert_eq!(
+        components(&ready),
+        BTreeMap::from([("gateway".to_owned(), true)]),
+        "{ready}"
+    );
+    walcast.stop().await;
+
+    // --- api alone: RabbitMQ is none of its business -----------------------
+    proxy.cut();
+    let walcast = Walcast::start_roles(&db, &url, &exchange, &queue, "api").await;
+    let ready = walcast.readyz_until(200, TIMEOUT, |_| true).await;
+    assert_readiness_shape(200, &ready);
+    assert_eq!(
+        components(&ready),
+        BTreeMap::from([("api_postgres".to_owned(), true)]),
+        "{ready}"
+    );
     walcast.stop().await;
 }

@@ -144,6 +144,13 @@ pub async fn healthz() -> Json<Liveness> {
 pub async fn readyz(State(state): State<ApiState>) -> Response {
     let mut components = state.health.components();
     components.push(check_pool(&state).await);
+    readiness(components)
+}
+
+/// The `/readyz` answer for `components`: 200 when every one is healthy,
+/// else 503 naming the unhealthy ones. Shared by the API and by processes
+/// without the API role, so the body has one shape whatever the roles.
+pub fn readiness(mut components: Vec<ComponentHealth>) -> Response {
     components.sort_by(|a, b| a.name.cmp(&b.name));
     let unhealthy: Vec<String> = components
         .iter()

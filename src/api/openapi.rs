@@ -22,7 +22,7 @@ use super::{ErrorBody, ErrorDetail};
         title = "walcast HTTP API",
         description = "CRUD for the `orders` table (writes go to Postgres only; \
                        clients see every change through the WAL-driven Socket.IO \
-                       stream), health, and this description. Every error has the \
+                       stream), health, metrics, and this description. Every error has the \
                        body `{\"error\": {\"code\", \"message\", \"field\"?}}`. With \
                        `auth.enabled`, writes need `Authorization: Bearer <token>` \
                        (a static token or an HS256 JWT); reads stay open. Any path not listed \
@@ -38,6 +38,7 @@ use super::{ErrorBody, ErrorDetail};
         super::orders::delete_order,
         super::health::healthz,
         super::health::readyz,
+        crate::metrics::serve,
         openapi_json,
     ),
     components(schemas(
@@ -55,7 +56,7 @@ use super::{ErrorBody, ErrorDetail};
     modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "The orders table"),
-        (name = "operations", description = "Health and API description"),
+        (name = "operations", description = "Health, Prometheus metrics and API description"),
     )
 )]
 pub struct ApiDoc;

@@ -8,11 +8,13 @@
 //! the WAL, never from here.
 //!
 //! Semantics worth knowing:
-//! - `PUT` needs `customer_name` and `product_name`; `status` is optional
-//!   and, when omitted, left as it is (it has a life of its own: workers and
-//!   psql move it, and a stale form must not reset it to `pending`).
-//! - `PATCH` takes any subset of the three fields; `{}` changes nothing and
-//!   answers the current order without writing (so no change event).
+//! - `PUT` and `PATCH` both take any subset of the three fields (contract
+//!   section 4: "with any of those fields"); an omitted field is left as it
+//!   is. `status` in particular has a life of its own (workers and psql
+//!   move it), and a stale form must not reset it to `pending`.
+//! - `{}` changes nothing and answers the current order (200) without
+//!   writing, so no change event: the same as any request that names no
+//!   new value, and idempotent like the rest of PUT.
 //! - Names are stored trimmed; at most 200 characters after trimming, like
 //!   the table's CHECK constraints.
 
@@ -225,7 +227,8 @@ pub struct OrderList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only orders with this status.
+    /// Only orders with this status. An empty value (`status=`), like
+    /// every empty parameter here, counts as absent.
     #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
     /// Page size, 1 to 500; default 50.
@@ -237,7 +240,7 @@ pub struct ListQuery {
     after: Option<String>,
 }
 
-/// Body of `POST /orders` and `PUT /orders/{id}`.
+/// Body of `POST /orders`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Describes the accepted JSON; bodies are checked by `parse_fields`.
@@ -248,12 +251,13 @@ pub struct OrderInput {
     /// Required; 1 to 200 characters after trimming; stored trimmed.
     #[schema(min_length = 1, max_length = 200, example = "iPhone 17")]
     product_name: String,
-    /// POST: defaults to `pending`. PUT: omitted leaves it unchanged.
+    /// Defaults to `pending`.
     #[schema(nullable = false)]
     status: Option<OrderStatus>,
 }
 
-/// Body of `PATCH /orders/{id}`: any subset of the writable fields.
+/// Body of `PUT /orders/{id}` and `PATCH /orders/{id}`: any subset of the
+/// writable fields; an omitted field is left unchanged, `{}` changes nothing.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Describes the accepted JSON; bodies are checked by `parse_fields`.
@@ -275,7 +279,7 @@ struct Fields {
 }
 
 /// Checks a request body. With `names_required`, `customer_name` and
-/// `product_name` must be present (POST, PUT). The first problem found is
+/// `product_name` must be present (POST). The first problem found is
 /// reported, checking unknown fields first so that a typo (`staus`) is
 /// named as such rather than as a missing field.
 fn parse_fields(body: &Value, names_required: bool) -> Result<Fields, ApiError> {
@@ -403,8 +407,13 @@ struct ListParams {
 }
 
 impl ListParams {
+    /// An empty value (`?status=`, what a form's "any" choice sends) is the
+    /// same as leaving the parameter out.
     fn parse(query: ListQuery) -> Result<ListParams, ApiError> {
-        let status = match query.status.as_deref() {
+        fn given(value: &Option<String>) -> Option<&str> {
+            value.as_deref().filter(|text| !text.is_empty())
+        }
+        let status = match given(&query.status) {
             None => None,
             Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
                 ApiError::bad_field(
@@ -414,7 +423,7 @@ impl ListParams {
                 )
             })?),
         };
-        let limit = match query.limit.as_deref() {
+        let limit = match given(&query.limit) {
             None => DEFAULT_PAGE_SIZE,
             Some(text) => text
                 .parse::<i64>()
@@ -428,7 +437,7 @@ impl ListParams {
                     )
                 })?,
         };
-        let after = match query.after.as_deref() {
+        let after = match given(&query.after) {
             None => None,
             Some(text) => Some(text.parse::<i64>().map_err(|_| {
                 ApiError::bad_field(
@@ -613,19 +622,20 @@ pub async fn create_order(
         .into_response())
 }
 
-/// Replace an order's names (and status, when given).
+/// Change an order: the same as `PATCH`.
 ///
-/// `customer_name` and `product_name` are required; an omitted `status` is
-/// left unchanged.
+/// Any subset of `customer_name`, `product_name`, `status`; omitted fields
+/// are left as they are (contract section 4). `{}` changes nothing and
+/// returns the order as it is, without a change event.
 #[utoipa::path(
     put,
     path = "/orders/{id}",
     tag = "orders",
     params(("id" = i64, Path, description = "Order id")),
-    request_body(content = OrderInput, content_type = "application/json"),
+    request_body(content = OrderPatch, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated order", body = Order),
+        (status = 200, description = "The updated order (as it is, for `{}`)", body = Order),
         (status = 400, description = "Malformed JSON or non-numeric id", body = ErrorBody),
         (status = 401, description = "Auth on and no valid bearer token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such order (`not_found`)", body = ErrorBody),
@@ -637,18 +647,17 @@ pub async fn create_order(
     )
 )]
 pub async fn replace_order(
-    State(state): State<ApiState>,
-    OrderId(id): OrderId,
-    JsonBody(body): JsonBody,
+    state: State<ApiState>,
+    id: OrderId,
+    body: JsonBody,
 ) -> Result<Json<Order>, ApiError> {
-    let fields = parse_fields(&body, true)?;
-    update(&state, id, fields).await
+    change_order(state, id, body).await
 }
 
 /// Change some fields of an order.
 ///
 /// Any subset of `customer_name`, `product_name`, `status`; `{}` changes
-/// nothing and returns the order as it is.
+/// nothing and returns the order as it is, without a change event.
 #[utoipa::path(
     patch,
     path = "/orders/{id}",
@@ -657,7 +666,7 @@ pub async fn replace_order(
     request_body(content = OrderPatch, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated order", body = Order),
+        (status = 200, description = "The updated order (as it is, for `{}`)", body = Order),
         (status = 400, description = "Malformed JSON or non-numeric id", body = ErrorBody),
         (status = 401, description = "Auth on and no valid bearer token (`unauthorized`)", body = ErrorBody),
         (status = 404, description = "No such order (`not_found`)", body = ErrorBody),
@@ -669,6 +678,15 @@ pub async fn replace_order(
     )
 )]
 pub async fn patch_order(
+    state: State<ApiState>,
+    id: OrderId,
+    body: JsonBody,
+) -> Result<Json<Order>, ApiError> {
+    change_order(state, id, body).await
+}
+
+/// PUT and PATCH: check the body, then write the fields it names.
+async fn change_order(
     State(state): State<ApiState>,
     OrderId(id): OrderId,
     JsonBody(body): JsonBody,
@@ -831,8 +849,14 @@ mod tests {
                 after: Some(-3)
             }
         );
+        assert_eq!(
+            ListParams::parse(query(Some(""), Some(""), Some(""))).unwrap(),
+            ListParams::parse(query(None, None, None)).unwrap(),
+            "an empty value is an absent one"
+        );
         for (bad, field) in [
             (query(None, Some("0"), None), "limit"),
+            (query(Some(" "), None, None), "status"),
             (query(None, Some("501"), None), "limit"),
             (query(None, Some("ten"), None), "limit"),
             (query(None, None, Some("1.5")), "after"),

@@ -407,6 +407,7 @@ impl Hub {
                 .iter()
                 .filter_map(|sid| state.detach(*sid, stats))
                 .collect();
+            stats.record_delivered(&change.table, change.op);
             state.buffer.push(change);
             if let Some(log) = &mut state.log {
                 match log.maybe_compact(&state.buffer) {
@@ -420,7 +421,6 @@ impl Hub {
             }
             stats.set_buffer(state.buffer.len(), state.buffer.bytes());
             stats.record_emitted(emitted);
-            stats.record_delivered();
             sockets = emitted as usize;
             drop(guard);
             for socket in slow_sockets {

@@ -108,5 +108,5 @@ pub use layer::{layer, router};
 pub use replay::{Horizons, ReplayBuffer, ResyncReason};
 pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};
-pub use stats::{FanoutStats, StatsSnapshot};
+pub use stats::{DeliveredCount, FanoutStats, StatsSnapshot};
 pub use subscription::{canonical_json, parse_target, RowKey, Target, MAX_SUBSCRIPTIONS};

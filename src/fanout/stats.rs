@@ -4,12 +4,19 @@
 //! `buffered_bytes`) are set by the hub. Nothing here formats metrics; the
 //! HTTP `/metrics` endpoint reads a [`StatsSnapshot`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::event::Op;
 
 #[derive(Debug, Default)]
 struct Counters {
     delivered: AtomicU64,
+    /// Deliveries by `schema.table`, one count per op (in [`OPS`] order).
+    /// Bounded by the published tables; keyed by `String` so the hot path
+    /// looks up by `&str` without allocating.
+    delivered_by_table: Mutex<HashMap<String, [u64; 4]>>,
     duplicates: AtomicU64,
     malformed: AtomicU64,
     emitted: AtomicU64,
@@ -54,7 +61,43 @@ pub struct StatsSnapshot {
     pub buffered_bytes: u64,
 }
 
+/// The ops in the order [`Counters::delivered_by_table`] counts them.
+const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+/// Deliveries of one table with one op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredCount {
+    /// `schema.table`.
+    pub table: String,
+    pub op: Op,
+    pub count: u64,
+}
+
 impl FanoutStats {
+    /// Deliveries by table and op, ordered; only those that happened.
+    pub fn delivered_by_table(&self) -> Vec<DeliveredCount> {
+        let by_table = self
+            .0
+            .delivered_by_table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<DeliveredCount> = by_table
+            .iter()
+            .flat_map(|(table, counts)| {
+                OPS.iter()
+                    .zip(counts)
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(op, count)| DeliveredCount {
+                        table: table.clone(),
+                        op: *op,
+                        count: *count,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.table, a.op.as_str()).cmp(&(&b.table, b.op.as_str())));
+        out
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let c = &self.0;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -78,8 +121,22 @@ impl FanoutStats {
         self.0.malformed.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_delivered(&self) {
+    pub(crate) fn record_delivered(&self, table: &str, op: Op) {
         self.0.delivered.fetch_add(1, Ordering::Relaxed);
+        let slot = OPS.iter().position(|o| *o == op).unwrap_or(0);
+        let mut by_table = self
+            .0
+            .delivered_by_table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match by_table.get_mut(table) {
+            Some(counts) => counts[slot] += 1,
+            None => {
+                let mut counts = [0; 4];
+                counts[slot] = 1;
+                by_table.insert(table.to_owned(), counts);
+            }
+        }
     }
 
     pub(crate) fn record_duplicate(&self) {

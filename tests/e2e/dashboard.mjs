@@ -97,7 +97,55 @@ page.on('dialog', async (dialog) => {
   await dialog.dismiss();
 });
 
+// Every Socket.IO `change` the page received, decoded, in order: what the
+// gateway sent, whatever the page then did with it.
+const changesReceived = [];
+const recordPacket = (packet) => {
+  if (typeof packet === 'string' && packet.startsWith('42["change",')) {
+    changesReceived.push(JSON.parse(packet.slice(2))[1]);
+  }
+};
+page.on('websocket', (socket) => {
+  socket.on('framereceived', ({ payload }) => recordPacket(payload));
+});
+// Before the upgrade to WebSocket, packets come in long-poll responses,
+// separated by the record separator.
+page.on('response', async (response) => {
+  const url = new URL(response.url());
+  if (!url.pathname.startsWith('/socket.io/') || url.searchParams.get('transport') !== 'polling') return;
+  if (response.request().method() !== 'GET') return;
+  const text = await response.text().catch(() => '');
+  for (const packet of text.split('\x1e')) recordPacket(packet);
+});
+
 const row = (id) => page.locator(`#orders-body tr[data-id="${id}"]`);
+
+/** Polls `condition` (a Node-side check) every 50 ms, up to `timeout`. */
+async function waitUntil(what, condition, timeout = STEP_TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The connection states the page went through since `from` (an index). */
+async function statesSince(from) {
+  return (await page.evaluate(() => window.__states)).slice(from);
+}
+
+/** Whether the event log shows an update of order `id` whose detail mentions `text`. */
+async function loggedUpdate(id, text = '') {
+  return page.evaluate(
+    ({ id, text }) =>
+      [...document.querySelectorAll('#log li[data-op="update"]')].some(
+        (entry) =>
+          entry.querySelector('.log-key').textContent === `id=${id}` &&
+          entry.querySelector('.log-detail').textContent.includes(text),
+      ),
+    { id: String(id), text },
+  );
+}
 
 /** Waits until the row shows `status` (and `customer`, when given). */
 async function waitForRow(id, { status, customer }, timeout = STEP_TIMEOUT) {
@@ -211,9 +259,12 @@ async function run() {
   phase = 'writes';
   emit({ step: 'api-error-shown', message: apiError, ms: t() });
 
-  // (c) walcast restarts while the page is open; a change made while it
-  // was down shows after the page reconnects.
+  // (c) walcast restarts while the page is open, its gateway's history on
+  // disk (fanout.replay_dir); a change made while it was down shows after
+  // the page reconnects with `since`: replayed as an event, so it is in the
+  // event log, and with no resync and no reload.
   phase = 'restart';
+  let statesFrom = (await page.evaluate(() => window.__states)).length;
   emit({ step: 'ready-for-restart' });
   command = await nextCommand(RESTART_TIMEOUT);
   check(command.go === 'down', `expected {"go":"down"}, got ${JSON.stringify(command)}`);
@@ -222,8 +273,61 @@ async function run() {
   command = await nextCommand(RESTART_TIMEOUT);
   await waitForRow(command.id, { status: command.status, customer: command.customer }, RESTART_TIMEOUT);
   await waitForState(['live'], RESTART_TIMEOUT);
+  await page.waitForFunction(
+    ({ id, text }) =>
+      [...document.querySelectorAll('#log li[data-op="update"]')].some(
+        (entry) =>
+          entry.querySelector('.log-key').textContent === `id=${id}` &&
+          entry.querySelector('.log-detail').textContent.includes(text),
+      ),
+    { id: String(command.id), text: command.customer },
+    { timeout: STEP_TIMEOUT, polling: 50 },
+  );
+  let states = await statesSince(statesFrom);
+  check(!states.includes('resyncing'), `the page resynced instead of replaying with since: ${states}`);
   phase = 'after-restart';
-  emit({ step: 'saw-change-after-restart', ms: t() });
+  emit({ step: 'saw-change-after-restart', states, awayLogged: await loggedUpdate(command.id, command.customer), ms: t() });
+
+  // (d) walcast restarts again, now without its history: the page's cursor
+  // means nothing to the new gateway, which sends `resync`. The page reloads
+  // the listing (held here until a change has arrived meanwhile), queues
+  // that change, then applies it through the listing's snapshot; the event
+  // log shows it.
+  phase = 'restart';
+  statesFrom = (await page.evaluate(() => window.__states)).length;
+  emit({ step: 'ready-for-resync-restart' });
+  command = await nextCommand(RESTART_TIMEOUT);
+  check(command.go === 'down', `expected {"go":"down"}, got ${JSON.stringify(command)}`);
+  const heldListings = [];
+  let holding = true;
+  const isListing = (url) => new URL(url).pathname === '/orders';
+  await page.route(isListing, (route) => {
+    if (holding && route.request().method() === 'GET') heldListings.push(route);
+    else route.continue();
+  });
+  await waitForState(['reconnecting', 'connecting']);
+  emit({ step: 'saw-disconnect-again', ms: t() });
+  await waitForState(['resyncing'], RESTART_TIMEOUT);
+  await waitUntil('the resync reload to ask for the listing', () => heldListings.length > 0, RESTART_TIMEOUT);
+  const receivedBefore = changesReceived.length;
+  emit({ step: 'listing-held', ms: t() });
+  command = await nextCommand(STEP_TIMEOUT);
+  await waitUntil(`the change of order ${command.id} to arrive`, () =>
+    changesReceived.slice(receivedBefore).some((event) => String(event.key?.id) === String(command.id)),
+  );
+  const queuedEvent = changesReceived.slice(receivedBefore).find((event) => String(event.key?.id) === String(command.id));
+  const loggedEarly = await page.locator(`#log li[data-id="${queuedEvent.id}"]`).count();
+  check(loggedEarly === 0, 'the change was applied before the listing arrived: it was not queued');
+  holding = false;
+  for (const route of heldListings) await route.continue();
+  await page.unroute(isListing);
+  await waitForState(['live'], STEP_TIMEOUT);
+  await waitForRow(command.id, { status: command.status });
+  await page.waitForSelector(`#log li[data-id="${queuedEvent.id}"]`, { timeout: STEP_TIMEOUT });
+  states = await statesSince(statesFrom);
+  check(states.includes('resyncing'), `the page did not resync: ${states}`);
+  phase = 'after-resync';
+  emit({ step: 'saw-queued-change-logged', id: queuedEvent.id, states, ms: t() });
 
   // Still live after the restart: one more psql change arrives.
   emit({ step: 'ready-for-live-check' });

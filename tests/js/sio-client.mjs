@@ -45,6 +45,8 @@ function connectOnce(url, auth) {
   return io(url, {
     auth,
     transports,
+    // Node only: headers on the handshake request (e.g. Authorization).
+    extraHeaders: options.extraHeaders,
     forceNew: true,
     reconnection: false,
     timeout: options.timeout ?? 10000,

@@ -94,7 +94,13 @@ impl TestApi {
     ) -> TestApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(state.clone());
+        // /metrics as `walcast run` mounts it: after the API's layers.
+        let metrics = walcast::metrics::Metrics::new(health.clone());
+        metrics.watch_requests(state.stats().clone());
+        let app = router(state.clone()).route(
+            "/metrics",
+            axum::routing::get(walcast::metrics::serve).with_state(metrics),
+        );
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
         });

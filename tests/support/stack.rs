@@ -56,6 +56,12 @@ pub struct Walcast {
 
 impl Walcast {
     pub async fn start(db: &TestDb, spec: &RunSpec) -> Walcast {
+        Self::start_with_env(db, spec, &[]).await
+    }
+
+    /// [`Walcast::start`] with extra environment (auth, log level), set
+    /// after the defaults so it may override them.
+    pub async fn start_with_env(db: &TestDb, spec: &RunSpec, env: &[(&str, &str)]) -> Walcast {
         let mut cmd = db.walcast(&[
             "run",
             "--role",
@@ -78,6 +84,7 @@ impl Walcast {
         if let Some(dir) = &spec.replay_dir {
             cmd.env("WALCAST_FANOUT_REPLAY_DIR", dir);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn walcast run");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));

@@ -1,0 +1,198 @@
+//! Socket.IO handshake auth of the real `walcast run` binary (all roles,
+//! auth on with a static token and an HS256 secret), spoken to by the real
+//! socket.io-client in Node.
+//!
+//! Refused: no token, a wrong static token, an expired JWT, a JWT signed
+//! with another secret, a wrong token in the `Authorization` header; each
+//! gets a `connect_error` whose message starts with "unauthorized".
+//! Accepted: the static token and a valid JWT in `auth.token`, and the
+//! static token in an `Authorization` header whose scheme is not spelled
+//! `Bearer`; each receives the change a psql INSERT makes. Finally, no
+//! token used appears in walcast's log, which runs at debug level for
+//! walcast itself so that the refusal paths log too.
+
+#[path = "support/pgtest.rs"]
+mod pgtest;
+#[path = "support/sio.rs"]
+mod sio;
+#[path = "support/stack.rs"]
+mod stack;
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use pgtest::TestDb;
+use sio::NodeClient;
+use stack::{free_port, log_tail, shared_amqp_url, unique, RunSpec, Walcast};
+
+const TOKEN: &str = "socket-static-token-0123456789";
+const WRONG_TOKEN: &str = "socket-wrong-token-9876543210";
+const SECRET: &str = "socket-jwt-secret-0123456789-0123456789-xyz";
+const OTHER_SECRET: &str = "another-secret-0123456789-0123456789-abcdef";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn jwt(secret: &str, exp_offset: i64) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() as i64 + exp_offset;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "socket-test", "exp": exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Node client options for `url` with handshake `auth` and, optionally, an
+/// `Authorization` header.
+fn options(url: &str, auth: Value, authorization: Option<&str>) -> Value {
+    let mut options = json!({"url": url, "auth": auth});
+    if let Some(value) = authorization {
+        options["extraHeaders"] = json!({"Authorization": value});
+    }
+    options
+}
+
+async fn wait_ready(walcast: &Walcast) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(response) = http.get(format!("{}/readyz", walcast.url())).send().await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "walcast not ready within {TIMEOUT:?}; log:\n{}",
+            log_tail(&walcast.log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_handshakes_need_a_valid_token_and_tokens_stay_out_of_the_log() {
+    let db = TestDb::create("sockauth").await;
+    let exchange = unique("sockauth");
+    let spec = RunSpec {
+        amqp_url: shared_amqp_url(),
+        queue: format!("{exchange}.gateway"),
+        exchange,
+        port: free_port(),
+        roles: "capture,gateway,api",
+        replay_dir: None,
+    };
+    let walcast = Walcast::start_with_env(
+        &db,
+        &spec,
+        &[
+            ("WALCAST_AUTH_ENABLED", "true"),
+            ("WALCAST_AUTH_TOKENS", TOKEN),
+            ("WALCAST_AUTH_JWT_SECRET", SECRET),
+            ("RUST_LOG", "info,walcast=debug"),
+        ],
+    )
+    .await;
+    wait_ready(&walcast).await;
+    let url = walcast.url();
+
+    let valid_jwt = jwt(SECRET, 600);
+    let expired_jwt = jwt(SECRET, -3600);
+    let foreign_jwt = jwt(OTHER_SECRET, 600);
+    let wrong_header = format!("Bearer {WRONG_TOKEN}");
+
+    // --- refused ----------------------------------------------------------
+    let refusals: Vec<(&str, Value, Option<&str>)> = vec![
+        ("no token", json!({}), None),
+        ("wrong static token", json!({"token": WRONG_TOKEN}), None),
+        ("expired jwt", json!({"token": expired_jwt}), None),
+        ("jwt of another secret", json!({"token": foreign_jwt}), None),
+        ("wrong token in the header", json!({}), Some(&wrong_header)),
+    ];
+    for (what, auth, authorization) in &refusals {
+        let mut client = NodeClient::spawn_with(options(&url, auth.clone(), *authorization));
+        let line = client.next().await;
+        assert_eq!(line.kind(), "connect_error", "{what}: {line:?}");
+        let message = line.0["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("unauthorized"),
+            "{what}: connect_error message {message:?}"
+        );
+        if *what == "expired jwt" {
+            assert!(message.contains("expired"), "{what}: {message:?}");
+        }
+        for secret in [TOKEN, SECRET] {
+            assert!(!message.contains(secret), "{what}: {message:?}");
+        }
+    }
+
+    // --- accepted ---------------------------------------------------------
+    let static_header = format!("bearer {TOKEN}");
+    let accepted: Vec<(&str, Value, Option<&str>)> = vec![
+        ("static token", json!({"token": TOKEN}), None),
+        ("hs256 jwt", json!({"token": valid_jwt}), None),
+        (
+            "static token in a lower-case bearer header",
+            json!({}),
+            Some(&static_header),
+        ),
+    ];
+    let mut clients = Vec::new();
+    for (what, auth, authorization) in &accepted {
+        let mut client = NodeClient::spawn_with(options(&url, auth.clone(), *authorization));
+        let line = client.next().await;
+        assert_eq!(line.kind(), "connect", "{what}: {line:?}");
+        clients.push((*what, client));
+    }
+    db.psql("INSERT INTO orders (customer_name, product_name) VALUES ('Ada', 'lamp')")
+        .await;
+    for (what, client) in &mut clients {
+        let change: Value = serde_json::from_str(&client.changes(1).await[0]).unwrap();
+        assert_eq!(change["op"], "insert", "{what}: {change}");
+        assert_eq!(change["new"]["customer_name"], "Ada", "{what}: {change}");
+    }
+    for (_, client) in clients {
+        client.close().await;
+    }
+
+    // Every refusal was counted.
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "walcast_fanout_connects_refused_total {}\n",
+            refusals.len()
+        )),
+        "{metrics}"
+    );
+
+    // --- nothing secret in the log -----------------------------------------
+    let log = walcast.stop().await;
+    assert!(
+        log.contains("authorizer refused handshake"),
+        "the refusals are logged (else this check proves nothing):\n{}",
+        log_tail(&log)
+    );
+    for (what, secret) in [
+        ("static token", TOKEN),
+        ("wrong token", WRONG_TOKEN),
+        ("jwt secret", SECRET),
+        ("valid jwt", valid_jwt.as_str()),
+        ("expired jwt", expired_jwt.as_str()),
+        ("foreign jwt", foreign_jwt.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the {what} is in walcast's log");
+    }
+    sio::Publisher::connect(&spec.exchange)
+        .await
+        .delete(&spec.queue)
+        .await;
+}
