@@ -224,6 +224,49 @@ async fn every_type_family_maps_to_the_documented_json() {
     tail.wait(WAIT).await;
 }
 
+/// Events follow commit order, not begin order: T1 begins and writes
+/// first, T2 writes and commits, then T1 commits. T2's event comes first
+/// and its id sorts first, although T1 holds the older xid and row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_transactions_arrive_in_commit_order() {
+    let db = TestDb::create("tail_commit_order").await;
+    let t1 = db.client().await;
+    let t2 = db.client().await;
+    t1.batch_execute(
+        "BEGIN; INSERT INTO orders (customer_name, product_name) VALUES ('T1', 'first begun')",
+    )
+    .await
+    .unwrap();
+    t2.batch_execute(
+        "INSERT INTO orders (customer_name, product_name) VALUES ('T2', 'first committed')",
+    )
+    .await
+    .unwrap();
+    t1.batch_execute("COMMIT").await.unwrap();
+
+    let mut tail = db.tail(&[]);
+    let events = tail.events(2, WAIT).await;
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["new"]["customer_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["T2", "T1"]);
+    let (first, second) = (&events[0], &events[1]);
+    assert!(
+        first["id"].as_str().unwrap() < second["id"].as_str().unwrap(),
+        "ids sort in commit order: {} then {}",
+        first["id"],
+        second["id"]
+    );
+    // What the order is not: T1 began first, so it has the older xid and
+    // the lower row id.
+    assert!(second["xid"].as_u64().unwrap() < first["xid"].as_u64().unwrap());
+    assert!(second["new"]["id"].as_i64().unwrap() < first["new"]["id"].as_i64().unwrap());
+    tail.interrupt();
+    let (ok, stderr) = tail.wait(WAIT).await;
+    assert!(ok, "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_listed_and_filled_from_the_old_row() {
     let db = TestDb::create("tail_toast").await;
@@ -344,11 +387,26 @@ async fn stopped_or_killed_tail_resumes_without_losing_a_change() {
         }
     });
 
-    // id -> the whole line, to check that a repeat is the same event.
+    // Event id -> the whole event, to check that a repeated id is the same
+    // event; row id -> event id, to check that a row change delivered again
+    // carries the id of its first delivery (each row is inserted once, so
+    // one row is one change).
     let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+    let mut by_row: BTreeMap<i64, String> = BTreeMap::new();
     let mut repeats = 0usize;
     let mut record = |event: Value, seen: &mut BTreeMap<String, Value>| {
+        assert_eq!(event["op"], "insert", "{event}");
         let id = event["id"].as_str().unwrap().to_owned();
+        let row = event["new"]["id"].as_i64().expect("row id");
+        match by_row.get(&row) {
+            Some(first) => assert_eq!(
+                first, &id,
+                "row {row} delivered again under another event id"
+            ),
+            None => {
+                by_row.insert(row, id.clone());
+            }
+        }
         if let Some(previous) = seen.get(&id) {
             assert_eq!(previous, &event, "a repeat must be the same event");
             repeats += 1;
@@ -401,6 +459,13 @@ async fn stopped_or_killed_tail_resumes_without_losing_a_change() {
     assert_eq!(ids.len(), expected);
     assert_eq!(ids.first(), Some(&1));
     assert_eq!(ids.last(), Some(&(expected as i64)));
+    // Exactly one event id per change: 10,000 distinct ids, each the id of
+    // exactly one row (a change re-sent under a new id would make more ids
+    // than rows, and has already failed the by_row check above).
+    assert_eq!(seen.len(), expected, "distinct event ids");
+    let row_ids: BTreeSet<&String> = by_row.values().collect();
+    assert_eq!(row_ids.len(), expected);
+    assert!(seen.keys().eq(row_ids.into_iter()));
     eprintln!("{} distinct events, {repeats} repeats", seen.len());
     tail.interrupt();
     let (ok, stderr) = tail.wait(WAIT).await;
