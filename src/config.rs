@@ -350,12 +350,16 @@ impl Config {
             None => toml::Table::new(),
         };
         let source = explicit.unwrap_or_else(|| PathBuf::from("config.toml"));
-        apply_env(&mut table, env)?;
-        let mut config: Config =
-            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                path: source,
-                message: e.message().to_owned(),
-            })?;
+        // The file alone first, so that its mistakes are blamed on it and
+        // the environment's (checked one variable at a time by `apply_env`)
+        // on the variable.
+        let mut config = deserialize(&table).map_err(|message| ConfigError::Parse {
+            path: source,
+            message,
+        })?;
+        if let Some(layered) = apply_env(&mut table, env)? {
+            config = layered;
+        }
         config.apply(overrides);
         let problems = config.validate();
         if problems.is_empty() {
@@ -800,10 +804,26 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     })
 }
 
+/// The settings of a TOML table, or serde's message for what is wrong.
+fn deserialize(table: &toml::Table) -> Result<Config, String> {
+    Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| e.message().to_owned())
+}
+
 /// Lays `WALCAST_<SECTION>_<KEY>`, `DATABASE_URL` and `RABBITMQ_URL` over the
-/// file's table. A `WALCAST_` variable whose section is not one of walcast's
-/// is not a setting (`WALCAST_CONFIG`, test harness variables) and is left alone.
-fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+/// file's table (which already deserializes). A `WALCAST_` variable whose
+/// section is not one of walcast's is not a setting (`WALCAST_CONFIG`, test
+/// harness variables) and is left alone.
+///
+/// The table is checked after each variable, so a misspelt key
+/// (`WALCAST_POSTGRES_SLOTT`) or a bad value is reported against the
+/// variable that brought it, not against a config file that may not even
+/// exist. A handful of variables makes this a handful of small parses.
+/// Returns the settings after the last variable; `None` if none applied.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<Config>, ConfigError> {
+    let mut layered = None;
     let mut set = |section: &str, key: &str, value: toml::Value| {
         let entry = table
             .entry(section.to_owned())
@@ -811,20 +831,28 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
         match entry {
             toml::Value::Table(t) => {
                 t.insert(key.to_owned(), value);
-                Ok(())
             }
-            _ => Err(format!("[{section}] in the config file is not a table")),
+            _ => return Err(format!("[{section}] in the config file is not a table")),
         }
+        deserialize(table).map_err(|message| match message.strip_prefix("unknown field") {
+            Some(rest) => {
+                let expected = rest.split_once(", ").map_or("", |(_, expected)| expected);
+                format!("not a walcast setting: [{section}] has no key `{key}`; {expected}")
+            }
+            None => message,
+        })
     };
     // The common names first, so WALCAST_* wins over them.
     for (var, section) in [("DATABASE_URL", "postgres"), ("RABBITMQ_URL", "rabbitmq")] {
         if let Some(value) = env.get(var) {
-            set(section, "url", toml::Value::String(value.clone())).map_err(|message| {
-                ConfigError::Env {
-                    var: var.into(),
-                    message,
-                }
-            })?;
+            let config =
+                set(section, "url", toml::Value::String(value.clone())).map_err(|message| {
+                    ConfigError::Env {
+                        var: var.into(),
+                        message,
+                    }
+                })?;
+            layered = Some(config);
         }
     }
     for (var, value) in env {
@@ -837,12 +865,13 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
         };
         let key = &rest[section.len() + 1..];
         let value = env_value(key, value);
-        set(section, key, value).map_err(|message| ConfigError::Env {
+        let config = set(section, key, value).map_err(|message| ConfigError::Env {
             var: var.clone(),
             message,
         })?;
+        layered = Some(config);
     }
-    Ok(())
+    Ok(layered)
 }
 
 /// Environment values are strings; numbers and lists are converted by key.
@@ -901,6 +930,95 @@ mod tests {
             .expect("config.toml at the repository root");
         let config = Config::from_toml(&text).expect("config.toml parses");
         assert_eq!(config.validate(), vec![]);
+    }
+
+    /// The field names serde knows for struct `T`, read from the
+    /// `deserialize_struct` call its derived `Deserialize` makes.
+    fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{self, Visitor};
+
+        struct Capture<'a>(&'a mut &'static [&'static str]);
+        impl<'de> de::Deserializer<'de> for Capture<'_> {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(de::Error::custom("fields captured"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Capture(&mut fields));
+        fields
+    }
+
+    /// Every setting of every section appears in the shipped config.toml
+    /// with a comment above it (directly, or above the group of keys it
+    /// belongs to), so no setting goes undocumented.
+    #[test]
+    fn every_setting_is_documented_in_config_toml() {
+        let sections: [(&str, &[&str]); 6] = [
+            ("postgres", struct_fields::<PostgresConfig>()),
+            ("rabbitmq", struct_fields::<RabbitConfig>()),
+            ("http", struct_fields::<HttpConfig>()),
+            ("fanout", struct_fields::<FanoutConfig>()),
+            ("log", struct_fields::<LogConfig>()),
+            ("auth", struct_fields::<AuthConfig>()),
+        ];
+        // The hand list above (and SECTIONS) is exactly Config's sections.
+        let mut names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+        let mut config_fields = struct_fields::<Config>().to_vec();
+        names.sort_unstable();
+        config_fields.sort_unstable();
+        assert_eq!(names, config_fields);
+        let mut known = SECTIONS.to_vec();
+        known.sort_unstable();
+        assert_eq!(known, config_fields);
+
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+            .expect("config.toml at the repository root");
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for (section, fields) in sections {
+            assert!(!fields.is_empty(), "[{section}] has no fields?");
+            let header = format!("[{section}]");
+            let start = lines
+                .iter()
+                .position(|line| *line == header)
+                .unwrap_or_else(|| panic!("config.toml has no {header}"));
+            let end = lines[start + 1..]
+                .iter()
+                .position(|line| line.starts_with('['))
+                .map_or(lines.len(), |i| start + 1 + i);
+            let is_key = |line: &str, key: &str| {
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            };
+            for field in fields {
+                let at = (start + 1..end)
+                    .find(|&i| is_key(lines[i], field))
+                    .unwrap_or_else(|| panic!("{section}.{field} is not in config.toml"));
+                let documented = lines[start + 1..at]
+                    .iter()
+                    .rev()
+                    .find(|line| !line.contains('=') || line.starts_with('#'))
+                    .is_some_and(|line| line.starts_with('#'));
+                assert!(
+                    documented,
+                    "{section}.{field} has no comment in config.toml"
+                );
+            }
+        }
     }
 
     #[test]
@@ -999,7 +1117,38 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         let vars = env(&[("WALCAST_POSTGRES_SLOTT", "x")]);
         let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("slott"), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("environment variable WALCAST_POSTGRES_SLOTT: "),
+            "{message}"
+        );
+        assert!(message.contains("not a walcast setting"), "{message}");
+        assert!(message.contains("`slott`"), "{message}");
+        assert!(!message.contains("empty.toml"), "{message}");
+
+        // A bad value is the variable's too, not the file's.
+        let vars = env(&[
+            ("WALCAST_POSTGRES_SLOT", "fine"),
+            ("WALCAST_POSTGRES_STATUS_INTERVAL_MS", "often"),
+        ]);
+        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("environment variable WALCAST_POSTGRES_STATUS_INTERVAL_MS: "),
+            "{message}"
+        );
+        assert!(message.contains("often"), "{message}");
+
+        // The file's own mistakes stay the file's, whatever the environment.
+        std::fs::write(&path, "[postgres]\nslott = \"x\"\n").unwrap();
+        let vars = env(&[("WALCAST_POSTGRES_SLOT", "fine")]);
+        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("config file "), "{message}");
+        assert!(
+            message.contains("empty.toml") && message.contains("slott"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ pub enum Datum {
     /// A finite float; NaN and the infinities are [`Datum::Text`].
     Float(f64),
     Text(String),
-    /// `json`/`jsonb`: the value embedded as it is.
+    /// `json`/`jsonb`: the value embedded as JSON.
     Json(Box<RawValue>),
     Array(Vec<Datum>),
 }

@@ -13,7 +13,18 @@ use walcast::cli::Cli;
 use walcast::config::{Config, LogConfig};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match walcast::cli::usage_error_line(&e) {
+            Some(line) => {
+                eprintln!("{line}");
+                return ExitCode::from(2);
+            }
+            // Help and version (and the help a bare `walcast` answers
+            // with) print as clap always prints them.
+            None => e.exit(),
+        },
+    };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = match Config::load(cli.global.config.as_deref(), &env, &cli.global.overrides()) {
         Ok(config) => config,

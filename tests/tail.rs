@@ -84,19 +84,20 @@ async fn psql_changes_appear_in_commit_order_with_typed_values() {
     assert!(insert["old"].is_null());
     assert!(insert.get("changed").is_none(), "changed only for updates");
     assert_eq!(insert["unchanged_toast"], json!([]));
-    // `YYYY-MM-DDTHH:MM:SS` plus the fraction as Postgres sends it: up to
-    // six digits, trailing zeros dropped (.30067 for .300670).
+    // The contract's form: `YYYY-MM-DDTHH:MM:SS.ffffff`, always six
+    // fraction digits (Postgres drops trailing zeros; walcast pads).
     let updated_at = insert["new"]["updated_at"].as_str().unwrap();
-    let (whole, fraction) = updated_at.split_at(19.min(updated_at.len()));
-    assert_eq!(whole.len(), 19, "{updated_at}");
-    assert_eq!(&whole[10..11], "T", "{updated_at}");
-    assert!(
-        fraction.is_empty()
-            || (fraction.starts_with('.')
-                && (2..=7).contains(&fraction.len())
-                && fraction[1..].bytes().all(|b| b.is_ascii_digit())),
-        "{updated_at}"
-    );
+    assert_eq!(updated_at.len(), 26, "{updated_at}");
+    for (i, byte) in updated_at.bytes().enumerate() {
+        let expected_ok = match i {
+            4 | 7 => byte == b'-',
+            10 => byte == b'T',
+            13 | 16 => byte == b':',
+            19 => byte == b'.',
+            _ => byte.is_ascii_digit(),
+        };
+        assert!(expected_ok, "{updated_at}: byte {i}");
+    }
     assert!(insert["id"].as_str().unwrap().ends_with("-0000000000"));
 
     let update = &events[1];
@@ -152,7 +153,9 @@ async fn every_type_family_maps_to_the_documented_json() {
             t text, vc varchar(10), bp char(3), j json, jb jsonb, u uuid, d date, \
             ts timestamp, tstz timestamptz, by bytea, ai int4[], at text[], a2 int4[][], \
             ab bool[], af float8[], ajb jsonb[], e mood, iv interval, r int4range, pt point, \
-            ip inet, nl text); \
+            ip inet, nl text, jn json, aj json[], ts0 timestamp, tstz0 timestamptz, \
+            tinf timestamp, tninf timestamp, tzinf timestamptz, tzninf timestamptz, \
+            f4nan float4, ae mood[], tm time, tmtz timetz, ats timestamp[]); \
          ALTER PUBLICATION {} ADD TABLE types;",
         db.publication
     ))
@@ -166,14 +169,30 @@ async fn every_type_family_maps_to_the_documented_json() {
             '2026-11-22 05:04:10.580065', '2026-11-22 07:04:10.580065+02', '\x0102ff',
             '{1,NULL,3}', '{"a b","c,d",NULL,"q\"uote","back\\slash"}', '{{1,2},{3,4}}',
             '{t,f}', '{1.5,NaN,-Infinity}', ARRAY['{"k": 1}'::jsonb, 'null'::jsonb],
-            'happy', '1 day 02:00:00', '[1,5)', '(1,2)', '192.168.1.1/24', NULL)"#,
+            'happy', '1 day 02:00:00', '[1,5)', '(1,2)', '192.168.1.1/24', NULL,
+            E'{"b":\n  1,\r\n\t"a" : [ 2 , "x y" ],\n "b": 3}',
+            ARRAY[E'{\n "k": 1\n}'::json, 'null'::json],
+            '2026-11-22 05:01:00', '2026-11-22 07:01:00.5+02',
+            'infinity', '-infinity', 'infinity', '-infinity',
+            'NaN', '{happy,sad,NULL}', '05:04:10.5', '05:04:10+05:30',
+            ARRAY['2026-11-22 05:01:00'::timestamp, 'infinity'])"#,
     )
     .await;
     let mut tail = db.tail(&[]);
-    let event = tail.next_event(WAIT).await;
+    // One event is one line, even with newlines inside a json value.
+    let line = tail.try_next_line(WAIT).await.expect("an event line");
+    let event: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the event is not one JSON line {line:?}: {e}"));
+    // json keeps key order and duplicate keys (a parsed Value would not
+    // show them): only the whitespace between tokens is gone.
+    assert!(
+        line.contains(r#""jn":{"b":1,"a":[2,"x y"],"b":3}"#),
+        "{line}"
+    );
+    assert!(line.contains(r#""aj":[{"k":1},null]"#), "{line}");
     assert_eq!(event["table"], "types");
     assert_eq!(event["key"], json!({"id": 1}));
-    let expected = json!({
+    let mut expected = json!({
         "id": 1, "b": true, "bf": false, "i2": -2, "i4": 4, "i8": 9007199254740993_i64,
         "o": 4294967295_u64, "f4": 1.5, "f8": -2.25, "fnan": "NaN", "finf": "Infinity",
         "fninf": "-Infinity", "n": "12.50", "t": "hello \"world\" ✓", "vc": "short",
@@ -185,12 +204,67 @@ async fn every_type_family_maps_to_the_documented_json() {
         "ajb": [{"k": 1}, null], "e": "happy", "iv": "1 day 02:00:00", "r": "[1,5)",
         "pt": "(1,2)", "ip": "192.168.1.1/24", "nl": null
     });
+    // In two parts: one json! this size exceeds the macro recursion limit.
+    let more = json!({
+        "jn": {"a": [2, "x y"], "b": 3}, "aj": [{"k": 1}, null],
+        "ts0": "2026-11-22T05:01:00.000000", "tstz0": "2026-11-22T05:01:00.500000Z",
+        "tinf": "infinity", "tninf": "-infinity", "tzinf": "infinity", "tzninf": "-infinity",
+        "f4nan": "NaN", "ae": ["happy", "sad", null], "tm": "05:04:10.5",
+        "tmtz": "05:04:10+05:30", "ats": ["2026-11-22T05:01:00.000000", "infinity"]
+    });
+    expected
+        .as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
     assert_eq!(event["new"], expected);
     // Integers beyond 2^53 stay exact in the JSON text.
     let line = serde_json::to_string(&event["new"]["i8"]).unwrap();
     assert_eq!(line, "9007199254740993");
     tail.interrupt();
     tail.wait(WAIT).await;
+}
+
+/// Events follow commit order, not begin order: T1 begins and writes
+/// first, T2 writes and commits, then T1 commits. T2's event comes first
+/// and its id sorts first, although T1 holds the older xid and row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_transactions_arrive_in_commit_order() {
+    let db = TestDb::create("tail_commit_order").await;
+    let t1 = db.client().await;
+    let t2 = db.client().await;
+    t1.batch_execute(
+        "BEGIN; INSERT INTO orders (customer_name, product_name) VALUES ('T1', 'first begun')",
+    )
+    .await
+    .unwrap();
+    t2.batch_execute(
+        "INSERT INTO orders (customer_name, product_name) VALUES ('T2', 'first committed')",
+    )
+    .await
+    .unwrap();
+    t1.batch_execute("COMMIT").await.unwrap();
+
+    let mut tail = db.tail(&[]);
+    let events = tail.events(2, WAIT).await;
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["new"]["customer_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["T2", "T1"]);
+    let (first, second) = (&events[0], &events[1]);
+    assert!(
+        first["id"].as_str().unwrap() < second["id"].as_str().unwrap(),
+        "ids sort in commit order: {} then {}",
+        first["id"],
+        second["id"]
+    );
+    // What the order is not: T1 began first, so it has the older xid and
+    // the lower row id.
+    assert!(second["xid"].as_u64().unwrap() < first["xid"].as_u64().unwrap());
+    assert!(second["new"]["id"].as_i64().unwrap() < first["new"]["id"].as_i64().unwrap());
+    tail.interrupt();
+    let (ok, stderr) = tail.wait(WAIT).await;
+    assert!(ok, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,11 +387,26 @@ async fn stopped_or_killed_tail_resumes_without_losing_a_change() {
         }
     });
 
-    // id -> the whole line, to check that a repeat is the same event.
+    // Event id -> the whole event, to check that a repeated id is the same
+    // event; row id -> event id, to check that a row change delivered again
+    // carries the id of its first delivery (each row is inserted once, so
+    // one row is one change).
     let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+    let mut by_row: BTreeMap<i64, String> = BTreeMap::new();
     let mut repeats = 0usize;
     let mut record = |event: Value, seen: &mut BTreeMap<String, Value>| {
+        assert_eq!(event["op"], "insert", "{event}");
         let id = event["id"].as_str().unwrap().to_owned();
+        let row = event["new"]["id"].as_i64().expect("row id");
+        match by_row.get(&row) {
+            Some(first) => assert_eq!(
+                first, &id,
+                "row {row} delivered again under another event id"
+            ),
+            None => {
+                by_row.insert(row, id.clone());
+            }
+        }
         if let Some(previous) = seen.get(&id) {
             assert_eq!(previous, &event, "a repeat must be the same event");
             repeats += 1;
@@ -370,6 +459,13 @@ async fn stopped_or_killed_tail_resumes_without_losing_a_change() {
     assert_eq!(ids.len(), expected);
     assert_eq!(ids.first(), Some(&1));
     assert_eq!(ids.last(), Some(&(expected as i64)));
+    // Exactly one event id per change: 10,000 distinct ids, each the id of
+    // exactly one row (a change re-sent under a new id would make more ids
+    // than rows, and has already failed the by_row check above).
+    assert_eq!(seen.len(), expected, "distinct event ids");
+    let row_ids: BTreeSet<&String> = by_row.values().collect();
+    assert_eq!(row_ids.len(), expected);
+    assert!(seen.keys().eq(row_ids.into_iter()));
     eprintln!("{} distinct events, {repeats} repeats", seen.len());
     tail.interrupt();
     let (ok, stderr) = tail.wait(WAIT).await;

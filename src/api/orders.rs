@@ -178,9 +178,10 @@ impl Order {
     }
 }
 
-/// Postgres's ISO text of a `timestamp` (`2026-11-22 05:04:10.580065`) in
-/// the change events' form (`2026-11-22T05:04:10.580065`). Other forms
-/// (`infinity`, BC dates) stay as Postgres wrote them, as in events.
+/// Postgres's ISO text of a `timestamp` (`2026-11-22 05:04:10.58`) in the
+/// change events' form (`2026-11-22T05:04:10.580000`: six fraction digits,
+/// which Postgres does not always write). Other forms (`infinity`, BC
+/// dates) stay as Postgres wrote them, as in events.
 fn event_timestamp(text: String) -> String {
     let bytes = text.as_bytes();
     let plain = bytes.len() >= 19
@@ -195,6 +196,15 @@ fn event_timestamp(text: String) -> String {
     if plain {
         let mut text = text;
         text.replace_range(10..11, "T");
+        // `YYYY-MM-DDTHH:MM:SS` is 19 bytes; `.ffffff` makes 26.
+        match text.len() {
+            19 => text.push_str(".000000"),
+            21..=25 if text.as_bytes()[19] == b'.' => {
+                let pad = 26 - text.len();
+                text.extend(std::iter::repeat_n('0', pad));
+            }
+            _ => {}
+        }
         text
     } else {
         text
@@ -877,7 +887,11 @@ mod tests {
         );
         assert_eq!(
             event_timestamp("2026-11-22 05:04:10".into()),
-            "2026-11-22T05:04:10"
+            "2026-11-22T05:04:10.000000"
+        );
+        assert_eq!(
+            event_timestamp("2026-11-22 05:04:10.58".into()),
+            "2026-11-22T05:04:10.580000"
         );
         assert_eq!(event_timestamp("infinity".into()), "infinity");
         assert_eq!(

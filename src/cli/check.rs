@@ -267,13 +267,43 @@ async fn checks(
     }
 
     let keep = catalog.setting("max_slot_wal_keep_size").await?;
-    if keep == "-1" {
-        report.add(
-            Level::Warn,
-            "max_slot_wal_keep_size is unset (-1): a stopped walcast lets the slot retain WAL until the disk fills; set it, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();",
-        );
-    } else {
-        report.add(Level::Ok, format!("max_slot_wal_keep_size is {keep}"));
-    }
+    let (level, message) = wal_keep_finding(&keep);
+    report.add(level, message);
     Ok(())
+}
+
+/// The finding for `max_slot_wal_keep_size` as `SHOW` prints it (`-1` when
+/// unset, otherwise a size such as `4GB`). Pure, so the unset case is
+/// tested without a server configured that way.
+fn wal_keep_finding(keep: &str) -> (Level, String) {
+    if keep.trim() == "-1" {
+        (
+            Level::Warn,
+            "max_slot_wal_keep_size is unset (-1): a stopped walcast lets the slot retain WAL until the disk fills; set it, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();".into(),
+        )
+    } else {
+        (Level::Ok, format!("max_slot_wal_keep_size is {keep}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_wal_keep_size_warns_with_the_fix() {
+        let (level, message) = wal_keep_finding("-1");
+        assert_eq!(level, Level::Warn);
+        assert!(message.contains("unset (-1)"), "{message}");
+        assert!(
+            message.contains("ALTER SYSTEM SET max_slot_wal_keep_size"),
+            "{message}"
+        );
+
+        for size in ["4GB", "10240MB"] {
+            let (level, message) = wal_keep_finding(size);
+            assert_eq!(level, Level::Ok, "{size}");
+            assert_eq!(message, format!("max_slot_wal_keep_size is {size}"));
+        }
+    }
 }

@@ -30,6 +30,42 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The one `error: …` line for a command line clap refused, or `None` when
+/// the "error" is a request for help or the version (or a bare command that
+/// needs a subcommand, answered with its help), which clap prints itself.
+///
+/// Clap's own rendering spans several lines (a blank line, a usage line,
+/// "For more information, try '--help'"); an operator's scripts and logs get
+/// the first line, with clap's "did you mean" tip kept on it.
+pub fn usage_error_line(error: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    // `render()` is plain text through Display; styles apply only with
+    // `.ansi()`.
+    let rendered = error.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut line = lines
+        .next()
+        .unwrap_or("error: invalid command line")
+        .to_owned();
+    if !line.starts_with("error: ") {
+        line.insert_str(0, "error: ");
+    }
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        line.push_str(" (");
+        line.push_str(tip);
+        line.push(')');
+    }
+    Some(line)
+}
+
 /// Settings that override config.toml and the environment.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
@@ -168,4 +204,45 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// clap value parser for LSN arguments.
 fn parse_lsn(text: &str) -> Result<Lsn, String> {
     text.parse::<Lsn>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> Option<String> {
+        let error = Cli::try_parse_from(args).expect_err("clap refuses these arguments");
+        usage_error_line(&error)
+    }
+
+    #[test]
+    fn a_refused_command_line_is_one_error_line() {
+        let line = usage_error(&["walcast", "tail", "--from", "nonsense"]).unwrap();
+        assert!(
+            line.starts_with("error: invalid value 'nonsense'"),
+            "{line}"
+        );
+        assert!(line.contains("X/X"), "{line}");
+        assert!(!line.contains('\n'), "{line:?}");
+
+        let line = usage_error(&["walcast", "tial"]).unwrap();
+        assert_eq!(
+            line,
+            "error: unrecognized subcommand 'tial' (a similar subcommand exists: 'tail')"
+        );
+        let line = usage_error(&["walcast", "tail", "--form", "0/0"]).unwrap();
+        assert!(
+            line.contains("'--form'") && line.contains("'--from'"),
+            "{line}"
+        );
+        assert!(!line.contains("Usage"), "{line}");
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors() {
+        assert_eq!(usage_error(&["walcast", "--help"]), None);
+        assert_eq!(usage_error(&["walcast", "tail", "--help"]), None);
+        assert_eq!(usage_error(&["walcast", "--version"]), None);
+        assert_eq!(usage_error(&["walcast"]), None);
+    }
 }

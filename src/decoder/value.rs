@@ -176,7 +176,7 @@ fn write_scalar(scalar: Scalar, text: &str, out: &mut Vec<u8>) {
         // json and jsonb, so the fallback only guards against a mistaken
         // type OID.
         Scalar::Json => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Ok(raw) => write_compact_json(raw.get().as_bytes(), out),
             Err(_) => json::write_str(out, text),
         },
         Scalar::Timestamp => {
@@ -196,7 +196,50 @@ fn write_scalar(scalar: Scalar, text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// `2026-11-22 05:04:10.580065` → `"2026-11-22T05:04:10.580065"`. Other
+/// Valid JSON text without the whitespace between tokens. A `json` column
+/// keeps its input verbatim, newlines included, and one raw newline would
+/// split the event's line in `walcast tail` and any line-based consumer;
+/// `jsonb` text (`{"a": 1}`) is compacted the same way so both read alike.
+/// Only whitespace goes: key order and duplicate keys, which `json` keeps,
+/// stay as they are. Whitespace inside strings is always escaped in valid
+/// JSON, so every raw whitespace byte outside a string is insignificant.
+fn write_compact_json(text: &[u8], out: &mut Vec<u8>) {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\n' | b'\t' | b'\r');
+    if !text.iter().any(is_space) {
+        out.extend_from_slice(text);
+        return;
+    }
+    out.reserve(text.len());
+    let mut pos = 0;
+    while pos < text.len() {
+        let byte = text[pos];
+        if byte == b'"' {
+            // Copy the whole string, escapes and all, in one go.
+            let start = pos;
+            pos += 1;
+            while pos < text.len() {
+                match text[pos] {
+                    b'\\' => pos += 2,
+                    b'"' => {
+                        pos += 1;
+                        break;
+                    }
+                    _ => pos += 1,
+                }
+            }
+            out.extend_from_slice(&text[start..pos.min(text.len())]);
+        } else {
+            if !is_space(&byte) {
+                out.push(byte);
+            }
+            pos += 1;
+        }
+    }
+}
+
+/// `2026-11-22 05:04:10.58` → `"2026-11-22T05:04:10.580000"`: the contract
+/// shows six fraction digits always, and Postgres drops trailing zeros (and
+/// the whole fraction when it is zero), so the fraction is padded. Other
 /// forms (`infinity`, BC dates) write nothing and return false, to be kept
 /// as sent.
 fn write_timestamp(text: &[u8], out: &mut Vec<u8>) -> bool {
@@ -207,15 +250,37 @@ fn write_timestamp(text: &[u8], out: &mut Vec<u8>) -> bool {
     out.push(b'"');
     out.extend_from_slice(parts.date);
     out.push(b'T');
-    out.extend_from_slice(parts.time);
+    write_time_micros(parts.time, out);
     out.push(b'"');
     true
 }
 
+/// `HH:MM:SS[.f…]` with the fraction padded to six digits.
+fn write_time_micros(time: &[u8], out: &mut Vec<u8>) {
+    // The seconds are 8 bytes, then the fraction, if any.
+    let (whole, fraction) = time.split_at(8);
+    out.extend_from_slice(whole);
+    write_fraction_micros(fraction, out);
+}
+
+/// A fraction (`.58`, with its '.', or empty) padded with zeros to six
+/// digits, the precision of every Postgres timestamp. A longer fraction
+/// (which Postgres never sends) is kept whole rather than rounded.
+fn write_fraction_micros(fraction: &[u8], out: &mut Vec<u8>) {
+    const ZEROS: &[u8; 7] = b".000000";
+    if fraction.is_empty() {
+        out.extend_from_slice(ZEROS);
+    } else {
+        out.extend_from_slice(fraction);
+        out.extend_from_slice(&ZEROS[fraction.len().min(ZEROS.len())..]);
+    }
+}
+
 /// `2026-11-22 05:04:10.580065+00` → `"2026-11-22T05:04:10.580065Z"`,
-/// converting any other offset (`+05:30`, `-08`, `+00:09:21`) to UTC while
-/// keeping the fractional digits exactly as sent. Other forms write nothing
-/// and return false, to be kept as sent.
+/// converting any other offset (`+05:30`, `-08`, `+00:09:21`) to UTC and
+/// padding the fraction to six digits like [`write_timestamp`] (and like
+/// `commit_time`). Other forms write nothing and return false, to be kept
+/// as sent.
 fn write_timestamptz(text: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(parts) = DateTimeParts::parse(text) else {
         return false;
@@ -223,22 +288,22 @@ fn write_timestamptz(text: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(offset_seconds) = parse_offset(parts.rest) else {
         return false;
     };
-    // The seconds are 8 bytes, then the fraction, if any.
-    let (whole, fraction) = parts.time.split_at(8);
     // Digits and separators only: nothing to escape.
     if offset_seconds == 0 {
         out.push(b'"');
         out.extend_from_slice(parts.date);
         out.push(b'T');
-        out.extend_from_slice(whole);
+        write_time_micros(parts.time, out);
     } else {
+        // The seconds are 8 bytes, then the fraction, if any.
+        let (whole, fraction) = parts.time.split_at(8);
         let Some(utc) = shift_to_utc(parts.date, whole, offset_seconds) else {
             return false;
         };
         out.push(b'"');
         out.extend_from_slice(utc.as_bytes());
+        write_fraction_micros(fraction, out);
     }
-    out.extend_from_slice(fraction);
     out.extend_from_slice(b"Z\"");
     true
 }
@@ -441,24 +506,57 @@ mod tests {
     }
 
     #[test]
-    fn json_is_embedded() {
+    fn json_is_embedded_compact() {
         assert_eq!(
             json(3802, r#"{"a": [1, 2.5, null], "b": {"c": "d"}}"#),
-            r#"{"a": [1, 2.5, null], "b": {"c": "d"}}"#
+            r#"{"a":[1,2.5,null],"b":{"c":"d"}}"#
         );
         assert_eq!(json(114, " [1,2] "), "[1,2]");
         assert_eq!(json(114, "\"s\""), r#""s""#);
+        // json keeps its input as typed: newlines, tabs, key order and
+        // duplicate keys. Only the whitespace between tokens goes.
+        assert_eq!(
+            json(
+                114,
+                "{\"b\":\n 1,\r\n\t\"a\" : [ 2 , \"x y\" ],\n \"b\": 3}"
+            ),
+            r#"{"b":1,"a":[2,"x y"],"b":3}"#
+        );
+        // Whitespace, quotes and backslashes inside strings are content.
+        assert_eq!(
+            json(114, r#"{ "k \" : ": "v\\ \n \u0020 " }"#),
+            r#"{"k \" : ":"v\\ \n \u0020 "}"#
+        );
+        assert_eq!(json(114, "\n\"a b\"\n"), r#""a b""#);
+        assert_eq!(
+            json(199, "{\"{\\\"a\\\":\n 1}\",NULL}"),
+            r#"[{"a":1},null]"#
+        );
     }
 
     #[test]
-    fn timestamps() {
+    fn timestamps_have_six_fraction_digits() {
         assert_eq!(
             json(1114, "2026-11-22 05:04:10.580065"),
             r#""2026-11-22T05:04:10.580065""#
         );
+        // Postgres drops trailing zeros, and the fraction when it is zero.
         assert_eq!(
-            json(1114, "2026-11-22 05:04:10"),
-            r#""2026-11-22T05:04:10""#
+            json(1114, "2026-11-22 05:04:10.58"),
+            r#""2026-11-22T05:04:10.580000""#
+        );
+        assert_eq!(
+            json(1114, "2026-11-22 05:01:00"),
+            r#""2026-11-22T05:01:00.000000""#
+        );
+        assert_eq!(
+            json(1114, "2026-11-22 05:01:00.000001"),
+            r#""2026-11-22T05:01:00.000001""#
+        );
+        // More digits than Postgres ever sends: kept, not rounded.
+        assert_eq!(
+            json(1114, "2026-11-22 05:01:00.1234567"),
+            r#""2026-11-22T05:01:00.1234567""#
         );
         assert_eq!(json(1114, "infinity"), r#""infinity""#);
         assert_eq!(json(1114, "-infinity"), r#""-infinity""#);
@@ -468,27 +566,34 @@ mod tests {
         );
         assert_eq!(
             json(1114, "12345-01-01 00:00:00"),
-            r#""12345-01-01T00:00:00""#
+            r#""12345-01-01T00:00:00.000000""#
+        );
+        assert_eq!(
+            json(1114, "2026-11-22 05:01:00."),
+            r#""2026-11-22 05:01:00.""#
         );
     }
 
     #[test]
-    fn timestamptz_is_converted_to_utc_keeping_precision() {
+    fn timestamptz_is_converted_to_utc_with_six_fraction_digits() {
         let cases = [
             (
                 "2026-11-22 05:04:10.580065+00",
                 "2026-11-22T05:04:10.580065Z",
             ),
-            ("2026-11-22 05:04:10+00", "2026-11-22T05:04:10Z"),
-            ("2026-11-22 05:04:10.5+00", "2026-11-22T05:04:10.5Z"),
+            ("2026-11-22 05:04:10+00", "2026-11-22T05:04:10.000000Z"),
+            ("2026-11-22 05:04:10.5+00", "2026-11-22T05:04:10.500000Z"),
             (
                 "2026-11-22 10:34:10.580065+05:30",
                 "2026-11-22T05:04:10.580065Z",
             ),
-            ("2026-11-21 21:04:10.1-08", "2026-11-22T05:04:10.1Z"),
-            ("2026-12-31 23:30:00-01", "2027-01-01T00:30:00Z"),
-            ("1900-01-01 00:09:21+00:09:21", "1900-01-01T00:00:00Z"),
-            ("2026-11-22 05:04:10-00:30", "2026-11-22T05:34:10Z"),
+            ("2026-11-21 21:04:10.1-08", "2026-11-22T05:04:10.100000Z"),
+            ("2026-12-31 23:30:00-01", "2027-01-01T00:30:00.000000Z"),
+            (
+                "1900-01-01 00:09:21+00:09:21",
+                "1900-01-01T00:00:00.000000Z",
+            ),
+            ("2026-11-22 05:04:10-00:30", "2026-11-22T05:34:10.000000Z"),
         ];
         for (sent, expected) in cases {
             assert_eq!(json(1184, sent), format!("{expected:?}"), "{sent}");
@@ -505,6 +610,14 @@ mod tests {
         ] {
             assert_eq!(json(1184, sent), format!("{sent:?}"), "{sent}");
         }
+    }
+
+    #[test]
+    fn time_types_stay_text() {
+        // The contract's "everything else": Postgres's text form, as sent.
+        assert_eq!(json(1083, "05:04:10.58"), r#""05:04:10.58""#);
+        assert_eq!(json(1266, "05:04:10+05:30"), r#""05:04:10+05:30""#);
+        assert_eq!(json(1183, "{05:04:10,NULL}"), r#"["05:04:10",null]"#);
     }
 
     #[test]
@@ -544,7 +657,7 @@ mod tests {
         assert_eq!(json(1015, "{}"), "[]");
         assert_eq!(
             json(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#),
-            r#"[{"a": 1},[1, 2],null]"#
+            r#"[{"a":1},[1,2],null]"#
         );
         assert_eq!(json(199, r#"{"\"s\"",3}"#), r#"["s",3]"#);
         assert_eq!(
@@ -552,11 +665,11 @@ mod tests {
                 1185,
                 r#"{"2026-11-22 05:04:10.5+00","2026-11-22 10:34:10+05:30"}"#
             ),
-            r#"["2026-11-22T05:04:10.5Z","2026-11-22T05:04:10Z"]"#
+            r#"["2026-11-22T05:04:10.500000Z","2026-11-22T05:04:10.000000Z"]"#
         );
         assert_eq!(
             json(1115, r#"{"2026-11-22 05:04:10",infinity}"#),
-            r#"["2026-11-22T05:04:10","infinity"]"#
+            r#"["2026-11-22T05:04:10.000000","infinity"]"#
         );
         assert_eq!(json(1182, "{2026-11-22,NULL}"), r#"["2026-11-22",null]"#);
         assert_eq!(json(1001, r#"{"\\x0102",NULL}"#), r#"["AQI=",null]"#);

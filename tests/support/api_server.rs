@@ -275,14 +275,12 @@ pub fn assert_order_shape(order: &Value) -> i64 {
     order["id"].as_i64().expect("id is a JSON integer")
 }
 
-/// `2026-11-22T05:04:10.580065` (fraction optional, up to 6 digits).
+/// `2026-11-22T05:04:10.580065`: always six fraction digits (contract §1).
 pub fn is_event_timestamp(text: &str) -> bool {
     let bytes = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
-    if bytes.len() < 19 {
-        return false;
-    }
-    let base = digits(0..4)
+    bytes.len() == 26
+        && digits(0..4)
         && bytes[4] == b'-'
         && digits(5..7)
         && bytes[7] == b'-'
@@ -292,10 +290,7 @@ pub fn is_event_timestamp(text: &str) -> bool {
         && bytes[13] == b':'
         && digits(14..16)
         && bytes[16] == b':'
-        && digits(17..19);
-    let fraction = &bytes[19..];
-    base && (fraction.is_empty()
-        || (fraction[0] == b'.'
-            && (2..=7).contains(&fraction.len())
-            && fraction[1..].iter().all(u8::is_ascii_digit)))
+        && digits(17..19)
+        && bytes[19] == b'.'
+        && digits(20..26)
 }
