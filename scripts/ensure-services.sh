@@ -78,6 +78,10 @@ ensure_cluster() {
     pg_createcluster "$v" "$c" -p "$port" >/dev/null
   fi
   mkdir -p "$confdir/conf.d"
+  # The not-logical cluster stands for a stock server: it keeps Postgres's
+  # default (-1, unlimited), which `walcast check` warns about (tests/cli.rs).
+  local keep=4GB
+  [ "$wal_level" = logical ] || keep=-1
   local conf
   conf=$(cat <<CONF
 # Managed by walcast's scripts/ensure-services.sh
@@ -87,7 +91,7 @@ wal_level = $wal_level
 max_replication_slots = 200
 max_wal_senders = 200
 max_connections = $max_connections
-max_slot_wal_keep_size = 4GB
+max_slot_wal_keep_size = $keep
 wal_sender_timeout = 60s
 fsync = on
 synchronous_commit = on
