@@ -4,13 +4,20 @@
 //! It holds the last `capacity` changes in an ordered map keyed by
 //! [`EventId`] (ids sort in commit order) and tracks:
 //!
-//! - **id horizon**: every id at or below the largest evicted id, and every
-//!   id below the first change of this history (before it nothing is
-//!   known), is *not held*. A change whose id is held or not-held is a
-//!   duplicate ([`ReplayBuffer::is_duplicate`]): a broker redelivery or a
-//!   publisher republish. A genuinely new id that sorts below the newest one
-//!   (a republish after a nack can arrive late) is *not* dropped as long as
-//!   it is above the horizon.
+//! - **id horizon**: every id at or below the largest evicted id is *not
+//!   held*. A change whose id is held or not-held is a duplicate
+//!   ([`ReplayBuffer::is_duplicate`]): a broker redelivery or a publisher
+//!   republish. A genuinely new id that sorts below the newest one is *not*
+//!   dropped as long as it is above the horizon, even below the first change
+//!   of this history: after a nack the publisher republishes every
+//!   unconfirmed message from the nacked one on, but the ones after it may
+//!   have reached this gateway's queue already, so the nacked change comes
+//!   late. It was never delivered by this history (else it would be held or
+//!   evicted), so dropping it would lose it. The publisher's window bounds
+//!   how late it can be: with `replay_buffer >= rabbitmq.publish_window`
+//!   the changes that overtook it are still held when it comes, so it is
+//!   above the horizon. (The first change still bounds `since`: a cursor
+//!   below it gets `resync`.)
 //! - **history start**: the `xmax` of a Postgres snapshot S0 taken after
 //!   this gateway's queue was bound. Every transaction S0 does not see
 //!   committed after the bind, so its changes are in the queue: held, or
@@ -138,11 +145,19 @@ impl ReplayBuffer {
     }
 
     /// Whether `id` was seen already: held, or at/below the id horizon.
+    /// An id below the first change is not a duplicate (see the module doc).
     pub fn is_duplicate(&self, id: &EventId) -> bool {
-        let h = &self.horizons;
         self.changes.contains_key(id)
-            || h.max_evicted.is_some_and(|evicted| *id <= evicted)
-            || h.first_received.is_some_and(|first| *id < first)
+            || self
+                .horizons
+                .max_evicted
+                .is_some_and(|evicted| *id <= evicted)
+    }
+
+    /// Whether a new change with this id comes late: after a change with a
+    /// larger id (a republish after a nack).
+    pub fn is_late(&self, id: &EventId) -> bool {
+        self.latest_id().is_some_and(|latest| *id < latest)
     }
 
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
@@ -312,7 +327,7 @@ mod tests {
         let buffer = buffer_with(3, &[(10, 1), (20, 2), (30, 3), (40, 4)]);
         assert!(buffer.is_duplicate(&id(30)), "held");
         assert!(buffer.is_duplicate(&id(10)), "evicted");
-        assert!(buffer.is_duplicate(&id(5)), "below the first change");
+        assert!(buffer.is_duplicate(&id(5)), "below the largest evicted");
         assert!(!buffer.is_duplicate(&id(50)), "new");
         // A late republish: older than the newest, above the horizon.
         assert!(!buffer.is_duplicate(&id(25)));
@@ -322,8 +337,31 @@ mod tests {
     fn a_late_older_id_above_the_horizon_is_held_in_order() {
         let mut buffer = buffer_with(4, &[(10, 1), (30, 3)]);
         assert!(!buffer.is_duplicate(&id(20)));
+        assert!(buffer.is_late(&id(20)));
+        assert!(!buffer.is_late(&id(40)));
         buffer.push(change(20, 2));
         assert_eq!(held(&buffer, None), vec![10, 20, 30]);
+    }
+
+    /// The publisher republishes from a nacked change on; the changes after
+    /// it may have reached the queue first, even as the first of a history.
+    #[test]
+    fn a_nacked_change_republished_after_the_first_change_is_not_lost() {
+        let mut buffer = buffer_with(4, &[(20, 2), (30, 3)]);
+        assert!(!buffer.is_duplicate(&id(10)), "late, never seen: new");
+        assert!(buffer.is_late(&id(10)));
+        buffer.push(change(10, 1));
+        // The republish of what overtook it is a duplicate.
+        assert!(buffer.is_duplicate(&id(20)) && buffer.is_duplicate(&id(30)));
+        assert_eq!(held(&buffer, None), vec![10, 20, 30]);
+        // A snapshot hand-off replays it; `since` still starts at the
+        // first change received.
+        assert_eq!(buffer.check_since(id(15)), Err(ResyncReason::SinceTooOld));
+        assert_eq!(buffer.horizons().first_received, Some(id(20)));
+        // Once evicted it stays a duplicate.
+        buffer.push(change(40, 4));
+        buffer.push(change(50, 5));
+        assert!(buffer.is_duplicate(&id(10)));
     }
 
     #[test]
