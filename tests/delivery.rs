@@ -281,6 +281,7 @@ async fn sigterm_under_load_drains_and_exits_cleanly() {
             )
         })
         .unwrap();
+    eprintln!("walcast exited {:?} after SIGTERM", signalled.elapsed());
     let log = walcast.log();
     assert!(
         status.success(),
