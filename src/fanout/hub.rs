@@ -63,6 +63,8 @@ pub type Authorizer = Arc<
 pub struct HubOptions {
     /// Changes held for `since` replay and snapshot hand-off.
     pub replay_buffer: usize,
+    /// Bytes the held changes may take (0: no cap).
+    pub replay_max_bytes: usize,
     /// Packets queued per socket (socketioxide `max_buffer_size`); a socket
     /// whose queue is full when a change is due is disconnected.
     pub socket_buffer: usize,
@@ -87,6 +89,7 @@ impl HubOptions {
     pub fn from_config(config: &FanoutConfig) -> HubOptions {
         HubOptions {
             replay_buffer: config.replay_buffer,
+            replay_max_bytes: config.replay_max_bytes,
             socket_buffer: config.socket_buffer,
             ping_interval: Duration::from_millis(config.ping_interval_ms),
             ping_timeout: Duration::from_millis(config.ping_timeout_ms),
@@ -108,6 +111,7 @@ impl fmt::Debug for HubOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubOptions")
             .field("replay_buffer", &self.replay_buffer)
+            .field("replay_max_bytes", &self.replay_max_bytes)
             .field("socket_buffer", &self.socket_buffer)
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
@@ -224,7 +228,7 @@ impl Hub {
     /// A hub whose replay history is loaded from and logged to
     /// `options.replay_dir` (in memory only when that is `None`).
     pub fn open(options: HubOptions, shutdown: CancellationToken) -> Result<Hub, ReplayLogError> {
-        let (log, buffer) = match &options.replay_dir {
+        let (log, mut buffer) = match &options.replay_dir {
             None => (None, ReplayBuffer::new(options.replay_buffer)),
             Some(dir) => {
                 let (log, buffer, _report) =
@@ -232,6 +236,7 @@ impl Hub {
                 (Some(log), buffer)
             }
         };
+        buffer.set_max_bytes(options.replay_max_bytes);
         let stats = FanoutStats::default();
         stats.set_buffer(buffer.len(), buffer.bytes());
         Ok(Hub {

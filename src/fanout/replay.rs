@@ -2,7 +2,9 @@
 //! can vouch for.
 //!
 //! It holds the last `capacity` changes in an ordered map keyed by
-//! [`EventId`] (ids sort in commit order) and tracks:
+//! [`EventId`] (ids sort in commit order), fewer when they would take more
+//! than `max_bytes` (wide rows: the count alone does not bound memory), and
+//! tracks:
 //!
 //! - **id horizon**: every id at or below the largest evicted id is *not
 //!   held*. A change whose id is held or not-held is a duplicate
@@ -95,6 +97,8 @@ pub struct ReplayBuffer {
     /// earlier history is not adopted by a later one.
     generation: u64,
     bytes: usize,
+    /// 0: no cap.
+    max_bytes: usize,
 }
 
 impl ReplayBuffer {
@@ -110,6 +114,7 @@ impl ReplayBuffer {
             horizons,
             generation: 0,
             bytes: 0,
+            max_bytes: 0,
         }
     }
 
@@ -161,7 +166,7 @@ impl ReplayBuffer {
     }
 
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
-    /// evicting the oldest beyond capacity.
+    /// evicting the oldest beyond capacity or the byte cap.
     pub fn push(&mut self, change: Change) {
         debug_assert!(!self.is_duplicate(&change.id));
         let h = &mut self.horizons;
@@ -170,7 +175,27 @@ impl ReplayBuffer {
         }
         self.bytes += change.heap_size();
         self.changes.insert(change.id, change);
-        while self.changes.len() > self.capacity {
+        self.evict();
+    }
+
+    /// Caps the bytes held (0: no cap), evicting the oldest now if needed.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        self.evict();
+    }
+
+    /// Whether the held changes are over a limit. The newest is always
+    /// kept, however large: it is the only one a live cursor may still need.
+    fn over_limit(&self) -> bool {
+        self.changes.len() > self.capacity
+            || (self.max_bytes > 0 && self.bytes > self.max_bytes && self.changes.len() > 1)
+    }
+
+    /// Evicts the oldest changes until within the limits, raising the
+    /// horizons.
+    fn evict(&mut self) {
+        while self.over_limit() {
+            let h = &mut self.horizons;
             let Some((id, evicted)) = self.changes.pop_first() else {
                 break;
             };
@@ -468,6 +493,34 @@ mod tests {
             xip: vec![],
         };
         assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::SnapshotTooOld));
+    }
+
+    #[test]
+    fn a_byte_cap_evicts_the_oldest_and_raises_the_horizons() {
+        let mut buffer = ReplayBuffer::new(100);
+        buffer.push(change(10, 1));
+        let one = buffer.bytes();
+        // Room for three changes of this size, whatever the count allows.
+        buffer.set_max_bytes(3 * one + one / 2);
+        for (n, xid) in [(20, 2), (30, 3), (40, 4), (50, 5)] {
+            buffer.push(change(n, xid));
+        }
+        assert_eq!(held(&buffer, None), vec![30, 40, 50]);
+        assert!(buffer.bytes() <= 3 * one + one / 2);
+        assert_eq!(buffer.horizons().max_evicted, Some(id(20)));
+        assert_eq!(buffer.horizons().xid_horizon, Some(2));
+        assert!(buffer.is_duplicate(&id(20)));
+        assert_eq!(buffer.check_since(id(10)), Err(ResyncReason::SinceTooOld));
+        assert_eq!(buffer.check_since(id(20)), Ok(()));
+        // Lowering the cap evicts at once; the newest stays however large.
+        buffer.set_max_bytes(1);
+        assert_eq!(held(&buffer, None), vec![50]);
+        // 0 lifts the cap: the count is the only limit again.
+        buffer.set_max_bytes(0);
+        for (n, xid) in [(60, 6), (70, 7), (80, 8), (90, 9)] {
+            buffer.push(change(n, xid));
+        }
+        assert_eq!(buffer.len(), 5);
     }
 
     #[test]
