@@ -390,7 +390,10 @@ async fn standby_capture_takes_over_when_the_active_one_dies() {
     wait_for_log(&standby, "holding the slot lease").await;
     let takeover = killed_at.elapsed();
     eprintln!("standby took the lease {takeover:?} after the kill");
-    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    // The standby polls the lock every second and Postgres frees it as soon
+    // as the killed process's session ends (measured: about 1 s); 5 s leaves
+    // room for a loaded machine.
+    assert!(takeover < Duration::from_secs(5), "{takeover:?}");
 
     writer.await.unwrap();
     let expected = order_ids(&db).await;

@@ -42,10 +42,12 @@
 //! backoff, so a gateway started while its predecessor is still stopping
 //! (a rolling restart) takes the queue over once the predecessor's
 //! connection is gone. An exclusive consumer dies with its connection, so a
-//! reconnect after a lost connection is not refused by its own ghost
-//! (RabbitMQ drops a dead connection's consumers when it notices the death,
-//! at the latest after the heartbeat timeout; until then the reconnect
-//! retries).
+//! reconnect after a lost connection is refused by its own ghost only
+//! until RabbitMQ notices that the old connection is dead: at once when
+//! the TCP connection was closed, after the heartbeat timeout when the
+//! network path silently died (set `?heartbeat=10` on `rabbitmq.url` to
+//! shorten that). The ghost held this queue's unacked deliveries until
+//! then anyway; they are redelivered when it goes.
 //!
 //! When the connection or channel fails, the consumer reconnects with
 //! jittered exponential backoff (capped at `max_backoff_ms`). Deliveries
@@ -108,7 +110,7 @@ pub enum ConsumerError {
     AckTimeout,
     #[error("RabbitMQ ended the consumer (queue deleted or consumer cancelled)")]
     Cancelled,
-    #[error("queue {queue:?} is already consumed by another gateway (RabbitMQ: {source}); each gateway needs a queue of its own: set rabbitmq.queue (WALCAST_RABBITMQ_QUEUE) to a distinct name per gateway")]
+    #[error("queue {queue:?} is already consumed by another gateway, or by this gateway's previous connection until RabbitMQ notices it is dead (heartbeat timeout) (RabbitMQ: {source}); each gateway needs a queue of its own: set rabbitmq.queue (WALCAST_RABBITMQ_QUEUE) to a distinct name per gateway")]
     QueueInUse { queue: String, source: lapin::Error },
     #[error(transparent)]
     Deliver(#[from] DeliverError),
