@@ -157,9 +157,11 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             loop {
                 let consuming = status.is_consuming();
                 let detail = if consuming {
-                    "consuming"
+                    "consuming".to_owned()
+                } else if let Some(refused) = status.refused() {
+                    refused
                 } else {
-                    "connecting to rabbitmq"
+                    "connecting to rabbitmq".to_owned()
                 };
                 health.set("gateway", consuming, detail);
                 tokio::select! {

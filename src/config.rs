@@ -149,11 +149,19 @@ impl RabbitConfig {
     }
 }
 
+/// 256 MiB: 10,000 held events of up to ~26 KiB each before the cap bites.
+pub const DEFAULT_REPLAY_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// The smallest byte cap: a few ordinary events.
+pub const MIN_REPLAY_MAX_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FanoutConfig {
     /// Recent events held for `since` replay and snapshot hand-off.
     pub replay_buffer: usize,
+    /// Bytes the held events may take at most (0: no cap); the oldest go
+    /// first, as when `replay_buffer` is reached.
+    pub replay_max_bytes: usize,
     /// Events queued per socket before it counts as too slow and is
     /// disconnected (it reconnects with `since` and loses nothing).
     pub socket_buffer: usize,
@@ -175,6 +183,7 @@ impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
             replay_buffer: 10_000,
+            replay_max_bytes: DEFAULT_REPLAY_MAX_BYTES,
             socket_buffer: 4096,
             replay_dir: String::new(),
             replay_fsync: false,
@@ -511,6 +520,13 @@ impl Config {
             problem(
                 "fanout.replay_buffer",
                 format!("{} is out of range 1..=10000000", self.fanout.replay_buffer),
+            );
+        }
+        let max_bytes = self.fanout.replay_max_bytes;
+        if max_bytes != 0 && max_bytes < MIN_REPLAY_MAX_BYTES {
+            problem(
+                "fanout.replay_max_bytes",
+                format!("{max_bytes} must be 0 (no cap) or at least {MIN_REPLAY_MAX_BYTES}"),
             );
         }
         if !(16..=1_000_000).contains(&self.fanout.socket_buffer) {
@@ -1068,11 +1084,13 @@ mod tests {
             ("WALCAST_FANOUT_PING_INTERVAL_MS", "5000"),
             ("WALCAST_FANOUT_PING_TIMEOUT_MS", "4000"),
             ("WALCAST_FANOUT_REPLAY_STALL_TIMEOUT_MS", "250"),
+            ("WALCAST_FANOUT_REPLAY_MAX_BYTES", "1048576"),
         ]);
         let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
         let f = &config.fanout;
         assert_eq!(f.replay_dir, ".walcast/replay");
         assert!(f.replay_fsync);
+        assert_eq!(f.replay_max_bytes, 1_048_576);
         assert_eq!(
             (
                 f.ping_interval_ms,
@@ -1086,15 +1104,30 @@ mod tests {
         config.fanout.replay_fsync = true;
         config.fanout.ping_timeout_ms = 10;
         config.fanout.replay_stall_timeout_ms = 0;
+        config.fanout.replay_max_bytes = 1000;
         let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
         assert_eq!(
             fields,
             vec![
+                "fanout.replay_max_bytes",
                 "fanout.replay_fsync",
                 "fanout.ping_timeout_ms",
                 "fanout.replay_stall_timeout_ms"
             ]
         );
+    }
+
+    #[test]
+    fn replay_max_bytes_is_zero_for_no_cap_or_at_least_the_minimum() {
+        let mut config = Config::default();
+        for ok in [0, MIN_REPLAY_MAX_BYTES, DEFAULT_REPLAY_MAX_BYTES] {
+            config.fanout.replay_max_bytes = ok;
+            assert_eq!(config.validate(), vec![], "{ok}");
+        }
+        config.fanout.replay_max_bytes = MIN_REPLAY_MAX_BYTES - 1;
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "fanout.replay_max_bytes");
     }
 
     #[test]

@@ -235,6 +235,127 @@ async fn rabbitmq_connection_cut_for_ten_seconds_loses_nothing() {
     scenario(db, url, Fault::CutBroker(&proxy)).await;
 }
 
+/// SIGTERM under load: walcast drains (every published change confirmed,
+/// a last status update to Postgres) and exits 0 in bounded time; the
+/// position it logs as final is the slot's `confirmed_flush_lsn`; the
+/// browser sees the server close its connection; a restarted walcast
+/// delivers the rest, so the audit queue ends up complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_drains_and_exits_cleanly() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::create("deliver_term").await;
+    let amqp_url = stack::shared_amqp_url();
+    let exchange = unique("exchange");
+    let audit_queue = unique("audit");
+    let audit = Audit::start(&amqp_url, &exchange, &audit_queue).await;
+    let spec = RunSpec {
+        amqp_url: amqp_url.clone(),
+        exchange: exchange.clone(),
+        queue: unique("gateway"),
+        port: stack::free_port(),
+        roles: "capture,gateway,api",
+        replay_dir: None,
+    };
+    let mut walcast = Walcast::start(&db, &spec).await;
+    walcast.wait_ready().await;
+    let mut client = NodeClient::connect(&walcast.url(), json!({})).await;
+    let writer = spawn_writer(db.url.clone(), TRANSACTIONS, ROWS, Duration::from_millis(2));
+    let mut browser = Browser::default();
+    let quarter = TRANSACTIONS * ROWS / 4;
+    assert!(
+        browser
+            .read(&mut client, CATCH_UP, &walcast, |b| b.rows.len() >= quarter)
+            .await
+    );
+
+    let signalled = tokio::time::Instant::now();
+    walcast.signal("TERM");
+    // The drain waits for confirms from a healthy broker: seconds, not the
+    // 30 s drain timeout; the bound leaves room for a loaded machine.
+    let status = tokio::time::timeout(Duration::from_secs(45), walcast.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "walcast did not exit within 45 s of SIGTERM; log:\n{}",
+                stack::log_tail(&walcast.log())
+            )
+        })
+        .unwrap();
+    eprintln!("walcast exited {:?} after SIGTERM", signalled.elapsed());
+    let log = walcast.log();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        stack::log_tail(&log)
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        writer_is_running(&writer),
+        "the load ended before the stop; the test did not stop walcast mid-load"
+    );
+
+    // What walcast logged as its final flushed position is what the slot
+    // holds: nothing it confirmed is left unreported, nothing is claimed
+    // that was not confirmed.
+    let final_line = log
+        .lines()
+        .find(|l| l.contains("final flushed position"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no final flushed position in the log:\n{}",
+                stack::log_tail(&log)
+            )
+        });
+    let flushed = final_line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("flushed="))
+        .unwrap_or_else(|| panic!("no flushed= field in {final_line:?}"))
+        .trim_matches('"')
+        .to_owned();
+    let slot_lsn: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(flushed, slot_lsn, "final flushed position vs the slot");
+
+    // The browser saw the server close its connection, not a broken pipe.
+    let disconnect = loop {
+        let line = client
+            .next_within(Duration::from_secs(30))
+            .await
+            .expect("the browser saw no disconnect");
+        if line.kind() == "disconnect" {
+            break line;
+        }
+        assert_eq!(line.kind(), "change", "{:?}", line.0);
+    };
+    assert_eq!(
+        disconnect.0["reason"], "io server disconnect",
+        "{:?}",
+        disconnect.0
+    );
+
+    // Restarted, walcast carries on from the slot: nothing is lost.
+    let walcast = Walcast::start(&db, &spec).await;
+    writer.await.unwrap();
+    let expected = order_ids(&db).await;
+    assert!(expected.len() >= TRANSACTIONS * ROWS);
+    audit.wait_inserted(&expected, CATCH_UP, &walcast).await;
+    let log = walcast.stop().await;
+    assert!(!log.contains("panicked"), "{log}");
+    audit.delete(&amqp_url, &audit_queue).await;
+}
+
+fn writer_is_running(writer: &tokio::task::JoinHandle<()>) -> bool {
+    !writer.is_finished()
+}
+
 /// Two capture processes on one slot: the second waits as hot standby and
 /// takes over when the first is killed under load; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,7 +390,10 @@ async fn standby_capture_takes_over_when_the_active_one_dies() {
     wait_for_log(&standby, "holding the slot lease").await;
     let takeover = killed_at.elapsed();
     eprintln!("standby took the lease {takeover:?} after the kill");
-    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    // The standby polls the lock every second and Postgres frees it as soon
+    // as the killed process's session ends (measured: about 1 s); 5 s leaves
+    // room for a loaded machine.
+    assert!(takeover < Duration::from_secs(5), "{takeover:?}");
 
     writer.await.unwrap();
     let expected = order_ids(&db).await;

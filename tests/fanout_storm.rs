@@ -1,5 +1,6 @@
-//! Connect storm: 10,000 Socket.IO connections opened and closed against
-//! one gateway. Its own test binary, so the RSS it reads is this gateway's.
+//! Connect storm: two rounds of 10,000 Socket.IO connections opened and
+//! closed against one gateway, some leaving abruptly or abusively.
+//! Its own test binary, so the RSS it reads is this gateway's.
 
 #[path = "support/sio.rs"]
 mod sio;
@@ -51,20 +52,37 @@ async fn connect_storm_leaves_no_sockets_behind() {
     hold.wait().await.unwrap();
     let per_socket = (with_held.saturating_sub(baseline)) as f64 / HELD as f64;
 
-    // The storm.
+    // The storm, twice: 10,000 connections each, a quarter of them leaving
+    // cleanly, a quarter subscribing to a row and then dropping the TCP
+    // connection without a goodbye, a quarter sending an unknown event and
+    // a malformed subscribe first, a quarter dropping the connection at
+    // once. The first round may grow the allocator's pools; a second round
+    // that grows RSS again is state left behind per socket: a leak.
     const TOTAL: u64 = 10_000;
-    let started = Instant::now();
-    let mut storm =
-        spawn_node(json!({"mode": "storm", "url": gw.url(), "total": TOTAL, "concurrency": 50}));
-    let result = node_result(&mut storm, "storm", Duration::from_secs(300)).await;
-    storm.wait().await.unwrap();
-    let storm_time = started.elapsed();
-    assert_eq!(result["ok"], TOTAL, "{result}");
-    assert_eq!(result["failed"], 0, "{result}");
-    let drained = Instant::now();
-    gw.wait_sockets(0).await;
-    let drain_time = drained.elapsed();
-    let after = rss_kib();
+    let mut rss_after = Vec::new();
+    let mut rounds = Vec::new();
+    for round in 1..=2 {
+        let started = Instant::now();
+        let mut storm = spawn_node(json!({
+            "mode": "storm", "url": gw.url(), "total": TOTAL, "concurrency": 50, "mix": true
+        }));
+        let result = node_result(&mut storm, "storm", Duration::from_secs(300)).await;
+        storm.wait().await.unwrap();
+        let storm_time = started.elapsed();
+        assert_eq!(result["ok"], TOTAL, "round {round}: {result}");
+        assert_eq!(result["failed"], 0, "round {round}: {result}");
+        assert_eq!(result["stuck"], 0, "round {round}: {result}");
+        assert_eq!(
+            result["refused"],
+            TOTAL / 4,
+            "round {round}: every malformed subscribe is answered ok:false: {result}"
+        );
+        let drained = Instant::now();
+        gw.wait_sockets(0).await;
+        rounds.push((storm_time, drained.elapsed()));
+        rss_after.push(rss_kib());
+    }
+    let (after_first, after_second) = (rss_after[0], rss_after[1]);
 
     // Still serving: a fresh client gets a change.
     let mut fresh = NodeClient::connect(&gw.url(), json!({})).await;
@@ -75,17 +93,23 @@ async fn connect_storm_leaves_no_sockets_behind() {
 
     eprintln!(
         "rss baseline {baseline} KiB; {HELD} idle sockets {with_held} KiB (~{per_socket:.1} KiB/socket); \
-         storm of {TOTAL} connect+disconnect in {storm_time:?} ({:.0}/s), sockets back to 0 {drain_time:?} after; \
-         rss after {after} KiB (+{} KiB); stats {:?}",
-        TOTAL as f64 / storm_time.as_secs_f64(),
-        after as i64 - baseline as i64,
+         storm rounds of {TOTAL} mixed connections (time, sockets back to 0 after) {rounds:?}; \
+         rss after round 1 {after_first} KiB (+{} KiB), after round 2 {after_second} KiB (+{} KiB); stats {:?}",
+        after_first as i64 - baseline as i64,
+        after_second as i64 - after_first as i64,
         stats.snapshot()
     );
     // Generous: the allocator keeps freed pages, but 10k sockets' worth of
     // state must not stay behind (that would be >> 64 MiB).
     assert!(
-        after < baseline + 64 * 1024,
-        "rss grew from {baseline} KiB to {after} KiB"
+        after_first < baseline + 64 * 1024,
+        "rss grew from {baseline} KiB to {after_first} KiB"
+    );
+    // The leak signal: 10,000 more sockets, and the pools are warm. Even a
+    // few hundred bytes left per socket would show (10,000 × 800 B).
+    assert!(
+        after_second < after_first + 8 * 1024,
+        "rss grew again in the second round: {after_first} KiB -> {after_second} KiB"
     );
     fresh.close().await;
     gw.teardown().await;

@@ -30,6 +30,25 @@
 //! changes may have been published that this gateway never gets, so it
 //! restarts the hub's history first.
 //!
+//! # One consumer per queue
+//!
+//! The consumer is **exclusive** (`basic.consume` with `exclusive`): two
+//! gateways on one queue would each get half of the changes and neither
+//! would notice (the default queue name is per hostname, so two gateways
+//! on one host share it unless `rabbitmq.queue` is set). A gateway whose
+//! queue is taken does not consume at all: the broker's refusal becomes
+//! [`ConsumerError::QueueInUse`], which is logged as an error naming the
+//! fix, shown on `/readyz` ([`ConsumerStatus::refused`]) and retried with
+//! backoff, so a gateway started while its predecessor is still stopping
+//! (a rolling restart) takes the queue over once the predecessor's
+//! connection is gone. An exclusive consumer dies with its connection, so a
+//! reconnect after a lost connection is refused by its own ghost only
+//! until RabbitMQ notices that the old connection is dead: at once when
+//! the TCP connection was closed, after the heartbeat timeout when the
+//! network path silently died (set `?heartbeat=10` on `rabbitmq.url` to
+//! shorten that). The ghost held this queue's unacked deliveries until
+//! then anyway; they are redelivered when it goes.
+//!
 //! When the connection or channel fails, the consumer reconnects with
 //! jittered exponential backoff (capped at `max_backoff_ms`). Deliveries
 //! that were not acked before the failure cannot be acked on the new
@@ -91,6 +110,8 @@ pub enum ConsumerError {
     AckTimeout,
     #[error("RabbitMQ ended the consumer (queue deleted or consumer cancelled)")]
     Cancelled,
+    #[error("queue {queue:?} is already consumed by another gateway, or by this gateway's previous connection until RabbitMQ notices it is dead (heartbeat timeout) (RabbitMQ: {source}); each gateway needs a queue of its own: set rabbitmq.queue (WALCAST_RABBITMQ_QUEUE) to a distinct name per gateway")]
+    QueueInUse { queue: String, source: lapin::Error },
     #[error(transparent)]
     Deliver(#[from] DeliverError),
     #[error(
@@ -120,6 +141,8 @@ struct Counters {
     acked: AtomicU64,
     rejected: AtomicU64,
     redelivered: AtomicU64,
+    /// Why the broker refused the last attempt to consume, while it does.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 /// A cloneable view of the consumer's state, for readiness and metrics.
@@ -148,6 +171,19 @@ impl ConsumerStatus {
     /// Deliveries the broker flagged as redelivered.
     pub fn redelivered(&self) -> u64 {
         self.0.redelivered.load(Ordering::Relaxed)
+    }
+    /// Why the broker refuses to let this gateway consume (its queue is
+    /// taken by another gateway), while it does; `None` once consuming.
+    pub fn refused(&self) -> Option<String> {
+        self.lock_refused().clone()
+    }
+
+    fn set_refused(&self, reason: Option<String>) {
+        *self.lock_refused() = reason;
+    }
+
+    fn lock_refused(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.refused.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -225,7 +261,14 @@ impl Consumer {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Fault) => true,
                 Err((e, consumed)) => {
-                    if matches!(
+                    // Shown on /readyz while it lasts; any other failure
+                    // means the queue is not known to be taken any more.
+                    self.status.set_refused(
+                        matches!(e, ConsumerError::QueueInUse { .. }).then(|| e.to_string()),
+                    );
+                    if matches!(e, ConsumerError::QueueInUse { .. }) {
+                        error!(error = %e, "not consuming; retrying until the queue is free");
+                    } else if matches!(
                         e,
                         ConsumerError::Deliver(_) | ConsumerError::HistoryRestart(_)
                     ) {
@@ -367,12 +410,29 @@ impl Consumer {
             .basic_consume(
                 ShortString::from(queue),
                 ShortString::from(""),
-                BasicConsumeOptions::default(),
+                // See the module doc: one gateway per queue.
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
-            .map_err(setup)?;
+            .map_err(|source| {
+                if is_queue_in_use(&source) {
+                    (
+                        ConsumerError::QueueInUse {
+                            queue: queue.to_owned(),
+                            source,
+                        },
+                        false,
+                    )
+                } else {
+                    setup(source)
+                }
+            })?;
 
+        self.status.set_refused(None);
         self.status.0.sessions.fetch_add(1, Ordering::Relaxed);
         self.status.0.consuming.store(true, Ordering::Release);
         info!(prefetch = self.config.prefetch, "consuming");
@@ -536,6 +596,13 @@ fn queue_arguments(config: &RabbitConfig) -> FieldTable {
         );
     }
     arguments
+}
+
+/// The broker's answer to an exclusive `basic.consume` on a queue that has
+/// a consumer already (403 ACCESS_REFUSED), or to any consume on a queue
+/// another connection holds exclusively (405 RESOURCE_LOCKED).
+fn is_queue_in_use(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.get_id(), 403 | 405))
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {

@@ -63,6 +63,8 @@ pub type Authorizer = Arc<
 pub struct HubOptions {
     /// Changes held for `since` replay and snapshot hand-off.
     pub replay_buffer: usize,
+    /// Bytes the held changes may take (0: no cap).
+    pub replay_max_bytes: usize,
     /// Packets queued per socket (socketioxide `max_buffer_size`); a socket
     /// whose queue is full when a change is due is disconnected.
     pub socket_buffer: usize,
@@ -87,6 +89,7 @@ impl HubOptions {
     pub fn from_config(config: &FanoutConfig) -> HubOptions {
         HubOptions {
             replay_buffer: config.replay_buffer,
+            replay_max_bytes: config.replay_max_bytes,
             socket_buffer: config.socket_buffer,
             ping_interval: Duration::from_millis(config.ping_interval_ms),
             ping_timeout: Duration::from_millis(config.ping_timeout_ms),
@@ -108,6 +111,7 @@ impl fmt::Debug for HubOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubOptions")
             .field("replay_buffer", &self.replay_buffer)
+            .field("replay_max_bytes", &self.replay_max_bytes)
             .field("socket_buffer", &self.socket_buffer)
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
@@ -174,8 +178,9 @@ struct Client {
     /// socket clear of xid wraparound.
     snapshot: Option<Snapshot>,
     /// The `since` cursor: the client has every change up to it, so no
-    /// change with an id at or below it is sent (a late republish, or a
-    /// redelivery after a crash that lost the log's tail).
+    /// change with an id at or below it is sent (a redelivery after a crash
+    /// that lost the log's tail) unless it comes late (see
+    /// [`blocked_by_floor`]).
     floor: Option<EventId>,
 }
 
@@ -223,7 +228,7 @@ impl Hub {
     /// A hub whose replay history is loaded from and logged to
     /// `options.replay_dir` (in memory only when that is `None`).
     pub fn open(options: HubOptions, shutdown: CancellationToken) -> Result<Hub, ReplayLogError> {
-        let (log, buffer) = match &options.replay_dir {
+        let (log, mut buffer) = match &options.replay_dir {
             None => (None, ReplayBuffer::new(options.replay_buffer)),
             Some(dir) => {
                 let (log, buffer, _report) =
@@ -231,6 +236,7 @@ impl Hub {
                 (Some(log), buffer)
             }
         };
+        buffer.set_max_bytes(options.replay_max_bytes);
         let stats = FanoutStats::default();
         stats.set_buffer(buffer.len(), buffer.bytes());
         Ok(Hub {
@@ -375,6 +381,10 @@ impl Hub {
                     });
                 }
             }
+            let late = state.buffer.is_late(&change.id);
+            if late {
+                warn!(id = %change.id, latest = ?state.buffer.latest_id(), "change arrived after newer ones (a republish after a nack); delivering it out of id order");
+            }
             state
                 .index
                 .targets(&change.table, change.row.as_ref(), &mut state.targets);
@@ -389,7 +399,7 @@ impl Hub {
                         continue; // the replay will reach it
                     }
                 }
-                if client.floor.is_some_and(|floor| change.id <= floor)
+                if blocked_by_floor(client.floor, change.id, late)
                     || !passes_snapshot(client, change.xid)
                 {
                     continue;
@@ -683,6 +693,19 @@ impl State {
     }
 }
 
+/// Whether a socket's `since` cursor keeps a change from it. The cursor
+/// stands for every change up to it, so an in-order change at or below it
+/// (a redelivery of what a crash cut from the replay log's tail) is one
+/// the client has. A *late* change (one that arrived after a newer one: a
+/// republish after a nack, see `replay`) is one this gateway never
+/// delivered before, so a cursor above it does not cover it: it is sent,
+/// out of id order, rather than lost. (Only a client that got it through
+/// another gateway or an earlier history may see it twice, which
+/// at-least-once delivery allows.)
+fn blocked_by_floor(floor: Option<EventId>, id: EventId, late: bool) -> bool {
+    !late && floor.is_some_and(|floor| id <= floor)
+}
+
 /// Applies a client's snapshot filter to a change's xid: false if the
 /// snapshot sees it (the listing has it already).
 fn passes_snapshot(client: &mut Client, xid: u32) -> bool {
@@ -726,5 +749,30 @@ fn send_resync(
     });
     if let Err(e) = socket.emit("resync", &payload) {
         warn!(sid = %socket.id, error = %e, "cannot send resync");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Lsn;
+
+    fn id(n: u64) -> EventId {
+        EventId {
+            commit_lsn: Lsn(n),
+            ordinal: 0,
+        }
+    }
+
+    #[test]
+    fn a_since_cursor_blocks_in_order_redeliveries_but_not_late_changes() {
+        // No cursor: nothing is blocked.
+        assert!(!blocked_by_floor(None, id(5), false));
+        // In order at or below the cursor: the client has it.
+        assert!(blocked_by_floor(Some(id(10)), id(10), false));
+        assert!(blocked_by_floor(Some(id(10)), id(5), false));
+        assert!(!blocked_by_floor(Some(id(10)), id(11), false));
+        // Late (overtaken by a newer change): never delivered here, so sent.
+        assert!(!blocked_by_floor(Some(id(10)), id(5), true));
     }
 }

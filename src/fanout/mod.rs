@@ -59,10 +59,15 @@
 //!   but not acked are dropped as duplicates. See [`ReplayLog`] for torn
 //!   writes, compaction and machine crashes.
 //! - **Dedupe.** A change whose id is held, or at or below the eviction
-//!   horizon (the largest evicted id; anything below the first change of
-//!   this history), is a duplicate and goes nowhere. A new id older than the
-//!   newest (a publisher republish after a nack) is still delivered, except
-//!   to a socket whose `since` is at or above it.
+//!   horizon (the largest evicted id), is a duplicate and goes nowhere. A
+//!   new id older than the newest (a publisher republish after a nack: the
+//!   changes after the nacked one may reach the queue before it) is late:
+//!   it is held in id order and delivered to every live socket it is for,
+//!   out of id order, even one whose `since` is above it (this gateway
+//!   never delivered it, so no cursor covers it). Losing it would be worse
+//!   than the disorder. Keep `fanout.replay_buffer` at or above the
+//!   capture's `rabbitmq.publish_window` so that what overtook it is still
+//!   held when it comes.
 //! - **`since`.** Replays every held change with a larger id, then live. A
 //!   `since` below the horizon (or any `since` before this history's first
 //!   change) gets `resync {reason: "since_too_old" | "no_history",

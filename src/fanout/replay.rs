@@ -2,15 +2,24 @@
 //! can vouch for.
 //!
 //! It holds the last `capacity` changes in an ordered map keyed by
-//! [`EventId`] (ids sort in commit order) and tracks:
+//! [`EventId`] (ids sort in commit order), fewer when they would take more
+//! than `max_bytes` (wide rows: the count alone does not bound memory), and
+//! tracks:
 //!
-//! - **id horizon**: every id at or below the largest evicted id, and every
-//!   id below the first change of this history (before it nothing is
-//!   known), is *not held*. A change whose id is held or not-held is a
-//!   duplicate ([`ReplayBuffer::is_duplicate`]): a broker redelivery or a
-//!   publisher republish. A genuinely new id that sorts below the newest one
-//!   (a republish after a nack can arrive late) is *not* dropped as long as
-//!   it is above the horizon.
+//! - **id horizon**: every id at or below the largest evicted id is *not
+//!   held*. A change whose id is held or not-held is a duplicate
+//!   ([`ReplayBuffer::is_duplicate`]): a broker redelivery or a publisher
+//!   republish. A genuinely new id that sorts below the newest one is *not*
+//!   dropped as long as it is above the horizon, even below the first change
+//!   of this history: after a nack the publisher republishes every
+//!   unconfirmed message from the nacked one on, but the ones after it may
+//!   have reached this gateway's queue already, so the nacked change comes
+//!   late. It was never delivered by this history (else it would be held or
+//!   evicted), so dropping it would lose it. The publisher's window bounds
+//!   how late it can be: with `replay_buffer >= rabbitmq.publish_window`
+//!   the changes that overtook it are still held when it comes, so it is
+//!   above the horizon. (The first change still bounds `since`: a cursor
+//!   below it gets `resync`.)
 //! - **history start**: the `xmax` of a Postgres snapshot S0 taken after
 //!   this gateway's queue was bound. Every transaction S0 does not see
 //!   committed after the bind, so its changes are in the queue: held, or
@@ -88,6 +97,8 @@ pub struct ReplayBuffer {
     /// earlier history is not adopted by a later one.
     generation: u64,
     bytes: usize,
+    /// 0: no cap.
+    max_bytes: usize,
 }
 
 impl ReplayBuffer {
@@ -103,6 +114,7 @@ impl ReplayBuffer {
             horizons,
             generation: 0,
             bytes: 0,
+            max_bytes: 0,
         }
     }
 
@@ -138,15 +150,23 @@ impl ReplayBuffer {
     }
 
     /// Whether `id` was seen already: held, or at/below the id horizon.
+    /// An id below the first change is not a duplicate (see the module doc).
     pub fn is_duplicate(&self, id: &EventId) -> bool {
-        let h = &self.horizons;
         self.changes.contains_key(id)
-            || h.max_evicted.is_some_and(|evicted| *id <= evicted)
-            || h.first_received.is_some_and(|first| *id < first)
+            || self
+                .horizons
+                .max_evicted
+                .is_some_and(|evicted| *id <= evicted)
+    }
+
+    /// Whether a new change with this id comes late: after a change with a
+    /// larger id (a republish after a nack).
+    pub fn is_late(&self, id: &EventId) -> bool {
+        self.latest_id().is_some_and(|latest| *id < latest)
     }
 
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
-    /// evicting the oldest beyond capacity.
+    /// evicting the oldest beyond capacity or the byte cap.
     pub fn push(&mut self, change: Change) {
         debug_assert!(!self.is_duplicate(&change.id));
         let h = &mut self.horizons;
@@ -155,7 +175,27 @@ impl ReplayBuffer {
         }
         self.bytes += change.heap_size();
         self.changes.insert(change.id, change);
-        while self.changes.len() > self.capacity {
+        self.evict();
+    }
+
+    /// Caps the bytes held (0: no cap), evicting the oldest now if needed.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        self.evict();
+    }
+
+    /// Whether the held changes are over a limit. The newest is always
+    /// kept, however large: it is the only one a live cursor may still need.
+    fn over_limit(&self) -> bool {
+        self.changes.len() > self.capacity
+            || (self.max_bytes > 0 && self.bytes > self.max_bytes && self.changes.len() > 1)
+    }
+
+    /// Evicts the oldest changes until within the limits, raising the
+    /// horizons.
+    fn evict(&mut self) {
+        while self.over_limit() {
+            let h = &mut self.horizons;
             let Some((id, evicted)) = self.changes.pop_first() else {
                 break;
             };
@@ -312,7 +352,7 @@ mod tests {
         let buffer = buffer_with(3, &[(10, 1), (20, 2), (30, 3), (40, 4)]);
         assert!(buffer.is_duplicate(&id(30)), "held");
         assert!(buffer.is_duplicate(&id(10)), "evicted");
-        assert!(buffer.is_duplicate(&id(5)), "below the first change");
+        assert!(buffer.is_duplicate(&id(5)), "below the largest evicted");
         assert!(!buffer.is_duplicate(&id(50)), "new");
         // A late republish: older than the newest, above the horizon.
         assert!(!buffer.is_duplicate(&id(25)));
@@ -322,8 +362,31 @@ mod tests {
     fn a_late_older_id_above_the_horizon_is_held_in_order() {
         let mut buffer = buffer_with(4, &[(10, 1), (30, 3)]);
         assert!(!buffer.is_duplicate(&id(20)));
+        assert!(buffer.is_late(&id(20)));
+        assert!(!buffer.is_late(&id(40)));
         buffer.push(change(20, 2));
         assert_eq!(held(&buffer, None), vec![10, 20, 30]);
+    }
+
+    /// The publisher republishes from a nacked change on; the changes after
+    /// it may have reached the queue first, even as the first of a history.
+    #[test]
+    fn a_nacked_change_republished_after_the_first_change_is_not_lost() {
+        let mut buffer = buffer_with(4, &[(20, 2), (30, 3)]);
+        assert!(!buffer.is_duplicate(&id(10)), "late, never seen: new");
+        assert!(buffer.is_late(&id(10)));
+        buffer.push(change(10, 1));
+        // The republish of what overtook it is a duplicate.
+        assert!(buffer.is_duplicate(&id(20)) && buffer.is_duplicate(&id(30)));
+        assert_eq!(held(&buffer, None), vec![10, 20, 30]);
+        // A snapshot hand-off replays it; `since` still starts at the
+        // first change received.
+        assert_eq!(buffer.check_since(id(15)), Err(ResyncReason::SinceTooOld));
+        assert_eq!(buffer.horizons().first_received, Some(id(20)));
+        // Once evicted it stays a duplicate.
+        buffer.push(change(40, 4));
+        buffer.push(change(50, 5));
+        assert!(buffer.is_duplicate(&id(10)));
     }
 
     #[test]
@@ -430,6 +493,34 @@ mod tests {
             xip: vec![],
         };
         assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::SnapshotTooOld));
+    }
+
+    #[test]
+    fn a_byte_cap_evicts_the_oldest_and_raises_the_horizons() {
+        let mut buffer = ReplayBuffer::new(100);
+        buffer.push(change(10, 1));
+        let one = buffer.bytes();
+        // Room for three changes of this size, whatever the count allows.
+        buffer.set_max_bytes(3 * one + one / 2);
+        for (n, xid) in [(20, 2), (30, 3), (40, 4), (50, 5)] {
+            buffer.push(change(n, xid));
+        }
+        assert_eq!(held(&buffer, None), vec![30, 40, 50]);
+        assert!(buffer.bytes() <= 3 * one + one / 2);
+        assert_eq!(buffer.horizons().max_evicted, Some(id(20)));
+        assert_eq!(buffer.horizons().xid_horizon, Some(2));
+        assert!(buffer.is_duplicate(&id(20)));
+        assert_eq!(buffer.check_since(id(10)), Err(ResyncReason::SinceTooOld));
+        assert_eq!(buffer.check_since(id(20)), Ok(()));
+        // Lowering the cap evicts at once; the newest stays however large.
+        buffer.set_max_bytes(1);
+        assert_eq!(held(&buffer, None), vec![50]);
+        // 0 lifts the cap: the count is the only limit again.
+        buffer.set_max_bytes(0);
+        for (n, xid) in [(60, 6), (70, 7), (80, 8), (90, 9)] {
+            buffer.push(change(n, xid));
+        }
+        assert_eq!(buffer.len(), 5);
     }
 
     #[test]

@@ -20,7 +20,16 @@
 //
 // mode "storm": opens options.total connections, options.concurrency at a
 // time, each connecting and then disconnecting, and prints
-//   {"t":"storm","ok":n,"failed":n,"ms":n}
+//   {"t":"storm","ok":n,"failed":n,"refused":n,"stuck":n,"ms":n}
+// With options.mix, connection i leaves in one of four ways (i % 4):
+//   0: a clean disconnect;
+//   1: subscribes to one row (acked), then drops the TCP connection without
+//      a disconnect packet or a WebSocket close frame;
+//   2: sends an unknown event and a malformed subscribe (acked), then
+//      disconnects cleanly;
+//   3: drops the TCP connection at once.
+// `refused` counts acks of the malformed subscribe that answered ok:false;
+// `stuck`, connections that did not report their end within 15 s.
 //
 // mode "hold": opens options.total connections, prints
 //   {"t":"held","ok":n,"failed":n} once all are connected, keeps them until
@@ -107,13 +116,41 @@ if (mode === "client") {
   let ok = 0;
   let failed = 0;
   const t0 = now();
-  const one = () =>
+  let refused = 0;
+  // The TCP connection goes without a goodbye: no Socket.IO disconnect
+  // packet, no WebSocket close frame (ws's terminate destroys the socket).
+  const abort = (socket) => {
+    const ws = socket.io.engine.transport.ws;
+    if (ws && typeof ws.terminate === "function") ws.terminate();
+    else socket.io.engine.transport.socket?.destroy?.();
+  };
+  let stuck = 0;
+  const leave = (socket, i, done) => {
+    // A socket that never reports its end is counted, not waited for.
+    const timer = setTimeout(() => { stuck++; socket.close(); done(); }, 15000);
+    const resolve = () => { clearTimeout(timer); done(); };
+    socket.on("disconnect", () => resolve());
+    const way = options.mix ? i % 4 : 0;
+    if (way === 0) {
+      socket.disconnect();
+    } else if (way === 1) {
+      socket.timeout(10000).emit("subscribe", { table: "public.orders", key: { id: i } }, () => abort(socket));
+    } else if (way === 2) {
+      socket.emit("frobnicate", { what: "unknown event" });
+      socket.timeout(10000).emit("subscribe", "garbage", (err, res) => {
+        if (!err && res && res.ok === false) refused++;
+        socket.disconnect();
+      });
+    } else {
+      abort(socket);
+    }
+  };
+  const one = (i) =>
     new Promise((resolve) => {
       const socket = connectOnce(options.url, options.auth ?? {});
       socket.on("connect", () => {
         ok++;
-        socket.disconnect();
-        resolve();
+        leave(socket, i, resolve);
       });
       socket.on("connect_error", () => {
         failed++;
@@ -123,12 +160,12 @@ if (mode === "client") {
     });
   const worker = async () => {
     while (started < total) {
-      started++;
-      await one();
+      const i = started++;
+      await one(i);
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  out({ t: "storm", ok, failed, ms: Math.round(now() - t0) });
+  out({ t: "storm", ok, failed, refused, stuck, ms: Math.round(now() - t0) });
   process.exit(0);
 } else if (mode === "hold") {
   const total = options.total ?? 100;

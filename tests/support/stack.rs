@@ -129,6 +129,33 @@ impl Walcast {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `GET /readyz`: the status code and the body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("{}/readyz", self.url()))
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until `/readyz` answers 200: every role is up (a gateway's
+    /// queue is bound, so no later commit passes it by).
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.readyz().await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "walcast never got ready: {body}; log:\n{}",
+                log_tail(&self.log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
