@@ -474,6 +474,13 @@ impl Consumer {
                             biased;
                             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
                             event = events.next() => match event {
+                                // lapin reports channel errors here too, e.g.
+                                // the 404 of the passive declare above: only a
+                                // connection in error ends the session (the
+                                // delivery stream reports its own channel).
+                                Some(Event::Error(e)) if connection.status().connected() => {
+                                    debug!(error = %e, "rabbitmq channel error on a live connection")
+                                }
                                 Some(Event::Error(e)) => return Err(failed(e)),
                                 None => return Err((ConsumerError::ConnectionLost, true)),
                                 Some(other) => debug!(event = ?other, "rabbitmq connection event"),
