@@ -61,6 +61,10 @@ COPY --from=builder /usr/local/bin/walcast /usr/local/bin/walcast
 
 # No config.toml in the working directory: settings come from the
 # environment. Listen on every interface inside the container.
+# /var/lib/walcast is walcast's own: the replay log lives there when
+# WALCAST_FANOUT_REPLAY_DIR points into it (docker-compose.yml mounts a
+# volume on it, which takes this ownership when first created).
+RUN mkdir -p /var/lib/walcast && chown walcast:walcast /var/lib/walcast
 WORKDIR /var/lib/walcast
 ENV WALCAST_HTTP_LISTEN=0.0.0.0:8080
 
