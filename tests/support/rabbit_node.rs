@@ -31,6 +31,7 @@ pub struct RabbitNode {
     /// Erlang node name, e.g. `walcast-pub-1234-0@localhost`.
     pub name: String,
     pub port: u16,
+    dist_port: u16,
     dir: PathBuf,
 }
 
@@ -64,19 +65,55 @@ impl RabbitNode {
         let node = RabbitNode {
             name,
             port,
+            dist_port,
             dir: dir.clone(),
         };
+        node.launch();
+        node
+    }
+
+    fn launch(&self) {
         let status = Command::new("rabbitmq-server")
             .arg("-detached")
-            .envs(node.env(dist_port))
+            .envs(self.env(self.dist_port))
             .status()
             .expect("run rabbitmq-server (is RabbitMQ installed?)");
         assert!(
             status.success(),
             "rabbitmq-server -detached failed: {status}"
         );
-        node.wait_started(Duration::from_secs(90));
-        node
+        self.wait_started(Duration::from_secs(90));
+    }
+
+    /// Crashes the node: SIGKILL to its Erlang VM (no clean shutdown, no
+    /// flush of anything the broker had not written), then waits until the
+    /// AMQP port is closed.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid"))
+            .expect("the node's pid file")
+            .trim()
+            .to_string();
+        let status = Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while port_open(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} still listening",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the node again on the same name, ports and data directory
+    /// (after [`RabbitNode::kill`]); durable queues and persistent messages
+    /// come back from disk.
+    pub fn restart(&self) {
+        self.launch();
     }
 
     fn env(&self, dist_port: u16) -> Vec<(&'static str, String)> {
