@@ -49,12 +49,17 @@
 //! shorten that). The ghost held this queue's unacked deliveries until
 //! then anyway; they are redelivered when it goes.
 //!
-//! When the connection or channel fails, the consumer reconnects with
-//! jittered exponential backoff (capped at `max_backoff_ms`). Deliveries
-//! that were not acked before the failure cannot be acked on the new
-//! channel; the broker redelivers them and the hub drops them as
-//! duplicates. On shutdown it stops consuming and closes the connection;
-//! unacked deliveries go back to the queue.
+//! When the connection fails, or the consuming channel does (its delivery
+//! stream ends or errs), the session ends and the consumer reconnects with
+//! jittered exponential backoff (capped at `max_backoff_ms`). A channel
+//! error that lapin reports on the connection's event stream while the
+//! connection is still connected (such as the passive declare's 404 on a
+//! gateway's first start, which closes only that channel) is logged at
+//! debug and does not end the session. Deliveries that were not acked
+//! before a failure cannot be acked on the new channel; the broker
+//! redelivers them and the hub drops them as duplicates. On shutdown it
+//! stops consuming and closes the connection; unacked deliveries go back to
+//! the queue.
 //!
 //! It does not publish, and it knows nothing about sockets.
 

@@ -7,6 +7,13 @@
 //! Postgres's output function produced on a connection with `DateStyle=ISO`
 //! and `TimeZone=UTC`.
 //!
+//! Two kinds go beyond retyping that text. `timestamp` and `timestamptz`
+//! always get six fraction digits (Postgres drops trailing zeros), and
+//! `timestamptz` is written in UTC with `Z`, whatever offset was sent;
+//! `infinity`, `-infinity` and BC dates stay as sent. `json` and `jsonb`
+//! are embedded compact: whitespace between tokens is dropped (key order
+//! and duplicate keys stay), so an event is always one line.
+//!
 //! A value that does not parse as its type (which Postgres should never
 //! send, but a domain or an unexpected setting could) falls back to a JSON
 //! string with the text as sent: the change is still delivered and nothing

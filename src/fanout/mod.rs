@@ -2,10 +2,11 @@
 //!
 //! The [`Hub`] holds a bounded replay buffer of recent changes (logged to
 //! `fanout.replay_dir` when set, so it survives a crash: see [`ReplayLog`]),
-//! the attached sockets and their subscriptions; [`layer`] builds the socketioxide layer
-//! (namespace `/`, path `/socket.io/`) that feeds it. The consumer parses
-//! each RabbitMQ body into a [`Change`] and calls [`Hub::deliver`]; the
-//! `change` payload a browser receives is that body byte for byte.
+//! the attached sockets and their subscriptions; [`layer`] builds the
+//! socketioxide layer (namespace `/`, path `/socket.io/`) that feeds it.
+//! The consumer parses each RabbitMQ body into a [`Change`] and calls
+//! [`Hub::deliver`]; the `change` payload a browser receives is that body
+//! byte for byte.
 //!
 //! # Wiring
 //!
@@ -51,7 +52,8 @@
 //!   registry. [`Hub::deliver`] takes it to drop duplicates, emit to live
 //!   sockets and hold the change; attaching a socket (and each batch of its
 //!   replay) takes it too. A socket therefore sees held changes in id order,
-//!   then live ones, with nothing missing or repeated where they meet.
+//!   then live ones, with nothing missing or repeated where they meet. Live
+//!   changes come in id order too, except a late one (see **Dedupe**).
 //! - **Durability.** With `replay_dir`, a change is appended to the replay
 //!   log before it is emitted and before its delivery is acked; a change
 //!   the log cannot take is neither (the broker redelivers it). After a
