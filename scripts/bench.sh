@@ -5,7 +5,7 @@
 # stderr) and keeps a copy in target/bench/. BENCHMARKS.md holds the latest
 # results. Only numbers are printed; nothing here passes or fails on time.
 #
-#   scripts/bench.sh                        # everything (~15 minutes)
+#   scripts/bench.sh                        # everything (about 5 minutes on a quiet 2-core machine)
 #   scripts/bench.sh decoder drain          # some: decoder drain latency fanout large
 #   BENCH_ROWS=50000 BENCH_SECONDS=5 BENCH_LARGE_ROWS=100000 scripts/bench.sh   # quick
 #

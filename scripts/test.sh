@@ -59,7 +59,7 @@ log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 # The fuzz target compiles src/decoder and src/event.rs on its own (a
 # separate workspace, fuzz/); checking it on stable keeps it from rotting.
-# Running it needs nightly: see README, "Tests".
+# Running it needs nightly: see README, "Development".
 log "cargo check fuzz/ (fuzz target)"
 cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
 # The Docker image's build context (.dockerignore + the Dockerfile's COPY
