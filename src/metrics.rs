@@ -257,7 +257,7 @@ impl Metrics {
     path = "/metrics",
     tag = "operations",
     responses((status = 200,
-        description = "Prometheus text exposition format 0.0.4; the families are listed in README.md (Metrics)",
+        description = "Prometheus text exposition format 0.0.4; every family carries its own # HELP and # TYPE lines",
         content_type = "text/plain; version=0.0.4; charset=utf-8",
         body = String))
 )]
