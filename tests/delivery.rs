@@ -293,7 +293,7 @@ async fn sigterm_under_load_drains_and_exits_cleanly() {
     );
     assert!(!log.contains("panicked"), "{log}");
     assert!(
-        writer_is_running(&writer),
+        !writer.is_finished(),
         "the load ended before the stop; the test did not stop walcast mid-load"
     );
 
@@ -353,10 +353,6 @@ async fn sigterm_under_load_drains_and_exits_cleanly() {
     let log = walcast.stop().await;
     assert!(!log.contains("panicked"), "{log}");
     audit.delete(&amqp_url, &audit_queue).await;
-}
-
-fn writer_is_running(writer: &tokio::task::JoinHandle<()>) -> bool {
-    !writer.is_finished()
 }
 
 /// Two capture processes on one slot: the second waits as hot standby and

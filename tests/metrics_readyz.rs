@@ -406,20 +406,22 @@ impl Drop for Cleanup {
     }
 }
 
+/// An exchange and a gateway queue of this test's own.
+fn exchange_and_queue(tag: &str) -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let exchange = format!("walcast.test.{tag}.{}.{nanos}", std::process::id());
+    let queue = format!("{exchange}.gateway");
+    (exchange, queue)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     let started = Instant::now();
     let db = TestDb::create("metrics").await;
-    let suffix = format!(
-        "{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let exchange = format!("walcast.test.metrics.{suffix}");
-    let queue = format!("{exchange}.gateway");
+    let (exchange, queue) = exchange_and_queue("metrics");
     // Declared after `db`, so dropped before it; TestDb's Drop then finds
     // nothing left to do.
     let _cleanup = Cleanup {
@@ -689,16 +691,7 @@ fn assert_readiness_shape(status: u16, body: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_rabbitmq_was_reached_in_every_role() {
     let db = TestDb::create("readyroles").await;
-    let suffix = format!(
-        "{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let exchange = format!("walcast.test.readyroles.{suffix}");
-    let queue = format!("{exchange}.gateway");
+    let (exchange, queue) = exchange_and_queue("readyroles");
     let _cleanup = Cleanup {
         queue: queue.clone(),
         exchange: exchange.clone(),
