@@ -139,6 +139,18 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         get(crate::metrics::serve).with_state(metrics.clone()),
     );
     if roles.has(Role::Gateway) {
+        // A change republished after a nack can come up to a publish window
+        // late; it is only recognised as new while what overtook it is
+        // still held (src/fanout/replay.rs).
+        if config.fanout.replay_buffer < config.rabbitmq.publish_window {
+            warn!(
+                replay_buffer = config.fanout.replay_buffer,
+                publish_window = config.rabbitmq.publish_window,
+                "fanout.replay_buffer is below rabbitmq.publish_window: a change \
+                 republished after a nack may be taken for a duplicate and dropped; \
+                 raise fanout.replay_buffer"
+            );
+        }
         let mut options = HubOptions::from_config(&config.fanout);
         options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
         let hub = Hub::open(options, stop.clone())?;
