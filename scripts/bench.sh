@@ -26,10 +26,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
+# shellcheck source=scripts/cargo-env.sh
+. scripts/cargo-env.sh
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 selected=("$@")

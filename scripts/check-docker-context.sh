@@ -22,11 +22,8 @@ cd "$root"
 
 log() { printf '[docker-context] %s\n' "$*" >&2; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+# shellcheck source=scripts/cargo-env.sh
+. scripts/cargo-env.sh
 command -v python3 >/dev/null 2>&1 || { log "python3 not found (apt-get install python3)"; exit 1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/walcast-docker-context.XXXXXX")"

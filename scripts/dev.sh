@@ -20,15 +20,8 @@ cd "$root"
 
 log() { printf '[dev] %s\n' "$*" >&2; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  log "cargo not found: install the Rust toolchain first, e.g."
-  log "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \"\$HOME/.cargo/env\""
-  exit 1
-fi
+# shellcheck source=scripts/cargo-env.sh
+. scripts/cargo-env.sh
 
 listen="${WALCAST_HTTP_LISTEN:-127.0.0.1:8080}"
 port="${listen##*:}"

@@ -15,11 +15,8 @@ cd "$root"
 
 log() { printf '[test] %s\n' "$*" >&2; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+# shellcheck source=scripts/cargo-env.sh
+. scripts/cargo-env.sh
 
 # The build takes about 5 GB, and RabbitMQ blocks every publisher when its
 # disk runs low (a "low on disk" resource alarm), which makes the delivery

@@ -9,10 +9,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
+# shellcheck source=scripts/cargo-env.sh
+. scripts/cargo-env.sh
 
 admin="postgres://postgres@127.0.0.1:${WALCAST_PG_PORT}/postgres"
 amqp_url="${WALCAST_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
