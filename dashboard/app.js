@@ -432,6 +432,11 @@ function handshakeAuth() {
 
 const socket = io({
   autoConnect: false,
+  // WebSocket first: a refused handshake (auth on, no token yet) then ends
+  // on that one connection, where over long-polling a poll still in flight
+  // for the closed session gets a 400. Polling stays the fallback.
+  transports: ['websocket', 'polling'],
+  tryAllTransports: true,
   auth: (callback) => callback(handshakeAuth()),
   reconnectionDelay: 500,
   reconnectionDelayMax: 5000,
