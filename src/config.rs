@@ -117,7 +117,24 @@ pub struct RabbitConfig {
     /// good does not pile up every event on the broker's disk. 0 keeps it
     /// forever.
     pub queue_expires_ms: u64,
+    /// An event whose JSON encoding is larger than this many bytes is
+    /// published as its `oversize` stub (`new`/`old` null). Must stay below
+    /// the broker's `max_message_size` (128 MiB by default in RabbitMQ 3.10).
+    pub max_event_bytes: usize,
+    /// Bytes of published but unconfirmed messages the publisher allows in
+    /// flight, besides `publish_window` messages; one larger event may
+    /// still go alone.
+    pub publish_window_bytes: usize,
 }
+
+/// 16 MiB: an eighth of RabbitMQ's default `max_message_size` (128 MiB),
+/// so a broker left at its default never refuses an event; and larger than
+/// any row a browser client can sensibly take in one `change` message.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// RabbitMQ 3.10's default (and walcast's upper bound) for `max_event_bytes`.
+pub const RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+/// 64 MiB: four largest events, or a full count window of 64 KiB events.
+pub const DEFAULT_PUBLISH_WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for RabbitConfig {
     fn default() -> Self {
@@ -129,6 +146,8 @@ impl Default for RabbitConfig {
             publish_window: 1024,
             max_backoff_ms: 30_000,
             queue_expires_ms: 1_800_000,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            publish_window_bytes: DEFAULT_PUBLISH_WINDOW_BYTES,
         }
     }
 }
@@ -234,6 +253,10 @@ pub struct AuthConfig {
     pub tokens: Vec<String>,
     /// Shared secret for HS256 JWTs (at least 32 bytes); empty: no JWTs.
     pub jwt_secret: String,
+    /// With auth off, `walcast run` refuses to listen on a non-loopback
+    /// address unless this is true: anyone who reaches it may then write
+    /// and subscribe.
+    pub allow_anonymous: bool,
 }
 
 /// Shortest static token and JWT secret accepted. 32 bytes for HS256 is
@@ -298,6 +321,8 @@ impl fmt::Debug for RabbitConfig {
             .field("publish_window", &self.publish_window)
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("queue_expires_ms", &self.queue_expires_ms)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("publish_window_bytes", &self.publish_window_bytes)
             .finish()
     }
 }
@@ -319,6 +344,7 @@ impl fmt::Debug for AuthConfig {
                     }
                 ),
             )
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
@@ -512,6 +538,25 @@ impl Config {
                 format!(
                     "{} must be 0 (never) or in 10000..={}",
                     mq.queue_expires_ms,
+                    u32::MAX
+                ),
+            );
+        }
+        if !(1024..=RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE).contains(&mq.max_event_bytes) {
+            problem(
+                "rabbitmq.max_event_bytes",
+                format!(
+                    "{} is out of range 1024..={RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE}; keep it below the broker's max_message_size (128 MiB by default)",
+                    mq.max_event_bytes
+                ),
+            );
+        }
+        if !(65_536..=u32::MAX as usize).contains(&mq.publish_window_bytes) {
+            problem(
+                "rabbitmq.publish_window_bytes",
+                format!(
+                    "{} is out of range 65536..={}",
+                    mq.publish_window_bytes,
                     u32::MAX
                 ),
             );
@@ -1221,6 +1266,39 @@ mod tests {
             assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
             assert_eq!(problems[0].field, "rabbitmq.queue_expires_ms");
         }
+    }
+
+    #[test]
+    fn event_and_window_byte_limits_are_bounded() {
+        let mut config = Config::default();
+        assert_eq!(config.rabbitmq.max_event_bytes, 16 * 1024 * 1024);
+        assert!(config.validate().is_empty());
+        for (max_event_bytes, window_bytes, field) in [
+            (
+                1023,
+                DEFAULT_PUBLISH_WINDOW_BYTES,
+                "rabbitmq.max_event_bytes",
+            ),
+            (
+                RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE + 1,
+                DEFAULT_PUBLISH_WINDOW_BYTES,
+                "rabbitmq.max_event_bytes",
+            ),
+            (
+                DEFAULT_MAX_EVENT_BYTES,
+                1000,
+                "rabbitmq.publish_window_bytes",
+            ),
+        ] {
+            config.rabbitmq.max_event_bytes = max_event_bytes;
+            config.rabbitmq.publish_window_bytes = window_bytes;
+            let problems = config.validate();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].field, field);
+        }
+        config.rabbitmq.max_event_bytes = RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE;
+        config.rabbitmq.publish_window_bytes = 65_536;
+        assert!(config.validate().is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! It has exactly one JSON encoding, the one in `../shared/contract.md`
 //! section 1, produced by [`ChangeEvent::to_json`]; every hop (stdout of
 //! `walcast tail`, the RabbitMQ body, the Socket.IO payload) carries those same
-//! bytes. This module also holds the small value types the event is made of:
+//! bytes. An event too large to publish goes out as its `oversize` stub
+//! ([`ChangeEvent::write_oversize_json`], the same writer without the rows).
+//! This module also holds the small value types the event is made of:
 //! [`Lsn`], [`EventId`], [`Row`], [`Datum`] and [`PgTimestamp`].
 //!
 //! The encoding is written by hand rather than derived, because it is the
@@ -465,7 +467,26 @@ impl ChangeEvent {
     /// Appends the JSON encoding to `out` (reuses the caller's buffer).
     /// Field order and formatting are the contract's, section 1.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let rows = [&self.key, &self.new, &self.old];
+        self.write_json_as(out, false);
+    }
+
+    /// The contract's `oversize` stub of this event: what is published
+    /// instead of an event too large to publish. `new` and `old` are `null`
+    /// and `"oversize": true` is added; every other field (`id`, `key`,
+    /// `changed`, `unchanged_toast`, positions, …) is the event's own, so a
+    /// client knows which row to re-read over HTTP.
+    pub fn write_oversize_json(&self, out: &mut Vec<u8>) {
+        self.write_json_as(out, true);
+    }
+
+    /// The one writer of both encodings; `oversize` leaves out the rows.
+    fn write_json_as(&self, out: &mut Vec<u8>, oversize: bool) {
+        let (new, old) = if oversize {
+            (&None, &None)
+        } else {
+            (&self.new, &self.old)
+        };
+        let rows = [&self.key, new, old];
         let row_bytes: usize = rows
             .iter()
             .flat_map(|row| row.as_ref())
@@ -511,6 +532,9 @@ impl ChangeEvent {
                 out.push(b'"');
             }
             None => json::write_str(out, &self.commit_time.to_string()),
+        }
+        if oversize {
+            out.extend_from_slice(b",\"oversize\":true");
         }
         out.push(b'}');
     }
@@ -829,6 +853,67 @@ mod tests {
             r#"{"id":"00000000016B3800-0000000000","op":"delete","schema":"public","table":"orders","key":{"id":42},"new":null,"old":{"id":42},"unchanged_toast":[],"lsn":"0/16B3748","commit_lsn":"0/16B3800","xid":1234,"commit_time":"2000-01-01T00:00:00.000000Z"}"#
         );
         assert_eq!(event.routing_key(), "public.orders.delete");
+    }
+
+    #[test]
+    fn oversize_stub_keeps_everything_but_the_rows() {
+        let name: ColumnName = Arc::from("id");
+        let note: ColumnName = Arc::from("note");
+        let big = "x".repeat(100);
+        let event = ChangeEvent {
+            id: EventId {
+                commit_lsn: Lsn(0x16B3800),
+                ordinal: 7,
+            },
+            op: Op::Update,
+            schema: Arc::from("public"),
+            table: Arc::from("orders"),
+            key: Some(Row::new([(name.clone(), Datum::Int(42))])),
+            new: Some(Row::new([
+                (name.clone(), Datum::Int(42)),
+                (note.clone(), Datum::Text(big.clone())),
+            ])),
+            old: Some(Row::new([
+                (name, Datum::Int(42)),
+                (note.clone(), Datum::Text(String::new())),
+            ])),
+            changed: Some(vec![note.clone()]),
+            unchanged_toast: vec![Arc::from("blob")],
+            lsn: Lsn(0x16B3748),
+            commit_lsn: Lsn(0x16B3800),
+            xid: 1234,
+            commit_time: PgTimestamp(0),
+        };
+        let mut stub = Vec::new();
+        event.write_oversize_json(&mut stub);
+        assert_eq!(
+            String::from_utf8(stub.clone()).unwrap(),
+            r#"{"id":"00000000016B3800-0000000007","op":"update","schema":"public","table":"orders","key":{"id":42},"new":null,"old":null,"changed":["note"],"unchanged_toast":["blob"],"lsn":"0/16B3748","commit_lsn":"0/16B3800","xid":1234,"commit_time":"2000-01-01T00:00:00.000000Z","oversize":true}"#
+        );
+        // The full encoding is untouched and never carries the flag.
+        let full = String::from_utf8(event.to_json()).unwrap();
+        assert!(full.contains(&big) && !full.contains("oversize"), "{full}");
+        // A stub parses as JSON with the flag and null rows.
+        let value: serde_json::Value = serde_json::from_slice(&stub).unwrap();
+        assert_eq!(value["oversize"], true);
+        assert!(value["new"].is_null() && value["old"].is_null());
+
+        // A truncate's key is null in the stub as in the event.
+        let truncate = ChangeEvent {
+            op: Op::Truncate,
+            key: None,
+            new: None,
+            old: None,
+            changed: None,
+            unchanged_toast: vec![],
+            ..event
+        };
+        let mut stub = Vec::new();
+        truncate.write_oversize_json(&mut stub);
+        assert_eq!(
+            String::from_utf8(stub).unwrap(),
+            r#"{"id":"00000000016B3800-0000000007","op":"truncate","schema":"public","table":"orders","key":null,"new":null,"old":null,"unchanged_toast":[],"lsn":"0/16B3748","commit_lsn":"0/16B3800","xid":1234,"commit_time":"2000-01-01T00:00:00.000000Z","oversize":true}"#
+        );
     }
 
     #[test]

@@ -182,7 +182,8 @@ impl Metrics {
     ///   `walcast_capture_last_commit_to_publish_lag_seconds`,
     ///   `walcast_capture_durable_lsn`,
     ///   `walcast_publisher_{published,confirmed}_total{table,op}`,
-    ///   `walcast_publisher_{nacks,republished,returned,reconnects}_total`,
+    ///   `walcast_publisher_oversize_total{table,op}`,
+    ///   `walcast_publisher_{nacks,republished,returned,refused,reconnects}_total`,
     ///   `walcast_publisher_confirm_latency_seconds` (histogram),
     ///   `walcast_publisher_{connected,blocked}`,
     ///   `walcast_slot_{poll_success,exists,active}{slot}`,
@@ -308,28 +309,30 @@ fn render_capture(out: &mut Exposition, capture: &CaptureStats) {
 
 fn render_publisher(out: &mut Exposition, publisher: &PublisherStats) {
     let by_key = publisher.by_routing_key();
-    for (name, help, confirmed) in [
+    type Count = fn(&crate::publisher::RoutingKeyCounts) -> u64;
+    let families: [(&str, &str, Count); 3] = [
         (
             "walcast_publisher_published_total",
             "Messages published to RabbitMQ (republishes included), by table and op.",
-            false,
+            |c| c.published,
         ),
         (
             "walcast_publisher_confirmed_total",
             "Messages RabbitMQ confirmed, by table and op.",
-            true,
+            |c| c.confirmed,
         ),
-    ] {
+        (
+            "walcast_publisher_oversize_total",
+            "Events published as their oversize stub (new and old null), too large for rabbitmq.max_event_bytes or the broker, by table and op.",
+            |c| c.oversize,
+        ),
+    ];
+    for (name, help, count) in families {
         out.family(name, Kind::Counter, help);
         for (routing_key, counts) in &by_key {
             // `<schema>.<table>.<op>`: the op never has a dot in it.
             let (table, op) = routing_key.rsplit_once('.').unwrap_or((routing_key, ""));
-            let value = if confirmed {
-                counts.confirmed
-            } else {
-                counts.published
-            };
-            out.sample(name, &[("table", table), ("op", op)], value);
+            out.sample(name, &[("table", table), ("op", op)], count(counts));
         }
     }
     let stats = publisher.snapshot();
@@ -347,6 +350,11 @@ fn render_publisher(out: &mut Exposition, publisher: &PublisherStats) {
         "walcast_publisher_returned_total",
         "Confirmed messages the broker also returned as unroutable.",
         stats.returned,
+    );
+    out.counter(
+        "walcast_publisher_refused_total",
+        "Times RabbitMQ refused a published message (406, e.g. larger than its max_message_size).",
+        stats.refused,
     );
     out.counter(
         "walcast_publisher_reconnects_total",

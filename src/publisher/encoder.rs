@@ -4,7 +4,9 @@
 //! same message, which is what makes republishing after a reconnect safe
 //! (consumers dedupe by `message_id`). The body is serialized exactly once,
 //! with [`ChangeEvent::write_json`], so it is byte for byte the contract's
-//! event (`../shared/contract.md` section 2).
+//! event (`../shared/contract.md` section 2). An event whose encoding
+//! exceeds `rabbitmq.max_event_bytes` is encoded as its `oversize` stub
+//! instead ([`encode_within`]), which is still the contract's event.
 //!
 //! It does not know about connections, channels or confirms.
 
@@ -35,6 +37,58 @@ pub struct Encoded {
 pub fn encode(event: &ChangeEvent) -> Encoded {
     let mut body = Vec::with_capacity(512);
     event.write_json(&mut body);
+    message(event, body)
+}
+
+/// Encodes `event` as the contract's `oversize` stub
+/// ([`ChangeEvent::write_oversize_json`]): same routing key and properties
+/// (so the same `message_id`), `new` and `old` null.
+pub fn encode_oversize(event: &ChangeEvent) -> Encoded {
+    let mut body = Vec::with_capacity(256);
+    event.write_oversize_json(&mut body);
+    message(event, body)
+}
+
+/// Bodies at or below this size keep no stub beside them: a broker whose
+/// `max_message_size` is this small refuses ordinary events anyway.
+pub const STUB_KEPT_ABOVE: usize = 1024;
+
+/// An event ready for the publisher: the message to publish and, for a
+/// large one, its stub in reserve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub message: Encoded,
+    /// The `oversize` stub, kept for a body over [`STUB_KEPT_ABOVE`] bytes
+    /// in case the broker refuses the message as too large (406); `None`
+    /// when `message` already is the stub.
+    pub stub: Option<Encoded>,
+    /// The size of the full encoding when it exceeded `max_event_bytes`
+    /// and `message` is therefore the stub.
+    pub oversize: Option<usize>,
+}
+
+/// Encodes `event` within `max_event_bytes`: the event itself when its
+/// encoding fits, else its `oversize` stub. Pure, like [`encode`].
+pub fn encode_within(event: &ChangeEvent, max_event_bytes: usize) -> Prepared {
+    let full = encode(event);
+    let size = full.body.len();
+    if size > max_event_bytes {
+        return Prepared {
+            message: encode_oversize(event),
+            stub: None,
+            oversize: Some(size),
+        };
+    }
+    let stub = (size > STUB_KEPT_ABOVE).then(|| encode_oversize(event));
+    Prepared {
+        message: full,
+        stub,
+        oversize: None,
+    }
+}
+
+/// The message for `body`: routing key and properties from `event`.
+fn message(event: &ChangeEvent, body: Vec<u8>) -> Encoded {
     // Postgres identifiers are at most 63 bytes, so `<schema>.<table>.<op>`
     // always fits a 255-byte short string.
     let routing_key = ShortString::from(event.routing_key());
@@ -111,6 +165,37 @@ mod tests {
         // 2026-11-22T05:04:10Z
         assert_eq!(*p.timestamp(), Some(1_795_323_850));
         assert_eq!(p.app_id().as_ref().unwrap().as_str(), "walcast");
+    }
+
+    #[test]
+    fn an_event_over_the_limit_becomes_its_stub_with_the_same_properties() {
+        let mut event = event();
+        event.new = Some(Row::new(vec![
+            (Arc::from("id"), Datum::Int(42)),
+            (Arc::from("status"), Datum::Text("y".repeat(5000))),
+        ]));
+        let full = encode(&event);
+        let sized = encode_within(&event, 4096);
+        assert_eq!(sized.oversize, Some(full.body.len()));
+        assert!(sized.stub.is_none());
+        let mut stub_body = Vec::new();
+        event.write_oversize_json(&mut stub_body);
+        assert_eq!(sized.message.body, stub_body);
+        assert_eq!(
+            String::from_utf8(sized.message.body.clone()).unwrap(),
+            r#"{"id":"00000000016B3800-0000000003","op":"insert","schema":"public","table":"orders","key":{"id":42},"new":null,"old":null,"unchanged_toast":[],"lsn":"0/16B3748","commit_lsn":"0/16B3800","xid":1234,"commit_time":"2026-11-22T05:04:10.580065Z","oversize":true}"#
+        );
+        assert_eq!(sized.message.routing_key, full.routing_key);
+        assert_eq!(sized.message.properties, full.properties);
+
+        // Within the limit: the event itself, its stub kept in reserve.
+        let sized = encode_within(&event, full.body.len());
+        assert_eq!(sized.message, full);
+        assert_eq!(sized.oversize, None);
+        assert_eq!(sized.stub.unwrap().body, stub_body);
+        // A small event keeps no stub.
+        let small = encode_within(&super::tests::event(), 4096);
+        assert!(small.stub.is_none() && small.oversize.is_none());
     }
 
     #[test]

@@ -16,6 +16,14 @@
 //! exchange, and republishes every unconfirmed message, oldest first, before
 //! anything newer. Memory is the window, whatever the outage.
 //!
+//! A message the broker refuses as too large (406 PRECONDITION_FAILED,
+//! which closes the channel) is not republished as it is, which would be
+//! refused forever while the slot stands still: every unconfirmed message
+//! over the broker's `max_message_size` is replaced by its `oversize` stub
+//! (counted, logged), and later ones are stubbed before they are written.
+//! A stub that is still too large, or a 406 that names no size, stops the
+//! publisher with an error that says what to set. Never a loop.
+//!
 //! It does not know about transactions or LSNs (that is [`super::tracker`])
 //! and never decides what is durable beyond "confirmed up to sequence N".
 //!
@@ -36,12 +44,13 @@ use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind, PublisherConfirm,
 };
 use rand::Rng;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
-use super::error::{PublishError, Step};
+use super::error::{publish_refusal, PublishError, Refusal, Step};
 use super::stats::PublisherStats;
+use super::window::Window;
 
 /// Longest wait for a TCP connection, the AMQP handshake, the channel and
 /// the exchange declaration together.
@@ -80,6 +89,10 @@ impl std::fmt::Debug for Settings {
 pub(crate) struct Outgoing {
     pub seq: u64,
     pub message: Arc<Encoded>,
+    /// Its `oversize` stub, for a large message the broker may refuse.
+    pub stub: Option<Encoded>,
+    /// What it took from the byte window ([`Window::charge`]).
+    pub charge: u32,
 }
 
 /// What the task tells the [`super::Publisher`].
@@ -190,17 +203,19 @@ pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
 struct Unconfirmed {
     seq: u64,
     message: Arc<Encoded>,
+    stub: Option<Encoded>,
+    charge: u32,
 }
 
 /// The background task's state.
 pub(crate) struct Engine {
     settings: Arc<Settings>,
     incoming: mpsc::UnboundedReceiver<Outgoing>,
-    permits: Arc<Semaphore>,
+    window: Arc<Window>,
     progress: watch::Sender<Progress>,
     stats: PublisherStats,
     /// Accepted and not confirmed, in sequence order; never more than the
-    /// window, because each holds a permit until it is confirmed.
+    /// window, because each holds its share until it is confirmed.
     unconfirmed: VecDeque<Unconfirmed>,
     /// `unconfirmed[..written]` have been written on the current channel.
     written: usize,
@@ -215,12 +230,18 @@ pub(crate) struct Engine {
     connecting: Option<BoxFuture<Result<Link, PublishError>>>,
     /// Failed connection attempts since the last confirm.
     attempt: u32,
+    /// The broker's `max_message_size`, once a 406 has told it.
+    broker_max: Option<usize>,
+    /// Stopped for good; the error is in `progress`.
+    failed: bool,
 }
 
 /// Why a link is torn down.
 enum Fault {
     Lost(lapin::Error),
     Nacked(u64),
+    /// Messages refused as too large were replaced by their stubs.
+    Shrunk(usize),
     Unexpected(&'static str),
 }
 
@@ -229,7 +250,7 @@ impl Engine {
         settings: Arc<Settings>,
         link: Link,
         incoming: mpsc::UnboundedReceiver<Outgoing>,
-        permits: Arc<Semaphore>,
+        window: Arc<Window>,
         progress: watch::Sender<Progress>,
         stats: PublisherStats,
     ) -> Engine {
@@ -237,7 +258,7 @@ impl Engine {
         Engine {
             settings,
             incoming,
-            permits,
+            window,
             progress,
             stats,
             unconfirmed: VecDeque::new(),
@@ -248,13 +269,15 @@ impl Engine {
             link: Some(link),
             connecting: None,
             attempt: 0,
+            broker_max: None,
+            failed: false,
         }
     }
 
     /// Runs until the [`super::Publisher`] is dropped or an error that a
     /// reconnect cannot heal.
     pub(crate) async fn run(mut self) {
-        loop {
+        while !self.failed {
             self.schedule();
             tokio::select! {
                 biased;
@@ -265,7 +288,7 @@ impl Engine {
                 }
                 (seq, result) = next_write(&mut self.writing) => match result {
                     Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
-                    Err(e) => self.tear_down(Fault::Lost(e)),
+                    Err(e) => self.on_error(e),
                 },
                 linked = poll_slot(&mut self.connecting) => match linked {
                     Ok(link) => self.on_linked(link),
@@ -274,14 +297,23 @@ impl Engine {
                     }
                     Err(e) => {
                         error!(error = %e, unconfirmed = self.unconfirmed.len(), "rabbitmq refused walcast; publisher stopped");
-                        self.progress.send_modify(|p| p.failed = Some(e));
-                        self.permits.close();
-                        return;
+                        self.fail(e);
                     }
                 },
                 outgoing = self.incoming.recv() => match outgoing {
-                    Some(Outgoing { seq, message }) => {
-                        self.unconfirmed.push_back(Unconfirmed { seq, message });
+                    Some(Outgoing { seq, message, stub, charge }) => {
+                        let mut pending = Unconfirmed { seq, message, stub, charge };
+                        // Once the broker has told its limit, a message
+                        // over it is stubbed before it is ever written.
+                        let fitted = match self.broker_max {
+                            Some(max) => fit(&mut pending, max, &self.stats, &self.settings.url),
+                            None => Ok(false),
+                        };
+                        self.unconfirmed.push_back(pending);
+                        if let Err(e) = fitted {
+                            error!(error = %e, "publisher stopped");
+                            self.fail(e);
+                        }
                     }
                     None => break,
                 },
@@ -314,7 +346,7 @@ impl Engine {
                 while self.writing.len() < MAX_WRITES_IN_FLIGHT
                     && self.written < self.unconfirmed.len()
                 {
-                    let Unconfirmed { seq, message } = &self.unconfirmed[self.written];
+                    let Unconfirmed { seq, message, .. } = &self.unconfirmed[self.written];
                     let (seq, message) = (*seq, Arc::clone(message));
                     self.written += 1;
                     let republish = seq <= self.highest_written;
@@ -374,7 +406,7 @@ impl Engine {
     fn on_event(&mut self, event: Option<Event>) {
         match event {
             None => self.tear_down(Fault::Unexpected("connection event stream ended")),
-            Some(Event::Error(e)) => self.tear_down(Fault::Lost(e)),
+            Some(Event::Error(e)) => self.on_error(e),
             Some(Event::ConnectionBlocked(reason)) => {
                 warn!(%reason, unconfirmed = self.unconfirmed.len(), "rabbitmq blocked publishing (resource alarm); holding events until it unblocks");
                 self.stats.set_blocked(true);
@@ -409,9 +441,9 @@ impl Engine {
                 }
                 let confirmed = self.unconfirmed.pop_front();
                 self.written -= 1;
-                let routing_key = confirmed
+                let (routing_key, charge) = confirmed
                     .as_ref()
-                    .map_or("", |c| c.message.routing_key.as_str());
+                    .map_or(("", 0), |c| (c.message.routing_key.as_str(), c.charge));
                 self.stats.confirmed(routing_key, written_at.elapsed());
                 self.attempt = 0;
                 self.progress.send_if_modified(|p| {
@@ -421,7 +453,7 @@ impl Engine {
                 });
                 // After the progress, so that sent - confirmed, as the
                 // Publisher sees it, never exceeds the window.
-                self.permits.add_permits(1);
+                self.window.release(charge);
             }
             Ok(Confirmation::Nack(_)) => {
                 self.stats.nacked();
@@ -430,8 +462,71 @@ impl Engine {
             Ok(Confirmation::NotRequested) => {
                 self.tear_down(Fault::Unexpected("channel is not in confirm mode"))
             }
-            Err(e) => self.tear_down(Fault::Lost(e)),
+            Err(e) => self.on_error(e),
         }
+    }
+
+    /// A failed write or confirm, or a connection error: the broker
+    /// refusing a message, or a lost link.
+    fn on_error(&mut self, error: lapin::Error) {
+        match publish_refusal(&error) {
+            Some(refusal) => self.on_refused(refusal),
+            None => self.tear_down(Fault::Lost(error)),
+        }
+    }
+
+    /// The broker refused a message (406) and closed the channel. The
+    /// refusal does not say which message; when it says the broker's size
+    /// limit, every unconfirmed message over it is one it will refuse.
+    fn on_refused(&mut self, refusal: Refusal) {
+        self.stats.refused();
+        let url = &self.settings.url;
+        let Some(max) = refusal.max_message_size else {
+            let e = PublishError::Refused {
+                url: url.clone(),
+                reason: refusal.reason,
+            };
+            error!(error = %e, unconfirmed = self.unconfirmed.len(), "publisher stopped");
+            return self.fail(e);
+        };
+        warn!(reason = %refusal.reason, broker_max = max, unconfirmed = self.unconfirmed.len(), "rabbitmq refused a message as too large (406); publishing oversize stubs instead");
+        self.broker_max = Some(max);
+        let mut fitted = Ok(0);
+        for pending in &mut self.unconfirmed {
+            match fit(pending, max, &self.stats, url) {
+                Ok(true) => fitted = fitted.map(|shrunk| shrunk + 1),
+                Ok(false) => {}
+                Err(e) => {
+                    fitted = Err(e);
+                    break;
+                }
+            }
+        }
+        let shrunk = match fitted {
+            Ok(shrunk) => shrunk,
+            Err(e) => {
+                error!(error = %e, "publisher stopped");
+                return self.fail(e);
+            }
+        };
+        if shrunk == 0 {
+            // Nothing unconfirmed is over the limit: the same messages
+            // would be refused again.
+            let e = PublishError::Refused {
+                url: url.clone(),
+                reason: refusal.reason,
+            };
+            error!(error = %e, "publisher stopped");
+            return self.fail(e);
+        }
+        self.tear_down(Fault::Shrunk(shrunk));
+    }
+
+    /// Stops for good: the [`super::Publisher`] gets `error`.
+    fn fail(&mut self, error: PublishError) {
+        self.progress.send_modify(|p| p.failed = Some(error));
+        self.window.close();
+        self.failed = true;
     }
 
     fn on_linked(&mut self, link: Link) {
@@ -461,6 +556,9 @@ impl Engine {
             Fault::Nacked(seq) => {
                 warn!(seq, unconfirmed, "rabbitmq refused a message (nack); reconnecting and republishing unconfirmed messages")
             }
+            Fault::Shrunk(stubs) => {
+                info!(stubs, unconfirmed, "reconnecting and republishing unconfirmed messages, too large ones as oversize stubs")
+            }
             Fault::Unexpected(what) => {
                 warn!(what, unconfirmed, "unexpected publisher state; reconnecting and republishing unconfirmed messages")
             }
@@ -473,6 +571,41 @@ impl Engine {
         if let Some(link) = self.link.take() {
             close_in_background(link.connection);
         }
+    }
+}
+
+/// Replaces `pending` by its `oversize` stub when it is larger than the
+/// broker's `max` (counted and logged): true when it did. An error when
+/// even the stub is too large (or there is none: it already is one).
+fn fit(
+    pending: &mut Unconfirmed,
+    max: usize,
+    stats: &PublisherStats,
+    url: &str,
+) -> Result<bool, PublishError> {
+    let size = pending.message.body.len();
+    if size <= max {
+        return Ok(false);
+    }
+    let id = pending
+        .message
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or_else(String::new, |id| id.to_string());
+    match pending.stub.take() {
+        Some(stub) if stub.body.len() <= max => {
+            warn!(%id, size, broker_max = max, routing_key = %stub.routing_key, "event larger than the broker's max_message_size; publishing its oversize stub");
+            stats.oversize(stub.routing_key.as_str());
+            pending.message = Arc::new(stub);
+            Ok(true)
+        }
+        stub => Err(PublishError::BrokerLimit {
+            url: url.to_owned(),
+            broker_max: max,
+            id,
+            size: stub.map_or(size, |stub| stub.body.len()),
+        }),
     }
 }
 

@@ -6,7 +6,11 @@
 //! heal by reconnecting, so they stop walcast with a message that says what
 //! to fix. Everything else (refused or lost connections, a broker shutting
 //! down, channel errors, timeouts) is retried with backoff and never reaches
-//! the caller. This module does not retry anything itself.
+//! the caller. A message the broker refuses with 406 PRECONDITION_FAILED
+//! while publishing ([`publish_refusal`]) is neither: republishing it
+//! unchanged would be refused forever, so the engine publishes its
+//! `oversize` stub instead, or stops with [`PublishError::BrokerLimit`] /
+//! [`PublishError::Refused`]. This module does not retry anything itself.
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::ErrorKind;
@@ -37,6 +41,20 @@ pub enum PublishError {
 
     #[error("connecting to RabbitMQ at {url} timed out after {seconds} s")]
     ConnectTimeout { url: String, seconds: u64 },
+
+    /// The broker refuses even the `oversize` stub of an event.
+    #[error("RabbitMQ at {url} refuses messages larger than {broker_max} bytes (its max_message_size), and event {id} is {size} bytes even as an oversize stub; set rabbitmq.max_event_bytes below the broker's max_message_size and keep max_message_size above an event's key and metadata (or raise max_message_size on the broker)")]
+    BrokerLimit {
+        url: String,
+        broker_max: usize,
+        id: String,
+        size: usize,
+    },
+
+    /// A 406 on publish that walcast cannot act on: republishing would
+    /// be refused the same way.
+    #[error("RabbitMQ at {url} refused a published message ({reason}); walcast stopped rather than republish it forever. If the broker limits message size, set rabbitmq.max_event_bytes below its max_message_size")]
+    Refused { url: String, reason: String },
 
     #[error("shutdown was requested before RabbitMQ accepted the event; it was not published and Postgres will send it again")]
     Shutdown,
@@ -94,6 +112,38 @@ impl PublishError {
     }
 }
 
+/// A broker's refusal of a published message (406 PRECONDITION_FAILED,
+/// which closes the channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The broker's reply text.
+    pub reason: String,
+    /// The broker's `max_message_size` when the refusal says that the
+    /// message was larger (RabbitMQ: "message size 10240 is larger than
+    /// configured max size 4096").
+    pub max_message_size: Option<usize>,
+}
+
+/// Whether `error`, met while publishing, is the broker refusing a message
+/// (and not a lost connection, which a reconnect heals).
+pub(crate) fn publish_refusal(error: &lapin::Error) -> Option<Refusal> {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    if *amqp.kind() != AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+        return None;
+    }
+    let reason = amqp.get_message().to_string();
+    let max_message_size = reason.split_once("max size ").and_then(|(_, rest)| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    });
+    Some(Refusal {
+        reason,
+        max_message_size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +172,38 @@ mod tests {
         assert!(matches!(e, PublishError::ExchangeMismatch { .. }));
         let e = PublishError::from_setup(amqp(kind), Step::Other, "u", "ex");
         assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn a_406_on_publish_is_a_refusal_with_the_brokers_limit() {
+        let error: lapin::Error = ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - message size 10240 is larger than configured max size 4096"
+                .into(),
+        ))
+        .into();
+        let refusal = publish_refusal(&error).unwrap();
+        assert_eq!(refusal.max_message_size, Some(4096));
+        assert!(refusal.reason.contains("message size 10240"));
+        // RabbitMQ's wording at its hard limit.
+        let error: lapin::Error = ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - message size 600000000 is larger than max size 536870912".into(),
+        ))
+        .into();
+        assert_eq!(
+            publish_refusal(&error).unwrap().max_message_size,
+            Some(536_870_912)
+        );
+        // Another 406: a refusal, without a size.
+        let other = amqp(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED));
+        assert_eq!(publish_refusal(&other).unwrap().max_message_size, None);
+        // Lost connections and other errors are not refusals.
+        let forced = amqp(AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED));
+        assert_eq!(publish_refusal(&forced), None);
+        let io: lapin::Error =
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into();
+        assert_eq!(publish_refusal(&io), None);
     }
 
     #[test]

@@ -4,9 +4,15 @@
 //! [`Publisher`] implements [`Sink`] for `walcast run`. Each event is
 //! encoded once ([`encoder`]), numbered, and handed to a background task
 //! (`engine`) that publishes it to the durable topic exchange on a channel in
-//! confirm mode. Up to `rabbitmq.publish_window` messages may be unconfirmed
-//! at once; [`Sink::send`] waits only when the window is full, which is
+//! confirm mode. Up to `rabbitmq.publish_window` messages and
+//! `rabbitmq.publish_window_bytes` bytes may be unconfirmed at once
+//! (`window`); [`Sink::send`] waits only when the window is full, which is
 //! walcast's backpressure (the capture loop stops reading WAL meanwhile).
+//!
+//! Size: an event whose encoding exceeds `rabbitmq.max_event_bytes` is
+//! published as the contract's `oversize` stub (`new`/`old` null, same
+//! `id`), counted and logged; so is one the broker refuses as larger than
+//! its `max_message_size` (406), once, instead of republishing it forever.
 //!
 //! Durability: [`Sink::end_transaction`] records which message closed each
 //! transaction; [`Sink::durable`] yields the end LSN of the last transaction
@@ -40,12 +46,13 @@ mod engine;
 mod error;
 mod stats;
 mod tracker;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::uri::{AMQPScheme, AMQPUri};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -54,12 +61,13 @@ use crate::capture::Sink;
 use crate::config::{redact_url, RabbitConfig};
 use crate::event::{ChangeEvent, Lsn};
 
-pub use encoder::{encode, Encoded};
+pub use encoder::{encode, encode_within, Encoded, Prepared};
 pub use error::PublishError;
 pub use stats::{PublisherStats, RoutingKeyCounts, StatsSnapshot};
 
 use engine::{Engine, Outgoing, Progress, Settings};
 use tracker::Tracker;
+use window::Window;
 
 /// How long [`Sink::drain`] keeps waiting for confirms once shutdown has
 /// been requested, unless [`Publisher::set_drain_timeout`] says otherwise.
@@ -69,8 +77,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// module documentation.
 pub struct Publisher {
     outgoing: mpsc::UnboundedSender<Outgoing>,
-    /// One permit per message that may still be unconfirmed.
-    permits: Arc<Semaphore>,
+    /// What may still be unconfirmed, in messages and bytes.
+    window: Arc<Window>,
+    /// `rabbitmq.max_event_bytes`.
+    max_event_bytes: usize,
     progress: watch::Receiver<Progress>,
     tracker: Tracker,
     /// Sequence number of the last message sent (0: none yet).
@@ -161,24 +171,27 @@ impl Publisher {
         }
         .instrument(span.clone())
         .await?;
-        info!(parent: &span, publish_window = config.publish_window, "connected to rabbitmq");
+        info!(parent: &span, publish_window = config.publish_window, publish_window_bytes = config.publish_window_bytes, max_event_bytes = config.max_event_bytes, "connected to rabbitmq");
 
-        let window = config.publish_window.clamp(1, Semaphore::MAX_PERMITS);
-        let permits = Arc::new(Semaphore::new(window));
+        let window = Arc::new(Window::new(
+            config.publish_window,
+            config.publish_window_bytes,
+        ));
         let (outgoing, incoming) = mpsc::unbounded_channel();
         let (progress_tx, progress) = watch::channel(Progress::default());
         let engine = Engine::new(
             settings,
             link,
             incoming,
-            Arc::clone(&permits),
+            Arc::clone(&window),
             progress_tx,
             stats.clone(),
         );
         let task = tokio::spawn(engine.run().instrument(span));
         Ok(Publisher {
             outgoing,
-            permits,
+            window,
+            max_event_bytes: config.max_event_bytes,
             progress,
             tracker: Tracker::default(),
             last_seq: 0,
@@ -225,30 +238,25 @@ impl Publisher {
             .unwrap_or(PublishError::Stopped)
     }
 
-    /// Takes one slot of the window, waiting for a confirm if it is full.
-    async fn reserve(&self) -> Result<(), PublishError> {
-        if let Ok(permit) = self.permits.try_acquire() {
-            permit.forget();
+    /// Takes a message's share of the window (one message, `charge`
+    /// bytes), waiting for confirms if it is full.
+    async fn reserve(&self, charge: u32) -> Result<(), PublishError> {
+        if self.window.try_acquire(charge) {
             return Ok(());
         }
         debug!(
             unconfirmed = self.unconfirmed(),
+            bytes = charge,
             "publish window full; waiting for confirms"
         );
-        let permit = tokio::select! {
+        let reserved = tokio::select! {
             biased;
-            permit = self.permits.acquire() => permit,
+            reserved = self.window.acquire(charge) => reserved,
             _ = self.shutdown.cancelled() => return Err(PublishError::Shutdown),
             _ = self.outgoing.closed() => return Err(self.failure()),
         };
-        match permit {
-            Ok(permit) => {
-                permit.forget();
-                Ok(())
-            }
-            // Closed by the task when it stops for good.
-            Err(_) => Err(self.failure()),
-        }
+        // Closed by the task when it stops for good.
+        reserved.map_err(|_| self.failure())
     }
 }
 
@@ -256,14 +264,31 @@ impl Sink for Publisher {
     type Error = PublishError;
 
     async fn send(&mut self, event: ChangeEvent) -> Result<(), PublishError> {
-        let message = Arc::new(encode(&event));
+        let Prepared {
+            message,
+            stub,
+            oversize,
+        } = encode_within(&event, self.max_event_bytes);
+        if let Some(size) = oversize {
+            warn!(
+                id = %event.id,
+                size,
+                max_event_bytes = self.max_event_bytes,
+                routing_key = %message.routing_key,
+                "event exceeds rabbitmq.max_event_bytes; publishing its oversize stub"
+            );
+            self.stats.oversize(message.routing_key.as_str());
+        }
         drop(event);
-        self.reserve().await?;
+        let charge = self.window.charge(message.body.len());
+        self.reserve(charge).await?;
         self.last_seq += 1;
         self.outgoing
             .send(Outgoing {
                 seq: self.last_seq,
-                message,
+                message: Arc::new(message),
+                stub,
+                charge,
             })
             .map_err(|_| self.failure())
     }

@@ -21,6 +21,7 @@ struct Counters {
     republished: AtomicU64,
     reconnects: AtomicU64,
     returned: AtomicU64,
+    refused: AtomicU64,
     confirm_latency_micros_total: AtomicU64,
     confirm_latency: Histogram,
     /// Published and confirmed counts by routing key. Bounded by the
@@ -36,6 +37,9 @@ pub struct RoutingKeyCounts {
     /// `basic.publish` calls, republishes included.
     pub published: u64,
     pub confirmed: u64,
+    /// Events published as their `oversize` stub: over
+    /// `rabbitmq.max_event_bytes`, or refused by the broker as too large.
+    pub oversize: u64,
 }
 
 /// Shared counters of one publisher.
@@ -58,6 +62,9 @@ pub struct StatsSnapshot {
     pub reconnects: u64,
     /// Confirmed messages the broker also returned as unroutable.
     pub returned: u64,
+    /// Times the broker refused a published message (406), closing the
+    /// channel; the too large ones went out again as `oversize` stubs.
+    pub refused: u64,
     /// Sum of publish-to-confirm latencies of the confirmed messages.
     pub confirm_latency_total: Duration,
     /// Whether a connection with a confirming channel is up.
@@ -83,6 +90,7 @@ impl PublisherStats {
             republished: c.republished.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             returned: c.returned.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
             confirm_latency_total: Duration::from_micros(
                 c.confirm_latency_micros_total.load(Ordering::Relaxed),
             ),
@@ -138,6 +146,15 @@ impl PublisherStats {
 
     pub(crate) fn nacked(&self) {
         self.0.nacked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event goes out as its `oversize` stub.
+    pub(crate) fn oversize(&self, routing_key: &str) {
+        self.count(routing_key, |c| c.oversize += 1);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.0.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn returned(&self) {
