@@ -312,7 +312,7 @@ impl Engine {
                         self.unconfirmed.push_back(pending);
                         if let Err(e) = fitted {
                             error!(error = %e, "publisher stopped");
-                            self.fail(e);
+                            self.fail(*e);
                         }
                     }
                     None => break,
@@ -506,7 +506,7 @@ impl Engine {
             Ok(shrunk) => shrunk,
             Err(e) => {
                 error!(error = %e, "publisher stopped");
-                return self.fail(e);
+                return self.fail(*e);
             }
         };
         if shrunk == 0 {
@@ -582,7 +582,7 @@ fn fit(
     max: usize,
     stats: &PublisherStats,
     url: &str,
-) -> Result<bool, PublishError> {
+) -> Result<bool, Box<PublishError>> {
     let size = pending.message.body.len();
     if size <= max {
         return Ok(false);
@@ -600,12 +600,12 @@ fn fit(
             pending.message = Arc::new(stub);
             Ok(true)
         }
-        stub => Err(PublishError::BrokerLimit {
+        stub => Err(Box::new(PublishError::BrokerLimit {
             url: url.to_owned(),
             broker_max: max,
             id,
             size: stub.map_or(size, |stub| stub.body.len()),
-        }),
+        })),
     }
 }
 
