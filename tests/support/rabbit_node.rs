@@ -37,10 +37,33 @@ pub struct RabbitNode {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Settings a test gives its node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// `max_message_size`, in bytes: the broker closes the channel with
+    /// 406 PRECONDITION_FAILED on a larger message.
+    pub max_message_size: Option<usize>,
+}
+
+impl NodeOptions {
+    fn conf_lines(&self) -> String {
+        let mut lines = String::new();
+        if let Some(size) = self.max_message_size {
+            lines.push_str(&format!("max_message_size = {size}\n"));
+        }
+        lines
+    }
+}
+
 impl RabbitNode {
     /// Starts a fresh node and waits until it accepts AMQP connections.
     /// Panics (with the node's log tail) if it does not start in 90 s.
     pub fn start(tag: &str) -> RabbitNode {
+        Self::start_with(tag, &NodeOptions::default())
+    }
+
+    /// [`RabbitNode::start`] with settings of its own in `rabbitmq.conf`.
+    pub fn start_with(tag: &str, options: &NodeOptions) -> RabbitNode {
         let (port, dist_port) = free_port_pair();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("walcast-{tag}-{}-{n}@localhost", std::process::id());
@@ -56,7 +79,8 @@ impl RabbitNode {
             format!(
                 "listeners.tcp.default = 127.0.0.1:{port}\n\
                  log.console = false\n\
-                 log.file.level = info\n"
+                 log.file.level = info\n{}",
+                options.conf_lines()
             ),
         )
         .unwrap();
