@@ -24,6 +24,8 @@ log() { printf '[dev] %s\n' "$*" >&2; }
 . scripts/cargo-env.sh
 
 listen="${WALCAST_HTTP_LISTEN:-127.0.0.1:8080}"
+# A dev stack without auth: allowed on a non-loopback listen address too.
+export WALCAST_AUTH_ALLOW_ANONYMOUS="${WALCAST_AUTH_ALLOW_ANONYMOUS:-true}"
 port="${listen##*:}"
 host="${listen%:*}"
 case "$host" in 0.0.0.0 | "[::]" | "") host=127.0.0.1 ;; esac

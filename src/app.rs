@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
-use crate::api::{self, ApiState, Authenticator, Health};
+use crate::api::{self, ApiState, Authenticator, ComponentState, Health};
 use crate::capture::{self, CaptureError, CaptureOptions, Metered, StreamState};
 use crate::catalog::{describe, CatalogError};
 use crate::config::Config;
@@ -94,6 +94,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let failure: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>> = Default::default();
     let stop = shutdown.child_token();
 
+    check_exposure(&config, &roles).map_err(anyhow::Error::msg)?;
     // Bind first: a taken port is a configuration error, reported before
     // any stage has started connections that would then be torn down.
     let listener = TcpListener::bind(&config.http.listen)
@@ -102,7 +103,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     if roles.has(Role::Capture) {
         // Registered before the server answers: until the capture task has
         // taken the lease (or found it taken), nothing has been checked.
-        health.set("capture", false, "starting");
+        health.set("capture", ComponentState::Starting, "starting");
         let handles = metrics.capture(&config.postgres.slot);
         let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
         tracker
@@ -161,21 +162,29 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             .with_history_start(config.pg_config());
         let status = consumer.status();
         metrics.watch_gateway(hub.stats(), status.clone());
-        health.set("gateway", false, "connecting to rabbitmq");
+        health.set(
+            "gateway",
+            ComponentState::Connecting,
+            "connecting to rabbitmq",
+        );
         let consumer_stop = stop.clone();
         tracker.spawn(async move { consumer.run(consumer_stop).await });
         let (health, stop) = (health.clone(), stop.clone());
         tracker.spawn(async move {
             loop {
-                let consuming = status.is_consuming();
-                let detail = if consuming {
-                    "consuming".to_owned()
+                // The refusal names the queue and the fix: the log's, not
+                // /readyz's (the consumer logs it as an error too).
+                if status.is_consuming() {
+                    health.set("gateway", ComponentState::Ready, "consuming");
                 } else if let Some(refused) = status.refused() {
-                    refused
+                    health.set("gateway", ComponentState::QueueInUse, refused);
                 } else {
-                    "connecting to rabbitmq".to_owned()
-                };
-                health.set("gateway", consuming, detail);
+                    health.set(
+                        "gateway",
+                        ComponentState::Connecting,
+                        "connecting to rabbitmq",
+                    );
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -221,6 +230,29 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
 }
 
+/// Refuses to serve writes and change streams to anyone on the network by
+/// accident: with auth off, a non-loopback `http.listen` needs
+/// `auth.allow_anonymous = true`. A capture-only process serves nothing
+/// but health and metrics, so it may listen anywhere.
+fn check_exposure(config: &Config, roles: &Roles) -> Result<(), String> {
+    if !(roles.has(Role::Api) || roles.has(Role::Gateway)) {
+        return Ok(());
+    }
+    if config.auth.enabled || config.auth.allow_anonymous {
+        return Ok(());
+    }
+    // validate() has already checked that it parses.
+    let Ok(address) = config.http.listen.parse::<std::net::SocketAddr>() else {
+        return Ok(());
+    };
+    if address.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "http.listen is {address}, which is reachable from other machines, and auth is off:          anyone who reaches it could write orders and read every change. Turn auth on          (auth.enabled = true with auth.tokens or auth.jwt_secret), listen on 127.0.0.1, or          set auth.allow_anonymous = true (WALCAST_AUTH_ALLOW_ANONYMOUS=true) to allow          anonymous access explicitly"
+    ))
+}
+
 /// The Socket.IO handshake takes the same bearer tokens as the API's writes:
 /// `auth.token`, or else an `Authorization: Bearer` header on the handshake
 /// request, checked exactly like the API's (scheme in any case).
@@ -263,12 +295,16 @@ async fn capture_role(
         // last session said about RabbitMQ and the stream no longer holds.
         health.remove("rabbitmq");
         health.remove("slot_stream");
-        health.set("capture", false, "taking the slot lease");
+        health.set(
+            "capture",
+            ComponentState::Connecting,
+            "taking the slot lease",
+        );
         // A hot standby is ready: it is doing what it should.
         let standby = || {
             health.set(
                 "capture",
-                true,
+                ComponentState::Standby,
                 "hot standby: another capture process owns the slot",
             )
         };
@@ -278,7 +314,11 @@ async fn capture_role(
             Ok(None) => break,
             Err(e) if e.is_retryable() => {
                 attempt += 1;
-                health.set("capture", false, format!("postgres unreachable: {e}"));
+                health.set(
+                    "capture",
+                    ComponentState::Reconnecting,
+                    format_args!("postgres unreachable: {e}"),
+                );
                 warn!(error = %e, "cannot take the slot lease; retrying");
                 tokio::select! {
                     biased;
@@ -295,11 +335,15 @@ async fn capture_role(
         // not answer 200 while RabbitMQ has never been reached.
         health.set(
             "rabbitmq",
-            false,
+            ComponentState::Connecting,
             "not connected yet: connecting to rabbitmq",
         );
-        health.set("slot_stream", false, "waiting for the rabbitmq connection");
-        health.set("capture", true, "capturing");
+        health.set(
+            "slot_stream",
+            ComponentState::Starting,
+            "waiting for the rabbitmq connection",
+        );
+        health.set("capture", ComponentState::Ready, "capturing");
         let session = stop.child_token();
         let outcome = tokio::select! {
             outcome = capture_with_lease(config, health, handles, &session) => outcome,
@@ -337,12 +381,15 @@ async fn capture_with_lease(
     let watcher = tokio::spawn(async move {
         loop {
             let snapshot = stats.snapshot();
-            let detail = match (snapshot.connected, snapshot.blocked) {
-                (true, false) => "publishing",
-                (true, true) => "blocked by a broker resource alarm",
-                (false, _) => "reconnecting to rabbitmq",
+            let (state, reason) = match (snapshot.connected, snapshot.blocked) {
+                (true, false) => (ComponentState::Ready, "publishing"),
+                (true, true) => (
+                    ComponentState::Blocked,
+                    "blocked by a broker resource alarm",
+                ),
+                (false, _) => (ComponentState::Reconnecting, "reconnecting to rabbitmq"),
             };
-            watch_health.set("rabbitmq", snapshot.connected && !snapshot.blocked, detail);
+            watch_health.set("rabbitmq", state, reason);
             tokio::select! {
                 _ = watch_stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -356,11 +403,17 @@ async fn capture_with_lease(
         loop {
             let current = state.borrow_and_update().clone();
             match current {
-                StreamState::Connecting => mirror_health.set("slot_stream", false, "connecting"),
-                StreamState::Streaming => mirror_health.set("slot_stream", true, "streaming"),
-                StreamState::Reconnecting(error) => {
-                    mirror_health.set("slot_stream", false, format!("reconnecting: {error}"))
+                StreamState::Connecting => {
+                    mirror_health.set("slot_stream", ComponentState::Connecting, "connecting")
                 }
+                StreamState::Streaming => {
+                    mirror_health.set("slot_stream", ComponentState::Ready, "streaming")
+                }
+                StreamState::Reconnecting(error) => mirror_health.set(
+                    "slot_stream",
+                    ComponentState::Reconnecting,
+                    format_args!("reconnecting: {error}"),
+                ),
             }
             if state.changed().await.is_err() {
                 break;
@@ -396,7 +449,7 @@ async fn capture_with_lease(
         // already ran; Postgres replays from the last confirmed position.
         Err(CaptureError::Sink(_)) if stop.is_cancelled() => Ok(()),
         Err(e) => {
-            health.set("slot_stream", false, e.to_string());
+            health.set("slot_stream", ComponentState::Failed, &e);
             Err(e.into())
         }
     }
@@ -503,6 +556,32 @@ mod tests {
     fn roles_parse() {
         assert_eq!("capture".parse::<Role>(), Ok(Role::Capture));
         assert!("nope".parse::<Role>().unwrap_err().contains("capture"));
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_auth_or_an_explicit_allow_anonymous() {
+        let mut config = Config::default();
+        let all = Roles::all();
+        for loopback in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:0"] {
+            config.http.listen = loopback.into();
+            assert_eq!(check_exposure(&config, &all), Ok(()), "{loopback}");
+        }
+        for open in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:80"] {
+            config.http.listen = open.into();
+            let error = check_exposure(&config, &all).unwrap_err();
+            assert!(
+                error.contains("auth.allow_anonymous = true") && error.contains(open),
+                "{error}"
+            );
+            let capture_only = Roles([Role::Capture].into());
+            assert_eq!(check_exposure(&config, &capture_only), Ok(()));
+            config.auth.allow_anonymous = true;
+            assert_eq!(check_exposure(&config, &all), Ok(()));
+            config.auth.allow_anonymous = false;
+            config.auth.enabled = true;
+            assert_eq!(check_exposure(&config, &all), Ok(()));
+            config.auth.enabled = false;
+        }
     }
 
     #[test]

@@ -937,7 +937,7 @@ fn apply_env(
 
 /// Environment values are strings; numbers and lists are converted by key.
 fn env_value(key: &str, value: &str) -> toml::Value {
-    if key == "enabled" || key == "replay_fsync" {
+    if key == "enabled" || key == "replay_fsync" || key == "allow_anonymous" {
         match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => return toml::Value::Boolean(true),
             "false" | "0" | "no" | "off" | "" => return toml::Value::Boolean(false),

@@ -923,7 +923,11 @@ mod tests {
     #[test]
     fn renders_only_the_roles_wired_and_stays_well_formed() {
         let health = Health::new();
-        health.set("rabbitmq", false, "reconnecting");
+        health.set(
+            "rabbitmq",
+            crate::api::ComponentState::Reconnecting,
+            "reconnecting",
+        );
         let metrics = Metrics::new(health);
         let samples = parse(&metrics.render());
         assert_eq!(

@@ -8,6 +8,7 @@ mod api_server;
 use api_server::TestApi;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use walcast::api::ComponentState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_readyz_follow_the_registry() {
@@ -22,22 +23,38 @@ async fn healthz_and_readyz_follow_the_registry() {
     assert_eq!(
         body,
         json!({"status": "ready", "components": [
-            {"name": "api_postgres", "healthy": true, "detail": "ok"}
+            {"name": "api_postgres", "healthy": true, "state": "ready"}
         ]})
     );
 
-    // Another stage reports trouble: 503, naming it and why.
+    // Another stage reports trouble: 503, naming it and its state; the
+    // reason (which may hold URLs and server messages) stays in the log.
     let stage = api.state.health().clone();
-    stage.set("postgres", true, "streaming from slot walcast");
-    stage.set("rabbitmq", false, "connection refused; retrying in 2s");
+    stage.set(
+        "postgres",
+        ComponentState::Ready,
+        "streaming from slot walcast",
+    );
+    stage.set(
+        "rabbitmq",
+        ComponentState::Reconnecting,
+        "connection to amqp://walcast:s3cret@10.0.0.7:5672 refused; retrying in 2s",
+    );
     let (status, body) = api.call(Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["error"]["code"], "not_ready");
     assert_eq!(
         body["error"]["message"],
-        "rabbitmq: connection refused; retrying in 2s"
+        "not ready: rabbitmq (reconnecting)"
     );
+    assert_eq!(
+        body["components"][2],
+        json!({"name": "rabbitmq", "healthy": false, "state": "reconnecting"})
+    );
+    for secret in ["s3cret", "10.0.0.7", "refused"] {
+        assert!(!body.to_string().contains(secret), "{body}");
+    }
     let names: Vec<&str> = body["components"]
         .as_array()
         .unwrap()
@@ -50,7 +67,7 @@ async fn healthz_and_readyz_follow_the_registry() {
     assert_eq!(status, StatusCode::OK);
 
     // Recovered: ready again.
-    stage.set("rabbitmq", true, "connected");
+    stage.set("rabbitmq", ComponentState::Ready, "connected");
     let (status, body) = api.call(Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.get("error").is_none());
@@ -70,10 +87,11 @@ async fn readyz_checks_the_api_pool_live() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["components"][0]["name"], "api_postgres");
     assert_eq!(body["components"][0]["healthy"], false);
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("api_postgres: "));
+    assert_eq!(body["components"][0]["state"], "unavailable");
+    assert_eq!(
+        body["error"]["message"],
+        "not ready: api_postgres (unavailable)"
+    );
     assert!(!body.to_string().contains("s3cret"));
     let (status, _) = api.call(Method::GET, "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);

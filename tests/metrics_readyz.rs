@@ -596,7 +596,7 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     let rabbitmq_named = |body: &Value| {
         body["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("rabbitmq: "))
+            .is_some_and(|m| m.contains("rabbitmq ("))
     };
     let not_ready = walcast
         .readyz_until(503, Duration::from_secs(15), rabbitmq_named)
@@ -680,6 +680,27 @@ fn assert_readiness_shape(status: u16, body: &Value) {
         "{body}"
     );
     assert!(body["components"].is_array(), "{body}");
+    // A state from the fixed vocabulary, never error text (contract
+    // section 4: the reasons go to the log).
+    for component in body["components"].as_array().unwrap() {
+        let state = component["state"].as_str().unwrap_or_default();
+        assert!(
+            [
+                "starting",
+                "connecting",
+                "reconnecting",
+                "ready",
+                "standby",
+                "blocked",
+                "queue_in_use",
+                "unavailable",
+                "failed"
+            ]
+            .contains(&state),
+            "{body}"
+        );
+        assert!(component.get("detail").is_none(), "{body}");
+    }
     if ready {
         assert!(body.get("error").is_none(), "{body}");
     } else {
@@ -710,7 +731,7 @@ async fn readyz_is_503_until_rabbitmq_was_reached_in_every_role() {
     let rabbitmq_named = |body: &Value| {
         body["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("rabbitmq: "))
+            .is_some_and(|m| m.contains("rabbitmq ("))
     };
     let not_ready = walcast.readyz_until(503, TIMEOUT, rabbitmq_named).await;
     assert_readiness_shape(503, &not_ready);
@@ -761,7 +782,7 @@ async fn readyz_is_503_until_rabbitmq_was_reached_in_every_role() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("gateway: "),
+            .starts_with("not ready: gateway ("),
         "{body}"
     );
     let (status, _, body) = walcast.get("/healthz").await;

@@ -96,7 +96,11 @@ async fn an_event_over_max_event_bytes_is_published_as_its_oversize_stub() {
         .await
         .expect("drain timed out")
         .unwrap();
-    assert_eq!(drained, Some(end_lsn(1)), "the transaction after it is durable");
+    assert_eq!(
+        drained,
+        Some(end_lsn(1)),
+        "the transaction after it is durable"
+    );
 
     let deliveries = queue.read(4, Duration::from_secs(10)).await;
     let bodies: Vec<Value> = deliveries.iter().map(body).collect();
@@ -183,7 +187,10 @@ async fn a_message_the_broker_refuses_as_too_large_goes_out_once_as_its_stub() {
     // A republish after the refusal may repeat a message: the first
     // arrival of each id, in order.
     let mut seen = std::collections::HashSet::new();
-    let distinct: Vec<String> = ids.into_iter().filter(|id| seen.insert(id.clone())).collect();
+    let distinct: Vec<String> = ids
+        .into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
     assert_eq!(distinct, expected, "every event arrives, in order");
     assert_eq!(stats.refused, 1, "one 406, no loop: {stats:?}");
     assert_eq!(oversize, 2, "both large events went out as stubs");
@@ -284,12 +291,9 @@ async fn a_row_over_the_limit_reaches_queue_and_socket_as_oversize_and_the_slot_
         roles: "capture,gateway,api",
         replay_dir: None,
     };
-    let walcast = stack::Walcast::start_with_env(
-        &db,
-        &spec,
-        &[("WALCAST_RABBITMQ_MAX_EVENT_BYTES", "4096")],
-    )
-    .await;
+    let walcast =
+        stack::Walcast::start_with_env(&db, &spec, &[("WALCAST_RABBITMQ_MAX_EVENT_BYTES", "4096")])
+            .await;
     walcast.wait_ready().await;
     let mut client = sio::NodeClient::connect(&walcast.url(), json!({})).await;
 
@@ -369,9 +373,8 @@ async fn a_row_over_the_limit_reaches_queue_and_socket_as_oversize_and_the_slot_
         .await
         .unwrap();
     assert!(
-        metrics.contains(
-            "walcast_publisher_oversize_total{table=\"public.orders\",op=\"insert\"} 1"
-        ),
+        metrics
+            .contains("walcast_publisher_oversize_total{table=\"public.orders\",op=\"insert\"} 1"),
         "{metrics}"
     );
     let log = walcast.log();

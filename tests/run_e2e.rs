@@ -233,19 +233,24 @@ async fn gateways_need_queues_of_their_own_and_a_shared_one_is_refused() {
     let mut client_a = NodeClient::connect(&gateway_a.url(), json!({})).await;
     let mut client_b = NodeClient::connect(&gateway_b.url(), json!({})).await;
 
-    // Gateway C on A's queue: refused, and it says what to do.
+    // Gateway C on A's queue: refused; /readyz says so by state, the log
+    // says what to do.
     let gateway_c = Walcast::start(&db, &spec("gateway", queue_a.clone(), exchange.clone())).await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let detail = loop {
+    loop {
         let (status, body) = gateway_c.readyz().await;
-        let detail = body["components"]
+        let state = body["components"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == "gateway"))
-            .map(|c| c["detail"].as_str().unwrap_or("").to_owned())
+            .map(|c| c["state"].as_str().unwrap_or("").to_owned())
             .unwrap_or_default();
-        if detail.contains("already consumed") {
+        if state == "queue_in_use" {
             assert_eq!(status, 503, "{body}");
-            break detail;
+            assert_eq!(
+                body["error"]["message"],
+                "not ready: gateway (queue_in_use)"
+            );
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -253,15 +258,14 @@ async fn gateways_need_queues_of_their_own_and_a_shared_one_is_refused() {
             stack::log_tail(&gateway_c.log())
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let log = gateway_c.log();
     assert!(
-        detail.contains("rabbitmq.queue") && detail.contains(&queue_a),
-        "{detail}"
-    );
-    assert!(
-        gateway_c.log().contains("WALCAST_RABBITMQ_QUEUE"),
-        "{}",
-        gateway_c.log()
+        log.contains("WALCAST_RABBITMQ_QUEUE")
+            && log.contains("rabbitmq.queue")
+            && log.contains(&queue_a)
+            && log.contains("queue_in_use"),
+        "{log}"
     );
 
     // Every change reaches both clients, none is taken away by C.

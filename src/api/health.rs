@@ -4,12 +4,18 @@
 //! `/healthz` answers 200 while the process serves HTTP at all. `/readyz`
 //! answers 200 only when every registered component is healthy and the
 //! API's own Postgres pool completes a round trip within a short timeout;
-//! otherwise 503, naming each unhealthy component and why.
+//! otherwise 503, naming each unhealthy component and its state.
+//!
+//! `/readyz` shows each component's [`ComponentState`], a fixed vocabulary,
+//! never error text (contract section 4): errors carry URLs, host names and
+//! server messages that are nobody's business on an open endpoint. The
+//! reason a stage gives with each report goes to the log when the state
+//! changes.
 //!
 //! The registry only holds what stages tell it; it does not probe them.
-//! Details are shown on `/readyz`: stages must keep secrets out of them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::State;
@@ -24,22 +30,74 @@ use super::{ApiState, ErrorDetail, READY_CHECK_TIMEOUT};
 /// The name `/readyz` gives its own live check of the API's pool.
 pub const API_POSTGRES: &str = "api_postgres";
 
+/// What a component is doing, as `/readyz` names it. Only `ready` and
+/// `standby` count as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentState {
+    /// Registered, not connected yet.
+    Starting,
+    /// Making its first connection.
+    Connecting,
+    /// Lost its connection; retrying with backoff.
+    Reconnecting,
+    /// Doing its job.
+    Ready,
+    /// A hot standby: another process holds the slot; healthy.
+    Standby,
+    /// The broker blocks publishing (a resource alarm).
+    Blocked,
+    /// The gateway's queue is consumed by another gateway; it retries and
+    /// takes the queue over when that one goes. The log names the fix.
+    QueueInUse,
+    /// A dependency does not answer.
+    Unavailable,
+    /// Stopped on an error a retry will not heal; the log says which.
+    Failed,
+}
+
+impl ComponentState {
+    pub fn is_healthy(self) -> bool {
+        matches!(self, ComponentState::Ready | ComponentState::Standby)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentState::Starting => "starting",
+            ComponentState::Connecting => "connecting",
+            ComponentState::Reconnecting => "reconnecting",
+            ComponentState::Ready => "ready",
+            ComponentState::Standby => "standby",
+            ComponentState::Blocked => "blocked",
+            ComponentState::QueueInUse => "queue_in_use",
+            ComponentState::Unavailable => "unavailable",
+            ComponentState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The state of one component as last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ComponentHealth {
     #[schema(example = "rabbitmq")]
     pub name: String,
     pub healthy: bool,
-    /// What the component last said about itself.
-    #[schema(example = "connected to 127.0.0.1:5672")]
-    pub detail: String,
+    /// What the component is doing; why goes to the log, never here.
+    #[schema(example = "ready")]
+    pub state: ComponentState,
 }
 
 /// A shared registry of component health, e.g. `"postgres"`, `"rabbitmq"`,
 /// `"slot_stream"`. Cheap to clone; every clone is the same registry.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    components: Arc<Mutex<BTreeMap<&'static str, (bool, String)>>>,
+    components: Arc<Mutex<BTreeMap<&'static str, ComponentState>>>,
 }
 
 impl Health {
@@ -47,19 +105,28 @@ impl Health {
         Health::default()
     }
 
-    /// Records a component's state. A component, once set, counts for
-    /// readiness until [`Health::remove`]d. Changes of `healthy` are
-    /// logged; repeated reports are not. A component's first report, when
-    /// it is not healthy yet, is a start, not a fault: logged at info.
-    pub fn set(&self, component: &'static str, healthy: bool, detail: impl Into<String>) {
-        let detail = detail.into();
-        let previous = self.lock().insert(component, (healthy, detail.clone()));
-        match (previous, healthy) {
-            (Some((was_healthy, _)), _) if was_healthy == healthy => {}
-            (_, true) => tracing::info!(component, detail = %detail, "component healthy"),
-            (None, false) => tracing::info!(component, detail = %detail, "component starting"),
+    /// Records a component's state; `reason` (which may hold error text)
+    /// is logged when the state changes and is never shown on `/readyz`.
+    /// A component, once set, counts for readiness until
+    /// [`Health::remove`]d. Repeated reports of the same state are not
+    /// logged. A component's first report, when it is not healthy yet, is a
+    /// start, not a fault: logged at info.
+    pub fn set(&self, component: &'static str, state: ComponentState, reason: impl fmt::Display) {
+        let previous = self.lock().insert(component, state);
+        let state_name = state.as_str();
+        match (previous, state.is_healthy()) {
+            (Some(was), _) if was == state => {}
+            (_, true) => {
+                tracing::info!(component, state = state_name, %reason, "component healthy")
+            }
+            (None, false) => {
+                tracing::info!(component, state = state_name, %reason, "component starting")
+            }
+            (Some(was), false) if !was.is_healthy() => {
+                tracing::info!(component, state = state_name, %reason, "component still not ready")
+            }
             (Some(_), false) => {
-                tracing::warn!(component, detail = %detail, "component unhealthy")
+                tracing::warn!(component, state = state_name, %reason, "component unhealthy")
             }
         }
     }
@@ -73,20 +140,20 @@ impl Health {
     pub fn components(&self) -> Vec<ComponentHealth> {
         self.lock()
             .iter()
-            .map(|(name, (healthy, detail))| ComponentHealth {
+            .map(|(name, state)| ComponentHealth {
                 name: (*name).to_owned(),
-                healthy: *healthy,
-                detail: detail.clone(),
+                healthy: state.is_healthy(),
+                state: *state,
             })
             .collect()
     }
 
     /// Whether every registered component is healthy (true when none is).
     pub fn all_healthy(&self) -> bool {
-        self.lock().values().all(|(healthy, _)| *healthy)
+        self.lock().values().all(|state| state.is_healthy())
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, (bool, String)>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, ComponentState>> {
         // A panic while holding this lock cannot leave the map half
         // updated (single inserts/removes), so a poisoned lock is usable.
         self.components
@@ -111,7 +178,8 @@ pub struct Readiness {
     /// Every component, the API's own `api_postgres` check included.
     pub components: Vec<ComponentHealth>,
     /// Present when not ready (code `not_ready`), naming the unhealthy
-    /// components; the same shape as every other error.
+    /// components and their states (never error text); the same shape as
+    /// every other error.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub error: Option<ErrorDetail>,
@@ -138,7 +206,7 @@ pub async fn healthz() -> Json<Liveness> {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "Not ready; `error.message` names the unhealthy components", body = Readiness),
+        (status = 503, description = "Not ready; `error.message` names the unhealthy components and their states (the reasons are in the log)", body = Readiness),
     )
 )]
 pub async fn readyz(State(state): State<ApiState>) -> Response {
@@ -155,7 +223,7 @@ pub fn readiness(mut components: Vec<ComponentHealth>) -> Response {
     let unhealthy: Vec<String> = components
         .iter()
         .filter(|c| !c.healthy)
-        .map(|c| format!("{}: {}", c.name, c.detail))
+        .map(|c| format!("{} ({})", c.name, c.state))
         .collect();
     if unhealthy.is_empty() {
         let body = Readiness {
@@ -170,39 +238,39 @@ pub fn readiness(mut components: Vec<ComponentHealth>) -> Response {
         components,
         error: Some(ErrorDetail {
             code: "not_ready".to_owned(),
-            message: unhealthy.join("; "),
+            message: format!("not ready: {}", unhealthy.join(", ")),
             field: None,
         }),
     };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// One round trip on a pooled connection. The detail says what kind of
-/// failure it was, not the server's message (that goes to the log).
+/// One round trip on a pooled connection; a failure is `unavailable` on
+/// `/readyz`, and the error goes to the log.
 async fn check_pool(state: &ApiState) -> ComponentHealth {
     let probe = async {
         let client = state.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok::<(), super::ApiError>(())
     };
-    let (healthy, detail) = match tokio::time::timeout(READY_CHECK_TIMEOUT, probe).await {
-        Ok(Ok(())) => (true, "ok".to_owned()),
+    let state = match tokio::time::timeout(READY_CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => ComponentState::Ready,
         Ok(Err(error)) => {
             tracing::warn!(error = ?error, "readiness: api postgres pool check failed");
-            (false, "cannot query postgres".to_owned())
+            ComponentState::Unavailable
         }
-        Err(_) => (
-            false,
-            format!(
-                "no answer from postgres within {} ms",
-                READY_CHECK_TIMEOUT.as_millis()
-            ),
-        ),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READY_CHECK_TIMEOUT.as_millis() as u64,
+                "readiness: no answer from postgres in time"
+            );
+            ComponentState::Unavailable
+        }
     };
     ComponentHealth {
         name: API_POSTGRES.to_owned(),
-        healthy,
-        detail,
+        healthy: state.is_healthy(),
+        state,
     }
 }
 
@@ -215,10 +283,18 @@ mod tests {
         let health = Health::new();
         assert!(health.all_healthy());
         let stage = health.clone();
-        stage.set("rabbitmq", false, "connection refused");
+        stage.set(
+            "rabbitmq",
+            ComponentState::Reconnecting,
+            "connection refused",
+        );
         assert!(!health.all_healthy());
-        stage.set("rabbitmq", true, "connected");
-        stage.set("postgres", true, "streaming");
+        stage.set("rabbitmq", ComponentState::Ready, "connected");
+        stage.set(
+            "postgres",
+            ComponentState::Standby,
+            "another process owns the slot",
+        );
         assert!(health.all_healthy());
         assert_eq!(
             health.components(),
@@ -226,17 +302,58 @@ mod tests {
                 ComponentHealth {
                     name: "postgres".into(),
                     healthy: true,
-                    detail: "streaming".into()
+                    state: ComponentState::Standby,
                 },
                 ComponentHealth {
                     name: "rabbitmq".into(),
                     healthy: true,
-                    detail: "connected".into()
+                    state: ComponentState::Ready,
                 },
             ]
         );
-        stage.set("slot_stream", false, "lagging");
+        stage.set("slot_stream", ComponentState::Failed, "lagging");
         stage.remove("slot_stream");
         assert!(health.all_healthy());
+    }
+
+    #[test]
+    fn readyz_names_states_and_never_the_reasons() {
+        let health = Health::new();
+        health.set(
+            "rabbitmq",
+            ComponentState::Reconnecting,
+            "connection to amqp://walcast:s3cret@10.1.2.3:5672 refused: internal error xyz",
+        );
+        health.set(
+            "capture",
+            ComponentState::Standby,
+            "another process owns the slot",
+        );
+        let components = health.components();
+        let body = serde_json::to_string(&components).unwrap();
+        assert!(!body.contains("s3cret") && !body.contains("xyz"), "{body}");
+        assert_eq!(
+            serde_json::to_value(&components).unwrap(),
+            serde_json::json!([
+                {"name": "capture", "healthy": true, "state": "standby"},
+                {"name": "rabbitmq", "healthy": false, "state": "reconnecting"},
+            ])
+        );
+        for state in [
+            ComponentState::Starting,
+            ComponentState::Connecting,
+            ComponentState::Reconnecting,
+            ComponentState::Ready,
+            ComponentState::Standby,
+            ComponentState::Blocked,
+            ComponentState::QueueInUse,
+            ComponentState::Unavailable,
+            ComponentState::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::Value::String(state.as_str().into())
+            );
+        }
     }
 }

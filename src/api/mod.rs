@@ -40,7 +40,7 @@ use crate::config::Config;
 
 pub use auth::{AuthError, Authenticator};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use health::{healthz, readiness, ComponentHealth, Health};
+pub use health::{healthz, readiness, ComponentHealth, ComponentState, Health};
 pub use openapi::ApiDoc;
 pub use orders::{Order, OrderList, OrderStatus, MAX_NAME_CHARS};
 pub use stats::{RequestKey, RequestStats, RouteStats};

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::health::{ComponentHealth, Liveness, Readiness};
+use super::health::{ComponentHealth, ComponentState, Liveness, Readiness};
 use super::orders::{Order, OrderInput, OrderList, OrderPatch, OrderStatus};
 use super::{ErrorBody, ErrorDetail};
 
@@ -52,6 +52,7 @@ use super::{ErrorBody, ErrorDetail};
         Liveness,
         Readiness,
         ComponentHealth,
+        ComponentState,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -1,0 +1,221 @@
+//! `walcast run` guards an operator relies on: it refuses to serve
+//! anonymous writes and change streams on a non-loopback address unless
+//! told so explicitly (`auth.allow_anonymous`), and `/readyz` names each
+//! component's state without ever showing an error's text (contract
+//! section 4), which goes to the log instead.
+//!
+//! The real binary, real PostgreSQL where one is needed.
+
+#[path = "support/pgtest.rs"]
+mod pgtest;
+#[path = "support/stack.rs"]
+mod stack;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `walcast run` with `args`, stderr collected.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>) {
+    let mut command: Command = pgtest::walcast_command();
+    command
+        .arg("run")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("WALCAST_AUTH_ALLOW_ANONYMOUS")
+        .env_remove("WALCAST_AUTH_ENABLED")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn walcast run");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
+}
+
+/// Waits until `GET /healthz` on 127.0.0.1:`port` answers 200.
+async fn wait_healthz(port: u16, child: &mut Child, log: &Mutex<String>) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "walcast exited with {status} instead of serving:\n{}",
+                log.lock().unwrap()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "walcast did not serve /healthz on {port}:\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let _ = tokio::time::timeout(TIMEOUT, child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_listener_with_auth_off_is_refused_unless_allowed_explicitly() {
+    let pg = pgtest::pg_url();
+    // Refused: exit status 1 and the fix in the message, before serving.
+    let (mut child, log) = spawn(
+        &[
+            "--role",
+            "api",
+            "--database-url",
+            &pg,
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    let status = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "walcast started on 0.0.0.0 with auth off:\n{}",
+                log.lock().unwrap()
+            )
+        })
+        .unwrap();
+    // Let the reader take the last lines.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("http.listen is 0.0.0.0:0")
+            && text.contains("auth.allow_anonymous = true")
+            && text.contains("WALCAST_AUTH_ALLOW_ANONYMOUS=true"),
+        "{text}"
+    );
+
+    // Allowed explicitly: it serves, on every interface.
+    let port = stack::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let (mut child, log) = spawn(
+        &["--role", "api", "--database-url", &pg, "--listen", &listen],
+        &[("WALCAST_AUTH_ALLOW_ANONYMOUS", "true")],
+    );
+    wait_healthz(port, &mut child, &log).await;
+    stop(child).await;
+
+    // Loopback needs nothing.
+    let port = stack::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut child, log) = spawn(
+        &["--role", "api", "--database-url", &pg, "--listen", &listen],
+        &[],
+    );
+    wait_healthz(port, &mut child, &log).await;
+    stop(child).await;
+
+    // Auth on is enough too.
+    let port = stack::free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let (mut child, log) = spawn(
+        &["--role", "api", "--database-url", &pg, "--listen", &listen],
+        &[
+            ("WALCAST_AUTH_ENABLED", "true"),
+            ("WALCAST_AUTH_TOKENS", "a-token-of-sixteen-chars"),
+        ],
+    );
+    wait_healthz(port, &mut child, &log).await;
+    stop(child).await;
+}
+
+/// A capture whose Postgres is unreachable: `/readyz` says `reconnecting`
+/// and nothing of the error (host, port, password, the OS's message); the
+/// log has the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_states_and_never_an_error_text() {
+    let port = stack::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // Nothing listens on port 1.
+    let database_url = "postgres://walcast:s3cret-pw@127.0.0.1:1/nowhere";
+    let (mut child, log) = spawn(
+        &[
+            "--role",
+            "capture",
+            "--database-url",
+            database_url,
+            "--listen",
+            &listen,
+        ],
+        &[("WALCAST_POSTGRES_MAX_BACKOFF_MS", "1000")],
+    );
+    wait_healthz(port, &mut child, &log).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let body = loop {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        if body["components"][0]["state"] == "reconnecting" {
+            assert_eq!(status, 503, "{text}");
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "capture never reported reconnecting: {text}\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!({
+            "status": "not_ready",
+            "components": [{"name": "capture", "healthy": false, "state": "reconnecting"}],
+            "error": {"code": "not_ready", "message": "not ready: capture (reconnecting)"}
+        })
+    );
+    for leak in [
+        "s3cret",
+        "127.0.0.1:1",
+        "nowhere",
+        "refused",
+        "os error",
+        "unreachable",
+    ] {
+        assert!(!body.contains(leak), "/readyz shows {leak:?}: {body}");
+    }
+    // The reason is in the log.
+    let text = log.lock().unwrap().clone();
+    assert!(
+        text.contains("postgres unreachable") && text.contains("reconnecting"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    stop(child).await;
+}
