@@ -2,7 +2,8 @@
 //! (`rabbitmq.max_event_bytes`) and a broker whose `max_message_size` is
 //! lower (406 PRECONDITION_FAILED). Either way the event goes out as the
 //! contract's `oversize` stub, the position behind it becomes durable, and
-//! later changes flow; nothing is republished in a loop.
+//! later changes flow; nothing is republished in a loop. Also the byte
+//! side of the publish window (`rabbitmq.publish_window_bytes`).
 //!
 //! Real brokers: the shared one for walcast's own limit, a private node
 //! (`support/rabbit_node.rs`) with a small `max_message_size` for the 406;
@@ -19,6 +20,8 @@ mod rabbit_node;
 mod sio;
 #[path = "support/stack.rs"]
 mod stack;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use std::time::Duration;
 use publisher_fixtures::*;
 use rabbit_node::{NodeOptions, RabbitNode};
 use serde_json::{json, Value};
+use tcp_proxy::TcpProxy;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use walcast::capture::Sink;
@@ -385,5 +389,87 @@ async fn a_row_over_the_limit_reaches_queue_and_socket_as_oversize_and_the_slot_
     );
     client.close().await;
     walcast.stop().await;
+    queue.delete().await;
+}
+
+/// While the broker is unreachable, unconfirmed bytes stop `send` long
+/// before the message count does; an event larger than the whole byte
+/// window still goes, alone, once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_bounds_unconfirmed_bytes_and_lets_a_larger_event_go_alone() {
+    init_tracing();
+    let url = shared_amqp_url();
+    let proxy = TcpProxy::start(shared_amqp_addr()).await;
+    let exchange = unique("bytewindow");
+    let queue = BoundQueue::declare(&url, &exchange, &unique("bytewindow.q")).await;
+    let mut config = config(&via_port(&url, proxy.port()), &exchange, 1024, 500);
+    config.publish_window_bytes = 65_536;
+    let mut publisher = timeout(
+        Duration::from_secs(30),
+        Publisher::connect(&config, CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    proxy.cut();
+    // Six 10 KiB events fit in 64 KiB; the seventh does not, although
+    // the count window has 1,018 places left.
+    let size = encode(&big_event(0, 0, 10 * 1024)).body.len();
+    let fit = 65_536 / size;
+    assert_eq!(fit, 6);
+    for ordinal in 0..fit as u32 {
+        timeout(
+            Duration::from_secs(5),
+            publisher.send(big_event(0, ordinal, 10 * 1024)),
+        )
+        .await
+        .expect("a send within the byte window does not wait")
+        .unwrap();
+    }
+    publisher.end_transaction(end_lsn(0)).await.unwrap();
+    let blocked = timeout(
+        Duration::from_secs(2),
+        publisher.send(big_event(1, 0, 10 * 1024)),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a send past the byte window completed while the broker was unreachable"
+    );
+    assert_eq!(publisher.unconfirmed(), fit as u64);
+
+    proxy.resume();
+    timeout(
+        Duration::from_secs(30),
+        publisher.send(big_event(1, 0, 10 * 1024)),
+    )
+    .await
+    .expect("send resumes once the broker confirms")
+    .unwrap();
+    publisher.end_transaction(end_lsn(1)).await.unwrap();
+    // 200 KiB, over the whole byte window (and under max_event_bytes).
+    let huge = big_event(2, 0, 200 * 1024);
+    timeout(Duration::from_secs(30), publisher.send(huge.clone()))
+        .await
+        .expect("an event larger than the byte window goes alone")
+        .unwrap();
+    publisher.end_transaction(end_lsn(2)).await.unwrap();
+    let drained = timeout(Duration::from_secs(30), publisher.drain())
+        .await
+        .expect("drain within 30 s")
+        .unwrap();
+    assert_eq!(drained, Some(end_lsn(2)));
+    // Republishes after the cut may repeat messages; the huge one is last.
+    let huge_id = huge.id.to_string();
+    let deliveries = queue
+        .read_until(Duration::from_secs(10), |d| {
+            d.last().is_some_and(|last| message_id(last) == huge_id)
+        })
+        .await;
+    let last = deliveries.last().expect("deliveries");
+    assert_eq!(message_id(last), huge.id.to_string());
+    assert_eq!(last.data, huge.to_json(), "published whole, not as a stub");
+    publisher.close().await;
     queue.delete().await;
 }
