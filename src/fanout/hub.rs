@@ -26,16 +26,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{SendError, SocketError};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::FanoutConfig;
 use crate::event::EventId;
 
 use super::change::Change;
+use super::emit::{Emit, EmitError};
 use super::handshake::StartAt;
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
@@ -168,7 +167,7 @@ struct State {
 }
 
 struct Client {
-    socket: SocketRef,
+    socket: Arc<dyn Emit>,
     subs: Subscriptions,
     phase: Phase,
     /// The hand-off filter: changes this snapshot sees are not sent. Dropped
@@ -193,12 +192,6 @@ enum Phase {
     CatchingUp {
         cursor: Option<EventId>,
     },
-}
-
-/// Why an emit did not reach a socket's queue.
-enum EmitFailure {
-    Full,
-    Closed,
 }
 
 /// One batch of a replay.
@@ -404,16 +397,16 @@ impl Hub {
                 {
                     continue;
                 }
-                match emit_change(&client.socket, &change) {
+                match emit_change(&*client.socket, &change) {
                     Ok(()) => emitted += 1,
-                    Err(EmitFailure::Full) => slow.push(*sid),
-                    Err(EmitFailure::Closed) => gone.push(*sid),
+                    Err(EmitError::Full) => slow.push(*sid),
+                    Err(EmitError::Closed) => gone.push(*sid),
                 }
             }
             for sid in gone {
                 state.detach(sid, stats);
             }
-            let slow_sockets: Vec<SocketRef> = slow
+            let slow_sockets: Vec<Arc<dyn Emit>> = slow
                 .iter()
                 .filter_map(|sid| state.detach(*sid, stats))
                 .collect();
@@ -451,8 +444,8 @@ impl Hub {
     /// batch that reaches the newest held change flips it to live, still
     /// under the lock. Changes evicted before the replay reached them turn
     /// into a `resync` ("replay_overrun").
-    pub fn attach(&self, socket: SocketRef, start: StartAt) {
-        let sid = socket.id;
+    pub(crate) fn attach(&self, socket: Arc<dyn Emit>, start: StartAt) {
+        let sid = socket.sid();
         let stats = &self.inner.stats;
         let catching_up = {
             let mut guard = self.lock();
@@ -473,14 +466,14 @@ impl Hub {
                         };
                         client.floor = Some(since);
                     }
-                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
                 StartAt::Snapshot(snapshot) => match state.buffer.check_snapshot(&snapshot) {
                     Ok(cursor) => {
                         client.phase = Phase::CatchingUp { cursor };
                         client.snapshot = Some(snapshot);
                     }
-                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
             }
             let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
@@ -537,7 +530,7 @@ impl Hub {
 
     /// Disconnects every attached socket (a clean Socket.IO disconnect).
     pub fn disconnect_all(&self) {
-        let sockets: Vec<SocketRef> = {
+        let sockets: Vec<Arc<dyn Emit>> = {
             let state = self.lock();
             state.clients.values().map(|c| c.socket.clone()).collect()
         };
@@ -598,7 +591,7 @@ impl Hub {
             client.phase = Phase::Live;
             client.snapshot = None;
             send_resync(
-                &client.socket,
+                &*client.socket,
                 ResyncReason::ReplayOverrun,
                 state.buffer.latest_id(),
                 stats,
@@ -616,15 +609,15 @@ impl Hub {
             let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
                 && passes_snapshot(client, change.xid);
             if wanted {
-                match emit_change(&client.socket, change) {
+                match emit_change(&*client.socket, change) {
                     Ok(()) => emitted += 1,
-                    Err(EmitFailure::Full) => {
+                    Err(EmitError::Full) => {
                         outcome = Step::Full {
                             progressed: cursor != start,
                         };
                         break;
                     }
-                    Err(EmitFailure::Closed) => {
+                    Err(EmitError::Closed) => {
                         outcome = Step::Gone;
                         break;
                     }
@@ -643,10 +636,10 @@ impl Hub {
         outcome
     }
 
-    fn disconnect_slow(&self, socket: SocketRef, during: &'static str) {
+    fn disconnect_slow(&self, socket: Arc<dyn Emit>, during: &'static str) {
         self.inner.stats.record_slow_disconnect();
         warn!(
-            sid = %socket.id,
+            sid = %socket.sid(),
             during,
             socket_buffer = self.inner.options.socket_buffer,
             "socket too slow: its send buffer is full; disconnecting it (it reconnects with since and loses nothing)"
@@ -654,9 +647,9 @@ impl Hub {
         // The disconnect packet needs a free slot too. Until the client
         // reads, keep trying; a client that never reads again is closed by
         // the heartbeat, whose ping finds the queue full.
-        match socket.clone().disconnect() {
-            Ok(()) | Err(SocketError::Closed) => {}
-            Err(SocketError::InternalChannelFull) => {
+        match socket.disconnect() {
+            Ok(()) | Err(EmitError::Closed) => {}
+            Err(EmitError::Full) => {
                 let shutdown = self.inner.shutdown.clone();
                 tokio::spawn(async move {
                     let mut delay = Duration::from_millis(10);
@@ -669,11 +662,11 @@ impl Hub {
                         if !socket.connected() {
                             return;
                         }
-                        match socket.clone().disconnect() {
-                            Err(SocketError::InternalChannelFull) => {
+                        match socket.disconnect() {
+                            Err(EmitError::Full) => {
                                 delay = (delay * 2).min(Duration::from_secs(1));
                             }
-                            Ok(()) | Err(SocketError::Closed) => return,
+                            Ok(()) | Err(EmitError::Closed) => return,
                         }
                     }
                 });
@@ -685,7 +678,7 @@ impl Hub {
 impl State {
     /// Removes a socket from the registry and the index; returns it if it
     /// was attached.
-    fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<SocketRef> {
+    fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<Arc<dyn Emit>> {
         let client = self.clients.remove(&sid)?;
         self.index.remove_socket(sid, &client.subs);
         stats.set_connected_sockets(self.clients.len());
@@ -721,34 +714,24 @@ fn passes_snapshot(client: &mut Client, xid: u32) -> bool {
     }
 }
 
-fn emit_change(socket: &SocketRef, change: &Change) -> Result<(), EmitFailure> {
-    // `&RawValue` serializes as its text: the payload is the body as received.
-    match socket.emit("change", &*change.raw) {
-        Ok(()) => Ok(()),
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(EmitFailure::Full),
-        Err(SendError::Socket(SocketError::Closed)) => Err(EmitFailure::Closed),
-        Err(SendError::Serialize(e)) => {
-            // Cannot happen for a RawValue; never let it pass silently.
-            error!(id = %change.id, error = %e, "cannot encode change for socket.io; closing the socket");
-            Err(EmitFailure::Closed)
-        }
-    }
+fn emit_change(socket: &dyn Emit, change: &Change) -> Result<(), EmitError> {
+    socket.emit_change(&change.raw)
 }
 
 fn send_resync(
-    socket: &SocketRef,
+    socket: &dyn Emit,
     reason: ResyncReason,
     latest_id: Option<EventId>,
     stats: &FanoutStats,
 ) {
     stats.record_resync();
-    info!(sid = %socket.id, reason = reason.as_str(), "sending resync");
+    info!(sid = %socket.sid(), reason = reason.as_str(), "sending resync");
     let payload = json!({
         "reason": reason.as_str(),
         "latest_id": latest_id.map(|id| id.to_string()),
     });
-    if let Err(e) = socket.emit("resync", &payload) {
-        warn!(sid = %socket.id, error = %e, "cannot send resync");
+    if let Err(e) = socket.emit_resync(&payload) {
+        warn!(sid = %socket.sid(), error = ?e, "cannot send resync");
     }
 }
 
@@ -762,6 +745,150 @@ mod tests {
             commit_lsn: Lsn(n),
             ordinal: 0,
         }
+    }
+
+    use crate::fanout::emit::test_socket::{Sent, TestSocket};
+
+    /// A change event `n` (commit LSN `n`) on `public.<table>`, row `key`
+    /// (`None`: a truncate), transaction `xid`.
+    pub(super) fn change(n: u64, table: &str, key: Option<i64>, xid: u32) -> Change {
+        let body = serde_json::json!({
+            "id": id(n).to_string(),
+            "op": if key.is_some() { "insert" } else { "truncate" },
+            "schema": "public",
+            "table": table,
+            "key": key.map(|k| serde_json::json!({"id": k})),
+            "new": key.map(|k| serde_json::json!({"id": k, "note": "x".repeat(16)})),
+            "old": null,
+            "xid": xid,
+        });
+        Change::parse(body.to_string().into_bytes()).unwrap()
+    }
+
+    pub(super) fn hub_with(options: HubOptions) -> Hub {
+        Hub::new(options, CancellationToken::new())
+    }
+
+    fn hub() -> Hub {
+        hub_with(HubOptions {
+            replay_buffer: 100,
+            ..HubOptions::default()
+        })
+    }
+
+    fn attach(hub: &Hub, room: usize, start: StartAt) -> TestSocket {
+        let socket = TestSocket::new(room);
+        hub.attach(Arc::new(socket.clone()), start);
+        socket
+    }
+
+    #[test]
+    fn deliver_reaches_every_attached_socket_in_order() {
+        let hub = hub();
+        let a = attach(&hub, 100, StartAt::Live);
+        let b = attach(&hub, 100, StartAt::Live);
+        for n in 1..=3 {
+            assert_eq!(
+                hub.deliver(change(n, "orders", Some(n as i64), 10))
+                    .unwrap(),
+                Delivered::Fanned { sockets: 2 }
+            );
+        }
+        assert_eq!(
+            hub.deliver(change(2, "orders", Some(2), 10)).unwrap(),
+            Delivered::Duplicate
+        );
+        let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
+        assert_eq!(a.change_ids(), ids);
+        assert_eq!(b.change_ids(), ids);
+    }
+
+    #[test]
+    fn since_replays_what_is_held_then_goes_live_without_a_seam() {
+        let hub = hub();
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 100, StartAt::Since(id(2)));
+        hub.deliver(change(6, "orders", Some(1), 10)).unwrap();
+        let ids: Vec<String> = (3..=6).map(|n| id(n).to_string()).collect();
+        assert_eq!(socket.change_ids(), ids);
+    }
+
+    #[test]
+    fn a_since_older_than_the_history_gets_resync() {
+        let hub = hub_with(HubOptions {
+            replay_buffer: 2,
+            ..HubOptions::default()
+        });
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 100, StartAt::Since(id(1)));
+        let sent = socket.sent();
+        assert!(
+            matches!(&sent[0], Sent::Resync(v) if v["reason"] == "since_too_old"),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_queue_is_full_is_detached_and_disconnected() {
+        let hub = hub();
+        let slow = attach(&hub, 1, StartAt::Live);
+        let fast = attach(&hub, 100, StartAt::Live);
+        hub.deliver(change(1, "orders", Some(1), 10)).unwrap();
+        // No room left in `slow`: detached, then its disconnect waits for
+        // room, which the test gives it.
+        hub.deliver(change(2, "orders", Some(1), 10)).unwrap();
+        assert_eq!(hub.stats().snapshot().slow_disconnects, 1);
+        assert_eq!(hub.stats().snapshot().connected_sockets, 1);
+        assert_eq!(fast.change_ids().len(), 2);
+        assert_eq!(slow.change_ids(), vec![id(1).to_string()]);
+        assert_eq!(slow.drain(1).len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while slow.sent() != vec![Sent::Disconnect] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the disconnect goes out once there is room");
+    }
+
+    #[test]
+    fn a_closed_socket_is_forgotten_on_the_next_change() {
+        let hub = hub();
+        let gone = attach(&hub, 100, StartAt::Live);
+        gone.close();
+        assert_eq!(
+            hub.deliver(change(1, "orders", Some(1), 10)).unwrap(),
+            Delivered::Fanned { sockets: 0 }
+        );
+        assert_eq!(hub.stats().snapshot().connected_sockets, 0);
+    }
+
+    #[tokio::test]
+    async fn a_long_replay_waits_for_room_and_finishes() {
+        let hub = hub();
+        for n in 1..=50 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 10, StartAt::Since(id(1)));
+        let mut got = socket.change_ids();
+        assert_eq!(got.len(), 10);
+        while got.len() < 49 {
+            socket.drain(10);
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while socket.sent().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the replay continues once there is room");
+            got.extend(socket.change_ids());
+        }
+        let want: Vec<String> = (2..=50).map(|n| id(n).to_string()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl FromConnectParts<LocalAdapter> for Attached {
             .and_then(|auth| Handshake::parse(Some(&auth)).ok())
             .map(|h| h.start)
             .unwrap_or(super::handshake::StartAt::Live);
-        hub.attach(SocketRef::from(socket.clone()), start);
+        hub.attach(Arc::new(SocketRef::from(socket.clone())), start);
         Ok(Attached)
     }
 }

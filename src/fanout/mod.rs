@@ -99,6 +99,7 @@
 //! listener or build the HTTP API.
 
 mod change;
+mod emit;
 mod handshake;
 mod hub;
 mod layer;
@@ -109,11 +110,9 @@ mod stats;
 mod subscription;
 
 pub use change::{Change, EventHeader, MalformedChange};
-pub use handshake::{Handshake, HandshakeError, StartAt};
 pub use hub::{AuthRequest, Authorizer, DeliverError, Delivered, Hub, HubOptions};
 pub use layer::{layer, router};
 pub use replay::{Horizons, ReplayBuffer, ResyncReason};
 pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};
 pub use stats::{DeliveredCount, FanoutStats, StatsSnapshot};
-pub use subscription::{canonical_json, parse_target, RowKey, Target, MAX_SUBSCRIPTIONS};
