@@ -153,6 +153,8 @@ impl RabbitConfig {
 pub const DEFAULT_REPLAY_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// The smallest byte cap: a few ordinary events.
 pub const MIN_REPLAY_MAX_BYTES: usize = 64 * 1024;
+/// 8 MiB queued per socket: 4,096 (`socket_buffer`) events of 2 KiB.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -177,6 +179,18 @@ pub struct FanoutConfig {
     /// A replay that cannot queue anything for a socket this long (in
     /// milliseconds) disconnects it as too slow.
     pub replay_stall_timeout_ms: u64,
+    /// Bytes that may be queued for one socket; past it the socket is
+    /// disconnected as too slow (it reconnects with `since`).
+    pub socket_buffer_bytes: usize,
+    /// Subscriptions one socket may hold.
+    pub max_subscriptions: usize,
+    /// Largest `key` of a subscription, in bytes of its canonical JSON.
+    pub max_key_bytes: usize,
+    /// Bytes all of one socket's subscriptions may take together.
+    pub max_subscription_bytes: usize,
+    /// Largest packet (WebSocket message, polling request body) a client
+    /// may send; a larger one closes that client's connection.
+    pub max_packet_bytes: usize,
 }
 
 impl Default for FanoutConfig {
@@ -190,6 +204,11 @@ impl Default for FanoutConfig {
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             replay_stall_timeout_ms: 10_000,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            max_subscriptions: 1024,
+            max_key_bytes: 1024,
+            max_subscription_bytes: 256 * 1024,
+            max_packet_bytes: 64 * 1024,
         }
     }
 }
@@ -224,7 +243,7 @@ impl Default for HttpConfig {
 }
 
 /// Who may write through the HTTP API and connect over Socket.IO.
-#[derive(Clone, Deserialize, PartialEq, Default)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Off by default. When on, API writes (POST, PUT, PATCH, DELETE) need
@@ -234,6 +253,29 @@ pub struct AuthConfig {
     pub tokens: Vec<String>,
     /// Shared secret for HS256 JWTs (at least 32 bytes); empty: no JWTs.
     pub jwt_secret: String,
+    /// When set, a JWT's `aud` must name it.
+    pub jwt_audience: String,
+    /// When set, a JWT's `iss` must equal it.
+    pub jwt_issuer: String,
+    /// Clock skew tolerated for a JWT's `exp` and `nbf`, in seconds; a
+    /// socket admitted with a JWT is disconnected this long after `exp`.
+    pub jwt_leeway_secs: u64,
+}
+
+/// The leeway `auth.jwt_leeway_secs` has by default.
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 60;
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            tokens: Vec::new(),
+            jwt_secret: String::new(),
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
+            jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+        }
+    }
 }
 
 /// Shortest static token and JWT secret accepted. 32 bytes for HS256 is
@@ -319,6 +361,9 @@ impl fmt::Debug for AuthConfig {
                     }
                 ),
             )
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .finish()
     }
 }
@@ -567,6 +612,31 @@ impl Config {
                 fanout.replay_stall_timeout_ms,
                 100..=3_600_000,
             ),
+            (
+                "fanout.socket_buffer_bytes",
+                fanout.socket_buffer_bytes as u64,
+                64 * 1024..=1 << 30,
+            ),
+            (
+                "fanout.max_subscriptions",
+                fanout.max_subscriptions as u64,
+                1..=100_000,
+            ),
+            (
+                "fanout.max_key_bytes",
+                fanout.max_key_bytes as u64,
+                16..=65_536,
+            ),
+            (
+                "fanout.max_subscription_bytes",
+                fanout.max_subscription_bytes as u64,
+                1024..=64 << 20,
+            ),
+            (
+                "fanout.max_packet_bytes",
+                fanout.max_packet_bytes as u64,
+                1024..=16 << 20,
+            ),
         ] {
             if !range.contains(&value) {
                 problem(
@@ -647,6 +717,23 @@ impl Config {
                     ),
                 );
             }
+        }
+        for (field, value) in [
+            ("auth.jwt_audience", &auth.jwt_audience),
+            ("auth.jwt_issuer", &auth.jwt_issuer),
+        ] {
+            if !value.is_empty() && auth.jwt_secret.is_empty() {
+                problem(
+                    field,
+                    "is set but auth.jwt_secret is empty; there are no JWTs to check it on".into(),
+                );
+            }
+        }
+        if auth.jwt_leeway_secs > 600 {
+            problem(
+                "auth.jwt_leeway_secs",
+                format!("{} is out of range 0..=600", auth.jwt_leeway_secs),
+            );
         }
         if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_LEN {
             problem(

@@ -98,6 +98,7 @@
 //! This module does not talk to RabbitMQ (`consumer`) and does not bind a
 //! listener or build the HTTP API.
 
+mod budget;
 mod change;
 mod emit;
 mod handshake;
@@ -115,4 +116,4 @@ pub use layer::{layer, router};
 pub use replay::{Horizons, ReplayBuffer, ResyncReason};
 pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};
-pub use stats::{DeliveredCount, FanoutStats, StatsSnapshot};
+pub use stats::{DeliveredCount, DisconnectReason, FanoutStats, StatsSnapshot};
