@@ -999,9 +999,15 @@ fn env_value(key: &str, value: &str) -> toml::Value {
     }
     if key.ends_with("_ms")
         || key.ends_with("_bytes")
+        || key.ends_with("_secs")
         || matches!(
             key,
-            "prefetch" | "publish_window" | "replay_buffer" | "socket_buffer" | "pool_size"
+            "prefetch"
+                | "publish_window"
+                | "replay_buffer"
+                | "socket_buffer"
+                | "pool_size"
+                | "max_subscriptions"
         )
     {
         if let Ok(n) = value.trim().parse::<i64>() {
@@ -1172,12 +1178,25 @@ mod tests {
             ("WALCAST_FANOUT_PING_TIMEOUT_MS", "4000"),
             ("WALCAST_FANOUT_REPLAY_STALL_TIMEOUT_MS", "250"),
             ("WALCAST_FANOUT_REPLAY_MAX_BYTES", "1048576"),
+            ("WALCAST_FANOUT_SOCKET_BUFFER_BYTES", "2097152"),
+            ("WALCAST_FANOUT_MAX_SUBSCRIPTIONS", "16"),
+            ("WALCAST_FANOUT_MAX_PACKET_BYTES", "4096"),
+            ("WALCAST_AUTH_JWT_LEEWAY_SECS", "5"),
         ]);
         let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
         let f = &config.fanout;
         assert_eq!(f.replay_dir, ".walcast/replay");
         assert!(f.replay_fsync);
         assert_eq!(f.replay_max_bytes, 1_048_576);
+        assert_eq!(
+            (
+                f.socket_buffer_bytes,
+                f.max_subscriptions,
+                f.max_packet_bytes
+            ),
+            (2_097_152, 16, 4096)
+        );
+        assert_eq!(config.auth.jwt_leeway_secs, 5);
         assert_eq!(
             (
                 f.ping_interval_ms,
@@ -1192,6 +1211,13 @@ mod tests {
         config.fanout.ping_timeout_ms = 10;
         config.fanout.replay_stall_timeout_ms = 0;
         config.fanout.replay_max_bytes = 1000;
+        config.fanout.socket_buffer_bytes = 1000;
+        config.fanout.max_subscriptions = 0;
+        config.fanout.max_key_bytes = 0;
+        config.fanout.max_subscription_bytes = 0;
+        config.fanout.max_packet_bytes = 64 << 20;
+        config.auth.jwt_audience = "walcast".into();
+        config.auth.jwt_leeway_secs = 3600;
         let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
         assert_eq!(
             fields,
@@ -1199,7 +1225,14 @@ mod tests {
                 "fanout.replay_max_bytes",
                 "fanout.replay_fsync",
                 "fanout.ping_timeout_ms",
-                "fanout.replay_stall_timeout_ms"
+                "fanout.replay_stall_timeout_ms",
+                "fanout.socket_buffer_bytes",
+                "fanout.max_subscriptions",
+                "fanout.max_key_bytes",
+                "fanout.max_subscription_bytes",
+                "fanout.max_packet_bytes",
+                "auth.jwt_audience",
+                "auth.jwt_leeway_secs",
             ]
         );
     }
