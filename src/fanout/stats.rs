@@ -131,8 +131,8 @@ pub struct DeliveredCount {
 impl FanoutStats {
     /// Counters whose table labels are `tables` (`schema.table` or `table`
     /// for `public.table`, as `postgres.tables`), every other table as
-    /// [`OTHER_TABLE`]; an empty list caps the labels at
-    /// [`MAX_TABLE_LABELS`] instead.
+    /// `OTHER_TABLE`; an empty list caps the labels at
+    /// `MAX_TABLE_LABELS` instead.
     pub fn for_tables(tables: &[String]) -> FanoutStats {
         let followed = (!tables.is_empty()).then(|| {
             tables
