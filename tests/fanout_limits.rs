@@ -7,7 +7,8 @@
 //!   past `fanout.max_subscription_bytes`, are answered `{ok: false}` and
 //!   change nothing.
 //! - A packet over `fanout.max_packet_bytes` closes that client's
-//!   connection; another client is unaffected.
+//!   connection (WebSocket) or session (polling: 413); another client is
+//!   unaffected.
 //! - A `truncate` reaches a socket subscribed to a row of its table.
 
 #[path = "support/sio.rs"]
@@ -147,5 +148,32 @@ async fn a_truncate_reaches_a_socket_subscribed_to_a_row_of_its_table() {
     let change: Value = serde_json::from_str(line.raw()).unwrap();
     assert_eq!(change["op"], "truncate");
     client.close().await;
+    gw.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_polling_request_closes_that_session_only() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let mut other = NodeClient::connect(&gw.url(), json!({})).await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/socket.io/?EIO=4&transport=polling", gw.url());
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let session = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let post = |body: String| http.post(&session).body(body).send();
+    assert_eq!(post("40".into()).await.unwrap().status(), 200);
+    gw.wait_sockets(2).await;
+
+    // Over the limit, below socketioxide's 100 KB default.
+    let payload = json!(["subscribe", {"table": "public.orders", "key": {"pad": "x".repeat(MAX_PACKET_BYTES)}}]);
+    let status = post(format!("42{payload}")).await.unwrap().status();
+    assert_eq!(status, 413, "an oversized polling body is refused");
+    let status = http.get(&session).send().await.unwrap().status();
+    assert_eq!(status, 400, "the session is closed");
+    gw.wait_sockets(1).await;
+
+    let body = gw.publish(&event(1, 1, "public.orders", 1, 8)).await;
+    assert_eq!(other.changes(1).await[0].as_bytes(), body.as_slice());
+    other.close().await;
     gw.teardown().await;
 }
