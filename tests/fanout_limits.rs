@@ -29,7 +29,7 @@ const MAX_SUBSCRIPTION_BYTES: usize = 256 * 1024;
 const MAX_PACKET_BYTES: usize = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_caps_answer_ok_false_and_change_nothing() {
+async fn a_key_over_max_key_bytes_is_refused_and_changes_nothing() {
     let gw = Gateway::start(GatewayOptions::default()).await;
     let mut client = NodeClient::connect(&gw.url(), json!({})).await;
     gw.wait_sockets(1).await;
@@ -41,6 +41,18 @@ async fn subscription_caps_answer_ok_false_and_change_nothing() {
         reply["error"].as_str().unwrap().contains("max_key_bytes"),
         "{reply}"
     );
+    // Still subscribed to everything.
+    let body = gw.publish(&event(1, 1, "public.items", 1, 8)).await;
+    assert_eq!(client.changes(1).await[0].as_bytes(), body.as_slice());
+    client.close().await;
+    gw.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_max_subscription_bytes_are_refused_and_change_nothing() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let mut client = NodeClient::connect(&gw.url(), json!({})).await;
+    gw.wait_sockets(1).await;
 
     // Rows of about 1 KiB each, until the per-socket total refuses one.
     let row = |n: usize| json!({"table": "public.orders", "key": {"id": n, "pad": "p".repeat(MAX_KEY_BYTES - 40)}});
