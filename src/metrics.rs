@@ -499,7 +499,7 @@ fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
         ),
         (
             "walcast_fanout_slow_disconnects_total",
-            "Sockets disconnected because their send buffer was full.",
+            "Sockets disconnected as too slow: send queue full (packets or bytes) or replay stalled.",
             stats.slow_disconnects,
         ),
         (
