@@ -172,6 +172,8 @@ impl RabbitConfig {
 pub const DEFAULT_REPLAY_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// The smallest byte cap: a few ordinary events.
 pub const MIN_REPLAY_MAX_BYTES: usize = 64 * 1024;
+/// 8 MiB queued per socket: 4,096 (`socket_buffer`) events of 2 KiB.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -196,6 +198,18 @@ pub struct FanoutConfig {
     /// A replay that cannot queue anything for a socket this long (in
     /// milliseconds) disconnects it as too slow.
     pub replay_stall_timeout_ms: u64,
+    /// Bytes that may be queued for one socket; past it the socket is
+    /// disconnected as too slow (it reconnects with `since`).
+    pub socket_buffer_bytes: usize,
+    /// Subscriptions one socket may hold.
+    pub max_subscriptions: usize,
+    /// Largest `key` of a subscription, in bytes of its canonical JSON.
+    pub max_key_bytes: usize,
+    /// Bytes all of one socket's subscriptions may take together.
+    pub max_subscription_bytes: usize,
+    /// Largest packet (WebSocket message, polling request body) a client
+    /// may send; a larger one closes that client's connection.
+    pub max_packet_bytes: usize,
 }
 
 impl Default for FanoutConfig {
@@ -209,6 +223,11 @@ impl Default for FanoutConfig {
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
             replay_stall_timeout_ms: 10_000,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            max_subscriptions: 1024,
+            max_key_bytes: 1024,
+            max_subscription_bytes: 256 * 1024,
+            max_packet_bytes: 64 * 1024,
         }
     }
 }
@@ -243,7 +262,7 @@ impl Default for HttpConfig {
 }
 
 /// Who may write through the HTTP API and connect over Socket.IO.
-#[derive(Clone, Deserialize, PartialEq, Default)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Off by default. When on, API writes (POST, PUT, PATCH, DELETE) need
@@ -257,6 +276,30 @@ pub struct AuthConfig {
     /// address unless this is true: anyone who reaches it may then write
     /// and subscribe.
     pub allow_anonymous: bool,
+    /// When set, a JWT's `aud` must name it.
+    pub jwt_audience: String,
+    /// When set, a JWT's `iss` must equal it.
+    pub jwt_issuer: String,
+    /// Clock skew tolerated for a JWT's `exp` and `nbf`, in seconds; a
+    /// socket admitted with a JWT is disconnected this long after `exp`.
+    pub jwt_leeway_secs: u64,
+}
+
+/// The leeway `auth.jwt_leeway_secs` has by default.
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 60;
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            tokens: Vec::new(),
+            jwt_secret: String::new(),
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
+            jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+            allow_anonymous: false,
+        }
+    }
 }
 
 /// Shortest static token and JWT secret accepted. 32 bytes for HS256 is
@@ -345,6 +388,9 @@ impl fmt::Debug for AuthConfig {
                 ),
             )
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .finish()
     }
 }
@@ -612,6 +658,31 @@ impl Config {
                 fanout.replay_stall_timeout_ms,
                 100..=3_600_000,
             ),
+            (
+                "fanout.socket_buffer_bytes",
+                fanout.socket_buffer_bytes as u64,
+                64 * 1024..=1 << 30,
+            ),
+            (
+                "fanout.max_subscriptions",
+                fanout.max_subscriptions as u64,
+                1..=100_000,
+            ),
+            (
+                "fanout.max_key_bytes",
+                fanout.max_key_bytes as u64,
+                16..=65_536,
+            ),
+            (
+                "fanout.max_subscription_bytes",
+                fanout.max_subscription_bytes as u64,
+                1024..=64 << 20,
+            ),
+            (
+                "fanout.max_packet_bytes",
+                fanout.max_packet_bytes as u64,
+                1024..=16 << 20,
+            ),
         ] {
             if !range.contains(&value) {
                 problem(
@@ -692,6 +763,23 @@ impl Config {
                     ),
                 );
             }
+        }
+        for (field, value) in [
+            ("auth.jwt_audience", &auth.jwt_audience),
+            ("auth.jwt_issuer", &auth.jwt_issuer),
+        ] {
+            if !value.is_empty() && auth.jwt_secret.is_empty() {
+                problem(
+                    field,
+                    "is set but auth.jwt_secret is empty; there are no JWTs to check it on".into(),
+                );
+            }
+        }
+        if auth.jwt_leeway_secs > 600 {
+            problem(
+                "auth.jwt_leeway_secs",
+                format!("{} is out of range 0..=600", auth.jwt_leeway_secs),
+            );
         }
         if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_LEN {
             problem(
@@ -957,9 +1045,15 @@ fn env_value(key: &str, value: &str) -> toml::Value {
     }
     if key.ends_with("_ms")
         || key.ends_with("_bytes")
+        || key.ends_with("_secs")
         || matches!(
             key,
-            "prefetch" | "publish_window" | "replay_buffer" | "socket_buffer" | "pool_size"
+            "prefetch"
+                | "publish_window"
+                | "replay_buffer"
+                | "socket_buffer"
+                | "pool_size"
+                | "max_subscriptions"
         )
     {
         if let Ok(n) = value.trim().parse::<i64>() {
@@ -1130,12 +1224,25 @@ mod tests {
             ("WALCAST_FANOUT_PING_TIMEOUT_MS", "4000"),
             ("WALCAST_FANOUT_REPLAY_STALL_TIMEOUT_MS", "250"),
             ("WALCAST_FANOUT_REPLAY_MAX_BYTES", "1048576"),
+            ("WALCAST_FANOUT_SOCKET_BUFFER_BYTES", "2097152"),
+            ("WALCAST_FANOUT_MAX_SUBSCRIPTIONS", "16"),
+            ("WALCAST_FANOUT_MAX_PACKET_BYTES", "4096"),
+            ("WALCAST_AUTH_JWT_LEEWAY_SECS", "5"),
         ]);
         let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
         let f = &config.fanout;
         assert_eq!(f.replay_dir, ".walcast/replay");
         assert!(f.replay_fsync);
         assert_eq!(f.replay_max_bytes, 1_048_576);
+        assert_eq!(
+            (
+                f.socket_buffer_bytes,
+                f.max_subscriptions,
+                f.max_packet_bytes
+            ),
+            (2_097_152, 16, 4096)
+        );
+        assert_eq!(config.auth.jwt_leeway_secs, 5);
         assert_eq!(
             (
                 f.ping_interval_ms,
@@ -1150,6 +1257,13 @@ mod tests {
         config.fanout.ping_timeout_ms = 10;
         config.fanout.replay_stall_timeout_ms = 0;
         config.fanout.replay_max_bytes = 1000;
+        config.fanout.socket_buffer_bytes = 1000;
+        config.fanout.max_subscriptions = 0;
+        config.fanout.max_key_bytes = 0;
+        config.fanout.max_subscription_bytes = 0;
+        config.fanout.max_packet_bytes = 64 << 20;
+        config.auth.jwt_audience = "walcast".into();
+        config.auth.jwt_leeway_secs = 3600;
         let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
         assert_eq!(
             fields,
@@ -1157,7 +1271,14 @@ mod tests {
                 "fanout.replay_max_bytes",
                 "fanout.replay_fsync",
                 "fanout.ping_timeout_ms",
-                "fanout.replay_stall_timeout_ms"
+                "fanout.replay_stall_timeout_ms",
+                "fanout.socket_buffer_bytes",
+                "fanout.max_subscriptions",
+                "fanout.max_key_bytes",
+                "fanout.max_subscription_bytes",
+                "fanout.max_packet_bytes",
+                "auth.jwt_audience",
+                "auth.jwt_leeway_secs",
             ]
         );
     }

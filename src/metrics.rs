@@ -193,6 +193,7 @@ impl Metrics {
     ///   `walcast_consumer_consuming`,
     ///   `walcast_fanout_delivered_total{table,op}`,
     ///   `walcast_fanout_{duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
+    ///   `walcast_fanout_disconnects_total{reason}`,
     ///   `walcast_fanout_connected_sockets`,
     ///   `walcast_fanout_replay_buffer_{events,bytes}`;
     /// - api: `walcast_http_requests_total{method,route,status}`,
@@ -506,7 +507,7 @@ fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
         ),
         (
             "walcast_fanout_slow_disconnects_total",
-            "Sockets disconnected because their send buffer was full.",
+            "Sockets disconnected as too slow: send queue full (packets or bytes) or replay stalled.",
             stats.slow_disconnects,
         ),
         (
@@ -521,6 +522,15 @@ fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
         ),
     ] {
         out.counter(name, help, value);
+    }
+    let disconnects = "walcast_fanout_disconnects_total";
+    out.family(
+        disconnects,
+        Kind::Counter,
+        "Sockets the gateway disconnected, by reason (queue_full, queue_bytes, replay_stall, token_expired).",
+    );
+    for (reason, count) in fanout.disconnects() {
+        out.sample(disconnects, &[("reason", reason.as_str())], count);
     }
     out.gauge(
         "walcast_fanout_connected_sockets",

@@ -196,3 +196,131 @@ async fn socket_handshakes_need_a_valid_token_and_tokens_stay_out_of_the_log() {
         .delete(&spec.queue)
         .await;
 }
+
+fn jwt_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// With `auth.jwt_audience` and `auth.jwt_issuer` set, a JWT naming
+/// another audience or issuer is refused by the HTTP API (401) and the
+/// Socket.IO handshake (`connect_error`) alike; a socket admitted with a
+/// JWT is disconnected when the token expires (leeway 0 here), while one
+/// admitted with a static token stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_audience_issuer_and_expiry_are_enforced() {
+    let db = TestDb::create("sockjwt").await;
+    let exchange = unique("sockjwt");
+    let spec = RunSpec {
+        amqp_url: shared_amqp_url(),
+        queue: format!("{exchange}.gateway"),
+        exchange,
+        port: free_port(),
+        roles: "capture,gateway,api",
+        replay_dir: None,
+    };
+    let walcast = Walcast::start_with_env(
+        &db,
+        &spec,
+        &[
+            ("WALCAST_AUTH_ENABLED", "true"),
+            ("WALCAST_AUTH_TOKENS", TOKEN),
+            ("WALCAST_AUTH_JWT_SECRET", SECRET),
+            ("WALCAST_AUTH_JWT_AUDIENCE", "walcast-test"),
+            ("WALCAST_AUTH_JWT_ISSUER", "https://id.example.test"),
+            ("WALCAST_AUTH_JWT_LEEWAY_SECS", "0"),
+        ],
+    )
+    .await;
+    wait_ready(&walcast).await;
+    let url = walcast.url();
+    let now = jsonwebtoken::get_current_timestamp();
+    let (aud, iss) = ("walcast-test", "https://id.example.test");
+    let good = jwt_with(json!({"exp": now + 600, "aud": aud, "iss": iss}));
+    let wrong: Vec<(&str, String)> = vec![
+        (
+            "wrong audience",
+            jwt_with(json!({"exp": now + 600, "aud": "other", "iss": iss})),
+        ),
+        (
+            "no audience",
+            jwt_with(json!({"exp": now + 600, "iss": iss})),
+        ),
+        (
+            "wrong issuer",
+            jwt_with(json!({"exp": now + 600, "aud": aud, "iss": "https://evil.test"})),
+        ),
+        ("no issuer", jwt_with(json!({"exp": now + 600, "aud": aud}))),
+    ];
+
+    // HTTP: a write with each token.
+    let http = reqwest::Client::new();
+    let create = |token: &str| {
+        http.post(format!("{url}/orders"))
+            .bearer_auth(token)
+            .json(&json!({"customer_name": "Ada", "product_name": "lamp"}))
+            .send()
+    };
+    assert_eq!(create(&good).await.unwrap().status(), 201);
+    for (what, token) in &wrong {
+        assert_eq!(create(token).await.unwrap().status(), 401, "{what}");
+    }
+
+    // Socket.IO: the same tokens in the handshake.
+    for (what, token) in &wrong {
+        let mut client = NodeClient::spawn_with(options(&url, json!({"token": token}), None));
+        let line = client.next().await;
+        assert_eq!(line.kind(), "connect_error", "{what}: {line:?}");
+    }
+
+    // Expiry: a JWT valid for 3 more seconds, beside a static token.
+    let short =
+        jwt_with(json!({"exp": jsonwebtoken::get_current_timestamp() + 3, "aud": aud, "iss": iss}));
+    let mut expiring = NodeClient::spawn_with(options(&url, json!({"token": short}), None));
+    assert_eq!(expiring.next().await.kind(), "connect");
+    let mut lasting = NodeClient::spawn_with(options(&url, json!({"token": TOKEN}), None));
+    assert_eq!(lasting.next().await.kind(), "connect");
+    let mut expiring_changes = 0;
+    let line = loop {
+        let line = expiring
+            .next_within(Duration::from_secs(15))
+            .await
+            .expect("the socket is disconnected within 15 s of its token's expiry");
+        if line.kind() == "change" {
+            expiring_changes += 1; // the insert above
+            continue;
+        }
+        break line;
+    };
+    assert_eq!(line.kind(), "disconnect", "{line:?}");
+    // A server-side disconnect, not a transport failure.
+    assert_eq!(line.0["reason"], "io server disconnect", "{line:?}");
+    assert!(expiring_changes <= 1);
+
+    // The static-token socket is still served.
+    db.psql("INSERT INTO orders (customer_name, product_name) VALUES ('Bo', 'desk')")
+        .await;
+    let change: Value = serde_json::from_str(&lasting.changes(1).await.pop().unwrap()).unwrap();
+    assert_eq!(change["new"]["customer_name"], "Bo", "{change}");
+    lasting.close().await;
+
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("walcast_fanout_disconnects_total{reason=\"token_expired\"} 1\n"),
+        "{metrics}"
+    );
+    walcast.stop().await;
+    sio::Publisher::connect(&spec.exchange)
+        .await
+        .delete(&spec.queue)
+        .await;
+}

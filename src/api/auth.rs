@@ -8,12 +8,16 @@
 //!
 //! Static tokens are compared in constant time (on their SHA-256 digests,
 //! so neither content nor length leaks through timing). JWTs must be HS256,
-//! carry `exp`, and pass `nbf` when present. Tokens and the secret are never
+//! carry `exp`, pass `nbf` when present, and name `auth.jwt_audience` and
+//! `auth.jwt_issuer` when those are set. [`Authenticator::verify`] returns
+//! until when a JWT stays valid, so the Socket.IO side can disconnect a
+//! socket when its token expires. Tokens and the secret are never
 //! logged and never in `Debug` output. There are no roles or scopes: a valid
 //! token may do every write.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -25,10 +29,17 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::ApiError;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, DEFAULT_JWT_LEEWAY_SECS};
 
-/// Clock skew tolerated for `exp` and `nbf`, in seconds.
-const JWT_LEEWAY_SECS: u64 = 60;
+/// Until when a verified token stays valid: `Some(exp + leeway)` for a JWT,
+/// `None` for a static token (valid until the configuration changes).
+pub type ValidUntil = Option<SystemTime>;
+
+/// The claims walcast reads itself; the rest are checked by `jsonwebtoken`.
+#[derive(serde::Deserialize)]
+struct Claims {
+    exp: u64,
+}
 
 /// Why a token was refused. The variants say as much as a client may know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +66,27 @@ struct Inner {
     jwt: Option<(DecodingKey, Validation)>,
 }
 
+/// What a JWT must carry beyond a valid signature and `exp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtRules {
+    /// `aud` must name this one (unchecked when `None`).
+    pub audience: Option<String>,
+    /// `iss` must equal this one (unchecked when `None`).
+    pub issuer: Option<String>,
+    /// Clock skew tolerated for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtRules {
+    fn default() -> Self {
+        JwtRules {
+            audience: None,
+            issuer: None,
+            leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+        }
+    }
+}
+
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
@@ -68,16 +100,33 @@ impl Authenticator {
     /// An authenticator accepting `tokens` and, unless `jwt_secret` is
     /// empty, HS256 JWTs signed with its UTF-8 bytes.
     pub fn new(tokens: &[String], jwt_secret: &str) -> Authenticator {
+        Authenticator::with_rules(tokens, jwt_secret, &JwtRules::default())
+    }
+
+    /// Like [`Authenticator::new`], with audience, issuer and leeway rules
+    /// for JWTs.
+    pub fn with_rules(tokens: &[String], jwt_secret: &str, rules: &JwtRules) -> Authenticator {
         let token_digests = tokens.iter().map(|t| digest(t)).collect();
         let jwt = (!jwt_secret.is_empty()).then(|| {
             let mut validation = Validation::new(Algorithm::HS256);
-            validation.leeway = JWT_LEEWAY_SECS;
+            validation.leeway = rules.leeway_secs;
             validation.validate_exp = true;
             validation.validate_nbf = true;
-            // No audience is configured, so none is checked; a token with
-            // an `aud` claim is still accepted.
-            validation.validate_aud = false;
-            validation.set_required_spec_claims(&["exp"]);
+            let mut required = vec!["exp"];
+            match &rules.audience {
+                Some(audience) => {
+                    validation.set_audience(&[audience]);
+                    required.push("aud");
+                }
+                // No audience is configured, so none is checked; a token
+                // with an `aud` claim is still accepted.
+                None => validation.validate_aud = false,
+            }
+            if let Some(issuer) = &rules.issuer {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            validation.set_required_spec_claims(&required);
             (DecodingKey::from_secret(jwt_secret.as_bytes()), validation)
         });
         Authenticator {
@@ -87,12 +136,19 @@ impl Authenticator {
 
     /// The authenticator `auth` asks for; `None` when auth is off.
     pub fn from_config(auth: &AuthConfig) -> Option<Authenticator> {
+        let set = |value: &String| (!value.is_empty()).then(|| value.clone());
+        let rules = JwtRules {
+            audience: set(&auth.jwt_audience),
+            issuer: set(&auth.jwt_issuer),
+            leeway_secs: auth.jwt_leeway_secs,
+        };
         auth.enabled
-            .then(|| Authenticator::new(&auth.tokens, &auth.jwt_secret))
+            .then(|| Authenticator::with_rules(&auth.tokens, &auth.jwt_secret, &rules))
     }
 
-    /// Accepts `token` if it is one of the static tokens or a valid JWT.
-    pub fn verify(&self, token: &str) -> Result<(), AuthError> {
+    /// Accepts `token` if it is one of the static tokens or a valid JWT;
+    /// says until when it stays valid.
+    pub fn verify(&self, token: &str) -> Result<ValidUntil, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -106,13 +162,15 @@ impl Authenticator {
                 found | known.as_slice().ct_eq(presented.as_slice())
             });
         if bool::from(matched) {
-            return Ok(());
+            return Ok(None);
         }
         let Some((key, validation)) = &self.inner.jwt else {
             return Err(AuthError::Invalid);
         };
-        match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, validation) {
-            Ok(_) => Ok(()),
+        match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            Ok(data) => Ok(Some(
+                UNIX_EPOCH + Duration::from_secs(data.claims.exp.saturating_add(validation.leeway)),
+            )),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(AuthError::Expired),
             Err(_) => Err(AuthError::Invalid),
         }
@@ -120,7 +178,7 @@ impl Authenticator {
 
     /// Checks an `Authorization` header value: `Bearer <token>`, the
     /// scheme in any case (RFC 7235).
-    pub fn verify_header(&self, value: Option<&HeaderValue>) -> Result<(), AuthError> {
+    pub fn verify_header(&self, value: Option<&HeaderValue>) -> Result<ValidUntil, AuthError> {
         let value = value.ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
@@ -162,7 +220,7 @@ pub async fn require_bearer_token_for_writes(
     }
     let header = request.headers().get(header::AUTHORIZATION);
     match auth.verify_header(header) {
-        Ok(()) => next.run(request).await,
+        Ok(_) => next.run(request).await,
         Err(reason) => {
             tracing::info!(%reason, "refused a write without a valid token");
             ApiError::Unauthorized {
@@ -203,8 +261,8 @@ mod tests {
     #[test]
     fn static_tokens() {
         let auth = authenticator();
-        assert_eq!(auth.verify(TOKEN), Ok(()));
-        assert_eq!(auth.verify("another-token-abcdefgh"), Ok(()));
+        assert_eq!(auth.verify(TOKEN), Ok(None));
+        assert_eq!(auth.verify("another-token-abcdefgh"), Ok(None));
         assert_eq!(
             auth.verify("static-token-012345678"),
             Err(AuthError::Invalid)
@@ -217,7 +275,10 @@ mod tests {
     fn jwts() {
         let auth = authenticator();
         let valid = jwt(SECRET, json!({"sub": "dashboard", "exp": now() + 600}));
-        assert_eq!(auth.verify(&valid), Ok(()));
+        let until = UNIX_EPOCH + Duration::from_secs(now() + 600 + DEFAULT_JWT_LEEWAY_SECS);
+        let got = auth.verify(&valid).unwrap().expect("a JWT expires");
+        // `now()` may tick between the two reads.
+        assert!(got <= until && got + Duration::from_secs(2) >= until);
         let expired = jwt(SECRET, json!({"sub": "dashboard", "exp": now() - 3600}));
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
         let no_exp = jwt(SECRET, json!({"sub": "dashboard"}));
@@ -236,7 +297,43 @@ mod tests {
         );
         assert_eq!(auth.verify(&string_nbf), Err(AuthError::Invalid));
         let with_audience = jwt(SECRET, json!({"exp": now() + 600, "aud": "walcast"}));
-        assert_eq!(auth.verify(&with_audience), Ok(()));
+        assert!(auth.verify(&with_audience).is_ok());
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_set() {
+        let rules = JwtRules {
+            audience: Some("walcast".into()),
+            issuer: Some("https://id.example".into()),
+            leeway_secs: 0,
+        };
+        let auth = Authenticator::with_rules(&[], SECRET, &rules);
+        let exp = now() + 600;
+        let good = jwt(
+            SECRET,
+            json!({"exp": exp, "aud": "walcast", "iss": "https://id.example"}),
+        );
+        assert_eq!(
+            auth.verify(&good),
+            Ok(Some(UNIX_EPOCH + Duration::from_secs(exp)))
+        );
+        let among_several = jwt(
+            SECRET,
+            json!({"exp": exp, "aud": ["other", "walcast"], "iss": "https://id.example"}),
+        );
+        assert!(auth.verify(&among_several).is_ok());
+        for claims in [
+            json!({"exp": exp, "aud": "other", "iss": "https://id.example"}),
+            json!({"exp": exp, "iss": "https://id.example"}),
+            json!({"exp": exp, "aud": "walcast", "iss": "https://evil.example"}),
+            json!({"exp": exp, "aud": "walcast"}),
+        ] {
+            assert_eq!(
+                auth.verify(&jwt(SECRET, claims.clone())),
+                Err(AuthError::Invalid),
+                "{claims}"
+            );
+        }
     }
 
     #[test]
@@ -271,11 +368,11 @@ mod tests {
         let header = |v: &str| HeaderValue::from_str(v).unwrap();
         assert_eq!(
             auth.verify_header(Some(&header(&format!("Bearer {TOKEN}")))),
-            Ok(())
+            Ok(None)
         );
         assert_eq!(
             auth.verify_header(Some(&header(&format!("bearer  {TOKEN}")))),
-            Ok(())
+            Ok(None)
         );
         assert_eq!(auth.verify_header(None), Err(AuthError::Missing));
         assert_eq!(

@@ -9,10 +9,13 @@
 //! A replay longer than the socket's send buffer runs in a task that takes
 //! the lock for a bounded batch at a time (see [`Hub::attach`]).
 //!
-//! Emits are non-blocking (`try_send` into the socket's buffer), so holding
-//! a `std` mutex across them is cheap and no socket can stall another; a
-//! socket whose buffer is full is detached at once and disconnected outside
-//! the lock.
+//! Emits go through [`Emit`] and are non-blocking (`try_send` into the
+//! socket's buffer), so holding a `std` mutex across them is cheap and no
+//! socket can stall another; a socket whose buffer is full, or that would
+//! pass its byte budget (`budget`), is detached at once and disconnected
+//! outside the lock. A socket admitted with a JWT is detached and
+//! disconnected when the token expires, by a timer that ends with the
+//! socket.
 //!
 //! It does not speak AMQP (the consumer calls [`Hub::deliver`]) and does not
 //! build the Socket.IO layer (see `layer`).
@@ -23,25 +26,25 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{SendError, SocketError};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
 
 use crate::config::FanoutConfig;
 use crate::event::EventId;
 
+use super::budget::{drain_horizon, SendBudget};
 use super::change::Change;
+use super::emit::{Emit, EmitError};
 use super::handshake::StartAt;
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
-use super::stats::FanoutStats;
-use super::subscription::{parse_target, Index, Subscriptions};
+use super::stats::{DisconnectReason, FanoutStats};
+use super::subscription::{parse_target, Index, Limits, Subscriptions};
 
 /// What the authorizer is given about a handshake.
 #[derive(Debug, Clone)]
@@ -52,10 +55,13 @@ pub struct AuthRequest {
     pub headers: axum::http::HeaderMap,
 }
 
-/// Decides whether a handshake may connect; `Err(message)` refuses it with
-/// `connect_error` "unauthorized: message".
+/// Decides whether a handshake may connect: `Ok(until)` admits it, to be
+/// disconnected at `until` when that is set (a JWT's expiry);
+/// `Err(message)` refuses it with `connect_error` "unauthorized: message".
 pub type Authorizer = Arc<
-    dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+    dyn Fn(AuthRequest) -> Pin<Box<dyn Future<Output = Result<Option<SystemTime>, String>> + Send>>
+        + Send
+        + Sync,
 >;
 
 /// Fan-out settings.
@@ -83,6 +89,17 @@ pub struct HubOptions {
     /// `fdatasync` every record before the delivery is acked, so a machine
     /// crash loses nothing either (and the log is trusted after a reboot).
     pub replay_fsync: bool,
+    /// Bytes queued per socket at most (see `budget`); past it the socket
+    /// is disconnected.
+    pub socket_buffer_bytes: usize,
+    /// Caps on one socket's subscriptions.
+    pub subscription_limits: Limits,
+    /// Largest packet a client may send (engineioxide's `max_payload` and
+    /// WebSocket message and frame limits).
+    pub max_packet_bytes: usize,
+    /// The tables the gateway follows (`postgres.tables`), for bounded
+    /// metric labels; empty caps the labels instead.
+    pub tables: Vec<String>,
 }
 
 impl HubOptions {
@@ -97,6 +114,14 @@ impl HubOptions {
             authorizer: None,
             replay_dir: (!config.replay_dir.is_empty()).then(|| PathBuf::from(&config.replay_dir)),
             replay_fsync: config.replay_fsync,
+            socket_buffer_bytes: config.socket_buffer_bytes,
+            subscription_limits: Limits {
+                subscriptions: config.max_subscriptions,
+                key_bytes: config.max_key_bytes,
+                total_bytes: config.max_subscription_bytes,
+            },
+            max_packet_bytes: config.max_packet_bytes,
+            tables: Vec::new(),
         }
     }
 }
@@ -119,6 +144,10 @@ impl fmt::Debug for HubOptions {
             .field("authorizer", &self.authorizer.is_some())
             .field("replay_dir", &self.replay_dir)
             .field("replay_fsync", &self.replay_fsync)
+            .field("socket_buffer_bytes", &self.socket_buffer_bytes)
+            .field("subscription_limits", &self.subscription_limits)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("tables", &self.tables)
             .finish()
     }
 }
@@ -165,23 +194,33 @@ struct State {
     index: Index,
     /// Reused target list, so a delivery does not allocate.
     targets: Vec<Sid>,
+    /// Until when the token of a socket admitted but not yet attached is
+    /// valid (see [`Hub::admitted_until`]).
+    admitted_until: HashMap<Sid, SystemTime>,
 }
 
 struct Client {
-    socket: SocketRef,
+    socket: Arc<dyn Emit>,
     subs: Subscriptions,
     phase: Phase,
-    /// The hand-off filter: changes this snapshot sees are not sent. Dropped
-    /// once a change from a transaction that began after the snapshot
-    /// (`xid >= xmax`) has gone by: in commit order every later change is
-    /// invisible to the snapshot too, and dropping it keeps a long-lived
-    /// socket clear of xid wraparound.
+    /// The hand-off filter: changes this snapshot sees are not sent. See
+    /// [`passes_snapshot`].
     snapshot: Option<Snapshot>,
+    /// The first change from a transaction that began after the snapshot
+    /// (`xid >= xmax`): in commit order every later change is invisible to
+    /// the snapshot too, so only a late change from before it is checked
+    /// against the snapshot (which also keeps a long-lived socket clear of
+    /// xid wraparound).
+    snapshot_passed_at: Option<EventId>,
     /// The `since` cursor: the client has every change up to it, so no
     /// change with an id at or below it is sent (a redelivery after a crash
     /// that lost the log's tail) unless it comes late (see
     /// [`blocked_by_floor`]).
     floor: Option<EventId>,
+    /// What may still be queued for it, in bytes.
+    budget: SendBudget,
+    /// Ends its token-expiry timer when the client is dropped.
+    _expiry: Option<DropGuard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,18 +234,17 @@ enum Phase {
     },
 }
 
-/// Why an emit did not reach a socket's queue.
-enum EmitFailure {
-    Full,
-    Closed,
-}
-
 /// One batch of a replay.
 enum Step {
     Done,
     Gone,
     Yield,
-    Full { progressed: bool },
+    /// The socket's queue has no room; wait for the client to read.
+    Full {
+        progressed: bool,
+    },
+    /// The socket was detached for this reason; disconnect it.
+    Cut(Arc<dyn Emit>, DisconnectReason),
 }
 
 /// Changes a catch-up batch examines before it lets go of the lock.
@@ -237,7 +275,7 @@ impl Hub {
             }
         };
         buffer.set_max_bytes(options.replay_max_bytes);
-        let stats = FanoutStats::default();
+        let stats = FanoutStats::for_tables(&options.tables);
         stats.set_buffer(buffer.len(), buffer.bytes());
         Ok(Hub {
             inner: Arc::new(Inner {
@@ -247,6 +285,7 @@ impl Hub {
                     clients: HashMap::new(),
                     index: Index::default(),
                     targets: Vec::new(),
+                    admitted_until: HashMap::new(),
                 }),
                 stats,
                 options,
@@ -388,6 +427,8 @@ impl Hub {
             state
                 .index
                 .targets(&change.table, change.row.as_ref(), &mut state.targets);
+            let now = Instant::now();
+            let size = change.raw.get().len();
             let mut emitted = 0u64;
             let mut gone = Vec::new();
             for sid in &state.targets {
@@ -400,22 +441,29 @@ impl Hub {
                     }
                 }
                 if blocked_by_floor(client.floor, change.id, late)
-                    || !passes_snapshot(client, change.xid)
+                    || !passes_snapshot(client, change.id, change.xid, late)
                 {
                     continue;
                 }
-                match emit_change(&client.socket, &change) {
-                    Ok(()) => emitted += 1,
-                    Err(EmitFailure::Full) => slow.push(*sid),
-                    Err(EmitFailure::Closed) => gone.push(*sid),
+                if !client.budget.fits(size, now) {
+                    slow.push((*sid, DisconnectReason::QueueBytes));
+                    continue;
+                }
+                match emit_change(&*client.socket, &change) {
+                    Ok(()) => {
+                        client.budget.record(size, now);
+                        emitted += 1;
+                    }
+                    Err(EmitError::Full) => slow.push((*sid, DisconnectReason::QueueFull)),
+                    Err(EmitError::Closed) => gone.push(*sid),
                 }
             }
             for sid in gone {
                 state.detach(sid, stats);
             }
-            let slow_sockets: Vec<SocketRef> = slow
+            let slow_sockets: Vec<(Arc<dyn Emit>, DisconnectReason)> = slow
                 .iter()
-                .filter_map(|sid| state.detach(*sid, stats))
+                .filter_map(|(sid, reason)| Some((state.detach(*sid, stats)?, *reason)))
                 .collect();
             stats.record_delivered(&change.table, change.op);
             state.buffer.push(change);
@@ -433,8 +481,8 @@ impl Hub {
             stats.record_emitted(emitted);
             sockets = emitted as usize;
             drop(guard);
-            for socket in slow_sockets {
-                self.disconnect_slow(socket, "live");
+            for (socket, reason) in slow_sockets {
+                self.disconnect_slow(socket, reason, "live");
             }
         }
         Ok(Delivered::Fanned { sockets })
@@ -451,18 +499,30 @@ impl Hub {
     /// batch that reaches the newest held change flips it to live, still
     /// under the lock. Changes evicted before the replay reached them turn
     /// into a `resync` ("replay_overrun").
-    pub fn attach(&self, socket: SocketRef, start: StartAt) {
-        let sid = socket.id;
+    pub(crate) fn attach(&self, socket: Arc<dyn Emit>, start: StartAt) {
+        let sid = socket.sid();
         let stats = &self.inner.stats;
+        let options = &self.inner.options;
         let catching_up = {
             let mut guard = self.lock();
             let state = &mut *guard;
+            let expiry = state
+                .admitted_until
+                .remove(&sid)
+                .map(|until| self.expire_at(sid, until));
             let mut client = Client {
                 socket: socket.clone(),
                 subs: Subscriptions::default(),
                 phase: Phase::Live,
                 snapshot: None,
+                snapshot_passed_at: None,
                 floor: None,
+                budget: SendBudget::new(
+                    options.socket_buffer_bytes,
+                    options.socket_buffer,
+                    drain_horizon(options.ping_interval, options.ping_timeout),
+                ),
+                _expiry: expiry,
             };
             match start {
                 StartAt::Live => {}
@@ -473,14 +533,14 @@ impl Hub {
                         };
                         client.floor = Some(since);
                     }
-                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
                 StartAt::Snapshot(snapshot) => match state.buffer.check_snapshot(&snapshot) {
                     Ok(cursor) => {
                         client.phase = Phase::CatchingUp { cursor };
                         client.snapshot = Some(snapshot);
                     }
-                    Err(reason) => send_resync(&socket, reason, state.buffer.latest_id(), stats),
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
             }
             let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
@@ -493,6 +553,7 @@ impl Hub {
         if catching_up {
             match self.catch_up_step(sid) {
                 Step::Done | Step::Gone => {}
+                Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
                 Step::Yield | Step::Full { .. } => {
                     let hub = self.clone();
                     tokio::spawn(async move { hub.catch_up(sid).await });
@@ -509,8 +570,44 @@ impl Hub {
     /// Forgets a socket (disconnect handler); idempotent.
     pub fn detach(&self, sid: Sid) {
         let mut state = self.lock();
+        state.admitted_until.remove(&sid);
         if state.detach(sid, &self.inner.stats).is_some() {
             debug!(%sid, "socket detached");
+        }
+    }
+
+    /// Records that the socket `sid`, about to be attached, was admitted
+    /// with a token valid until `until`: [`Hub::attach`] then disconnects
+    /// it at that time.
+    pub(crate) fn admitted_until(&self, sid: Sid, until: SystemTime) {
+        self.lock().admitted_until.insert(sid, until);
+    }
+
+    /// Starts the timer that disconnects `sid` at `until`; it ends early
+    /// when the returned guard is dropped (the socket is detached) or at
+    /// shutdown, so no timer outlives its socket.
+    fn expire_at(&self, sid: Sid, until: SystemTime) -> DropGuard {
+        let cancel = self.inner.shutdown.child_token();
+        let done = cancel.clone();
+        let hub = self.clone();
+        let wait = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => {}
+                _ = tokio::time::sleep(wait) => hub.expire(sid),
+            }
+        });
+        cancel.drop_guard()
+    }
+
+    /// Disconnects a socket whose token expired.
+    fn expire(&self, sid: Sid) {
+        let socket = self.lock().detach(sid, &self.inner.stats);
+        if let Some(socket) = socket {
+            self.disconnect_slow(socket, DisconnectReason::TokenExpired, "live");
         }
     }
 
@@ -521,14 +618,15 @@ impl Hub {
         payload: Option<&serde_json::Value>,
         subscribe: bool,
     ) -> Result<(), String> {
-        let target = parse_target(payload)?;
+        let limits = &self.inner.options.subscription_limits;
+        let target = parse_target(payload, limits.key_bytes)?;
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(client) = state.clients.get_mut(&sid) else {
             return Err("socket is not attached yet; retry".into());
         };
         if subscribe {
-            state.index.subscribe(sid, &mut client.subs, target)
+            state.index.subscribe(sid, &mut client.subs, target, limits)
         } else {
             state.index.unsubscribe(sid, &mut client.subs, &target);
             Ok(())
@@ -537,7 +635,7 @@ impl Hub {
 
     /// Disconnects every attached socket (a clean Socket.IO disconnect).
     pub fn disconnect_all(&self) {
-        let sockets: Vec<SocketRef> = {
+        let sockets: Vec<Arc<dyn Emit>> = {
             let state = self.lock();
             state.clients.values().map(|c| c.socket.clone()).collect()
         };
@@ -553,6 +651,10 @@ impl Hub {
         loop {
             match self.catch_up_step(sid) {
                 Step::Done | Step::Gone => return,
+                Step::Cut(socket, reason) => {
+                    self.disconnect_slow(socket, reason, "replay");
+                    return;
+                }
                 Step::Yield => {
                     last_progress = Instant::now();
                     delay = Duration::from_millis(1);
@@ -566,7 +668,7 @@ impl Hub {
                     } else if last_progress.elapsed() >= stall_timeout {
                         let socket = self.lock().detach(sid, &self.inner.stats);
                         if let Some(socket) = socket {
-                            self.disconnect_slow(socket, "replay");
+                            self.disconnect_slow(socket, DisconnectReason::ReplayStall, "replay");
                         }
                         return;
                     }
@@ -598,7 +700,7 @@ impl Hub {
             client.phase = Phase::Live;
             client.snapshot = None;
             send_resync(
-                &client.socket,
+                &*client.socket,
                 ResyncReason::ReplayOverrun,
                 state.buffer.latest_id(),
                 stats,
@@ -606,25 +708,38 @@ impl Hub {
             return Step::Done;
         }
         let start = cursor;
+        let now = Instant::now();
         let mut emitted = 0u64;
         let mut outcome = Step::Done;
+        let mut over_budget = false;
         for (examined, change) in state.buffer.after(cursor).enumerate() {
             if examined == CATCH_UP_BATCH {
                 outcome = Step::Yield;
                 break;
             }
             let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
-                && passes_snapshot(client, change.xid);
+                && passes_snapshot(client, change.id, change.xid, false);
             if wanted {
-                match emit_change(&client.socket, change) {
-                    Ok(()) => emitted += 1,
-                    Err(EmitFailure::Full) => {
+                let size = change.raw.get().len();
+                // The estimate falls only with time (see `budget`): a
+                // replay past the budget is not waited out but cut, and the
+                // client resumes with `since` from what it got.
+                if !client.budget.fits(size, now) {
+                    over_budget = true;
+                    break;
+                }
+                match emit_change(&*client.socket, change) {
+                    Ok(()) => {
+                        client.budget.record(size, now);
+                        emitted += 1;
+                    }
+                    Err(EmitError::Full) => {
                         outcome = Step::Full {
                             progressed: cursor != start,
                         };
                         break;
                     }
-                    Err(EmitFailure::Closed) => {
+                    Err(EmitError::Closed) => {
                         outcome = Step::Gone;
                         break;
                     }
@@ -633,30 +748,53 @@ impl Hub {
             cursor = Some(change.id);
         }
         stats.record_emitted(emitted);
+        if over_budget {
+            return match state.detach(sid, stats) {
+                Some(socket) => Step::Cut(socket, DisconnectReason::QueueBytes),
+                None => Step::Gone,
+            };
+        }
         match outcome {
             Step::Done => client.phase = Phase::Live,
             Step::Gone => {
                 state.detach(sid, stats);
             }
             Step::Yield | Step::Full { .. } => client.phase = Phase::CatchingUp { cursor },
+            Step::Cut(..) => unreachable!("set only above"),
         }
         outcome
     }
 
-    fn disconnect_slow(&self, socket: SocketRef, during: &'static str) {
-        self.inner.stats.record_slow_disconnect();
-        warn!(
-            sid = %socket.id,
-            during,
-            socket_buffer = self.inner.options.socket_buffer,
-            "socket too slow: its send buffer is full; disconnecting it (it reconnects with since and loses nothing)"
-        );
+    /// Disconnects a socket the hub detached, for `reason`.
+    fn disconnect_slow(
+        &self,
+        socket: Arc<dyn Emit>,
+        reason: DisconnectReason,
+        during: &'static str,
+    ) {
+        self.inner.stats.record_disconnect(reason);
+        let options = &self.inner.options;
+        match reason {
+            DisconnectReason::TokenExpired => info!(
+                sid = %socket.sid(),
+                reason = reason.as_str(),
+                "socket's token expired; disconnecting it (the client reconnects with a fresh token)"
+            ),
+            _ => warn!(
+                sid = %socket.sid(),
+                reason = reason.as_str(),
+                during,
+                socket_buffer = options.socket_buffer,
+                socket_buffer_bytes = options.socket_buffer_bytes,
+                "socket too slow: its send queue is full (packets or bytes); disconnecting it (it reconnects with since and loses nothing)"
+            ),
+        }
         // The disconnect packet needs a free slot too. Until the client
         // reads, keep trying; a client that never reads again is closed by
         // the heartbeat, whose ping finds the queue full.
-        match socket.clone().disconnect() {
-            Ok(()) | Err(SocketError::Closed) => {}
-            Err(SocketError::InternalChannelFull) => {
+        match socket.disconnect() {
+            Ok(()) | Err(EmitError::Closed) => {}
+            Err(EmitError::Full) => {
                 let shutdown = self.inner.shutdown.clone();
                 tokio::spawn(async move {
                     let mut delay = Duration::from_millis(10);
@@ -669,11 +807,11 @@ impl Hub {
                         if !socket.connected() {
                             return;
                         }
-                        match socket.clone().disconnect() {
-                            Err(SocketError::InternalChannelFull) => {
+                        match socket.disconnect() {
+                            Err(EmitError::Full) => {
                                 delay = (delay * 2).min(Duration::from_secs(1));
                             }
-                            Ok(()) | Err(SocketError::Closed) => return,
+                            Ok(()) | Err(EmitError::Closed) => return,
                         }
                     }
                 });
@@ -685,7 +823,7 @@ impl Hub {
 impl State {
     /// Removes a socket from the registry and the index; returns it if it
     /// was attached.
-    fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<SocketRef> {
+    fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<Arc<dyn Emit>> {
         let client = self.clients.remove(&sid)?;
         self.index.remove_socket(sid, &client.subs);
         stats.set_connected_sockets(self.clients.len());
@@ -706,49 +844,50 @@ fn blocked_by_floor(floor: Option<EventId>, id: EventId, late: bool) -> bool {
     !late && floor.is_some_and(|floor| id <= floor)
 }
 
-/// Applies a client's snapshot filter to a change's xid: false if the
-/// snapshot sees it (the listing has it already).
-fn passes_snapshot(client: &mut Client, xid: u32) -> bool {
-    match &client.snapshot {
-        None => true,
-        Some(snapshot) if snapshot.sees(xid) => false,
-        Some(snapshot) => {
-            if snapshot.is_after(xid) {
-                client.snapshot = None;
-            }
-            true
+/// Applies a client's snapshot filter to a change: false if the snapshot
+/// sees it (the listing has it already).
+///
+/// In commit order, once a change from a transaction that began after the
+/// snapshot has gone by, no later change is visible to it. A *late* change
+/// (a republish after a nack, delivered after newer ones) breaks that
+/// order: one from before that point may be in the listing, so it is still
+/// checked, else the client would apply it twice.
+fn passes_snapshot(client: &mut Client, id: EventId, xid: u32, late: bool) -> bool {
+    let Some(snapshot) = &client.snapshot else {
+        return true;
+    };
+    if let Some(passed_at) = client.snapshot_passed_at {
+        if !late || id > passed_at {
+            return true;
         }
     }
+    if snapshot.sees(xid) {
+        return false;
+    }
+    if snapshot.is_after(xid) && client.snapshot_passed_at.is_none_or(|p| id < p) {
+        client.snapshot_passed_at = Some(id);
+    }
+    true
 }
 
-fn emit_change(socket: &SocketRef, change: &Change) -> Result<(), EmitFailure> {
-    // `&RawValue` serializes as its text: the payload is the body as received.
-    match socket.emit("change", &*change.raw) {
-        Ok(()) => Ok(()),
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(EmitFailure::Full),
-        Err(SendError::Socket(SocketError::Closed)) => Err(EmitFailure::Closed),
-        Err(SendError::Serialize(e)) => {
-            // Cannot happen for a RawValue; never let it pass silently.
-            error!(id = %change.id, error = %e, "cannot encode change for socket.io; closing the socket");
-            Err(EmitFailure::Closed)
-        }
-    }
+fn emit_change(socket: &dyn Emit, change: &Change) -> Result<(), EmitError> {
+    socket.emit_change(&change.raw)
 }
 
 fn send_resync(
-    socket: &SocketRef,
+    socket: &dyn Emit,
     reason: ResyncReason,
     latest_id: Option<EventId>,
     stats: &FanoutStats,
 ) {
     stats.record_resync();
-    info!(sid = %socket.id, reason = reason.as_str(), "sending resync");
+    info!(sid = %socket.sid(), reason = reason.as_str(), "sending resync");
     let payload = json!({
         "reason": reason.as_str(),
         "latest_id": latest_id.map(|id| id.to_string()),
     });
-    if let Err(e) = socket.emit("resync", &payload) {
-        warn!(sid = %socket.id, error = %e, "cannot send resync");
+    if let Err(e) = socket.emit_resync(&payload) {
+        warn!(sid = %socket.sid(), error = ?e, "cannot send resync");
     }
 }
 
@@ -756,12 +895,343 @@ fn send_resync(
 mod tests {
     use super::*;
     use crate::event::Lsn;
+    use serde_json::json;
 
     fn id(n: u64) -> EventId {
         EventId {
             commit_lsn: Lsn(n),
             ordinal: 0,
         }
+    }
+
+    use crate::fanout::emit::test_socket::{Sent, TestSocket};
+
+    /// A change event `n` (commit LSN `n`) on `public.<table>`, row `key`
+    /// (`None`: a truncate), transaction `xid`.
+    pub(super) fn change(n: u64, table: &str, key: Option<i64>, xid: u32) -> Change {
+        let body = serde_json::json!({
+            "id": id(n).to_string(),
+            "op": if key.is_some() { "insert" } else { "truncate" },
+            "schema": "public",
+            "table": table,
+            "key": key.map(|k| serde_json::json!({"id": k})),
+            "new": key.map(|k| serde_json::json!({"id": k, "note": "x".repeat(16)})),
+            "old": null,
+            "xid": xid,
+        });
+        Change::parse(body.to_string().into_bytes()).unwrap()
+    }
+
+    pub(super) fn hub_with(options: HubOptions) -> Hub {
+        Hub::new(options, CancellationToken::new())
+    }
+
+    fn hub() -> Hub {
+        hub_with(HubOptions {
+            replay_buffer: 100,
+            ..HubOptions::default()
+        })
+    }
+
+    fn attach(hub: &Hub, room: usize, start: StartAt) -> TestSocket {
+        let socket = TestSocket::new(room);
+        hub.attach(Arc::new(socket.clone()), start);
+        socket
+    }
+
+    #[test]
+    fn deliver_reaches_every_attached_socket_in_order() {
+        let hub = hub();
+        let a = attach(&hub, 100, StartAt::Live);
+        let b = attach(&hub, 100, StartAt::Live);
+        for n in 1..=3 {
+            assert_eq!(
+                hub.deliver(change(n, "orders", Some(n as i64), 10))
+                    .unwrap(),
+                Delivered::Fanned { sockets: 2 }
+            );
+        }
+        assert_eq!(
+            hub.deliver(change(2, "orders", Some(2), 10)).unwrap(),
+            Delivered::Duplicate
+        );
+        let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
+        assert_eq!(a.change_ids(), ids);
+        assert_eq!(b.change_ids(), ids);
+    }
+
+    #[test]
+    fn since_replays_what_is_held_then_goes_live_without_a_seam() {
+        let hub = hub();
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 100, StartAt::Since(id(2)));
+        hub.deliver(change(6, "orders", Some(1), 10)).unwrap();
+        let ids: Vec<String> = (3..=6).map(|n| id(n).to_string()).collect();
+        assert_eq!(socket.change_ids(), ids);
+    }
+
+    #[test]
+    fn a_since_older_than_the_history_gets_resync() {
+        let hub = hub_with(HubOptions {
+            replay_buffer: 2,
+            ..HubOptions::default()
+        });
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 100, StartAt::Since(id(1)));
+        let sent = socket.sent();
+        assert!(
+            matches!(&sent[0], Sent::Resync(v) if v["reason"] == "since_too_old"),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_queue_is_full_is_detached_and_disconnected() {
+        let hub = hub();
+        let slow = attach(&hub, 1, StartAt::Live);
+        let fast = attach(&hub, 100, StartAt::Live);
+        hub.deliver(change(1, "orders", Some(1), 10)).unwrap();
+        // No room left in `slow`: detached, then its disconnect waits for
+        // room, which the test gives it.
+        hub.deliver(change(2, "orders", Some(1), 10)).unwrap();
+        assert_eq!(hub.stats().snapshot().slow_disconnects, 1);
+        assert_eq!(hub.stats().snapshot().connected_sockets, 1);
+        assert_eq!(fast.change_ids().len(), 2);
+        assert_eq!(slow.change_ids(), vec![id(1).to_string()]);
+        assert_eq!(slow.drain(1).len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while slow.sent() != vec![Sent::Disconnect] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the disconnect goes out once there is room");
+    }
+
+    #[test]
+    fn a_closed_socket_is_forgotten_on_the_next_change() {
+        let hub = hub();
+        let gone = attach(&hub, 100, StartAt::Live);
+        gone.close();
+        assert_eq!(
+            hub.deliver(change(1, "orders", Some(1), 10)).unwrap(),
+            Delivered::Fanned { sockets: 0 }
+        );
+        assert_eq!(hub.stats().snapshot().connected_sockets, 0);
+    }
+
+    #[tokio::test]
+    async fn a_long_replay_waits_for_room_and_finishes() {
+        let hub = hub();
+        for n in 1..=50 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 10, StartAt::Since(id(1)));
+        let mut got = socket.change_ids();
+        assert_eq!(got.len(), 10);
+        while got.len() < 49 {
+            socket.drain(10);
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while socket.sent().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the replay continues once there is room");
+            got.extend(socket.change_ids());
+        }
+        let want: Vec<String> = (2..=50).map(|n| id(n).to_string()).collect();
+        assert_eq!(got, want);
+    }
+
+    fn subscribe(hub: &Hub, socket: &TestSocket, payload: serde_json::Value) -> Result<(), String> {
+        hub.update_subscription(socket.sid(), Some(&payload), true)
+    }
+
+    #[test]
+    fn a_truncate_reaches_sockets_subscribed_to_a_row_of_its_table() {
+        let hub = hub();
+        let row = attach(&hub, 100, StartAt::Live);
+        let other_table = attach(&hub, 100, StartAt::Live);
+        subscribe(
+            &hub,
+            &row,
+            json!({"table": "public.orders", "key": {"id": 7}}),
+        )
+        .unwrap();
+        subscribe(
+            &hub,
+            &other_table,
+            json!({"table": "public.items", "key": {"id": 7}}),
+        )
+        .unwrap();
+        hub.deliver(change(1, "orders", Some(8), 10)).unwrap();
+        hub.deliver(change(2, "orders", None, 11)).unwrap();
+        assert_eq!(row.change_ids(), vec![id(2).to_string()]);
+        assert!(other_table.change_ids().is_empty());
+
+        // The replay to a row subscriber includes it too... once the socket
+        // subscribes, which it can only do after attaching: a later socket
+        // replays everything, then narrows; the truncate matched anyway.
+        let late = attach(&hub, 100, StartAt::Since(id(1)));
+        assert_eq!(late.change_ids(), vec![id(2).to_string()]);
+    }
+
+    #[test]
+    fn a_late_change_the_snapshot_sees_is_not_sent_to_a_snapshot_client() {
+        let hub = hub();
+        // History start: the consumer's snapshot had xmax 100.
+        let generation = hub.history_start_needed().unwrap();
+        assert!(hub.offer_history_start(&"100:100:".parse().unwrap(), generation));
+        // The client's listing saw every transaction below 105.
+        let client = attach(&hub, 100, StartAt::Snapshot("105:105:".parse().unwrap()));
+        // Invisible to the snapshot: sent.
+        hub.deliver(change(10, "orders", Some(1), 106)).unwrap();
+        // A republish after a nack, overtaken by change 10: its transaction
+        // (xid 104) is in the listing already, so it must not be sent.
+        hub.deliver(change(5, "orders", Some(2), 104)).unwrap();
+        // A late one the snapshot does not see is sent.
+        hub.deliver(change(6, "orders", Some(3), 107)).unwrap();
+        assert_eq!(
+            client.change_ids(),
+            vec![id(10).to_string(), id(6).to_string()]
+        );
+    }
+
+    fn budget_hub(socket_buffer_bytes: usize) -> Hub {
+        hub_with(HubOptions {
+            replay_buffer: 1000,
+            socket_buffer_bytes,
+            ..HubOptions::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_past_its_byte_budget_is_disconnected() {
+        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let hub = budget_hub(size * 10);
+        // Room for 1000 packets: only the bytes tell that it does not read.
+        let stuck = attach(&hub, 1000, StartAt::Live);
+        for n in 1..=11 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        assert_eq!(stuck.change_ids().len(), 10);
+        let (reason, count) = hub.stats().disconnects()[1];
+        assert_eq!((reason, count), (DisconnectReason::QueueBytes, 1));
+        assert_eq!(hub.stats().snapshot().slow_disconnects, 1);
+        assert_eq!(hub.stats().snapshot().connected_sockets, 0);
+        assert_eq!(stuck.sent().last(), Some(&Sent::Disconnect));
+    }
+
+    #[tokio::test]
+    async fn a_reader_within_its_window_is_not_cut() {
+        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let hub = hub_with(HubOptions {
+            replay_buffer: 1000,
+            socket_buffer: 16,
+            socket_buffer_bytes: size * 32,
+            ..HubOptions::default()
+        });
+        let reader = attach(&hub, 16, StartAt::Live);
+        for n in 1..=200 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            reader.drain(16);
+        }
+        assert_eq!(hub.stats().snapshot().connected_sockets, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replay_past_the_byte_budget_is_cut_at_the_budget() {
+        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let hub = budget_hub(size * 10);
+        for n in 1..=100 {
+            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+        }
+        let socket = attach(&hub, 1000, StartAt::Since(id(1)));
+        let got = socket.change_ids();
+        assert_eq!(got.len(), 10);
+        assert_eq!(got[0], id(2).to_string());
+        assert_eq!(socket.sent().last(), Some(&Sent::Disconnect));
+        assert_eq!(hub.stats().disconnects()[1].1, 1);
+        // Reconnecting with the last id it got, it continues.
+        let again = attach(&hub, 1000, StartAt::Since(id(11)));
+        assert_eq!(again.change_ids()[0], id(12).to_string());
+    }
+
+    #[test]
+    fn subscription_caps_answer_an_error_and_change_nothing() {
+        let hub = hub_with(HubOptions {
+            subscription_limits: Limits {
+                subscriptions: 2,
+                key_bytes: 32,
+                total_bytes: 1024,
+            },
+            ..HubOptions::default()
+        });
+        let socket = attach(&hub, 100, StartAt::Live);
+        let err = subscribe(
+            &hub,
+            &socket,
+            json!({"table": "public.orders", "key": {"id": "x".repeat(64)}}),
+        )
+        .unwrap_err();
+        assert!(err.contains("max_key_bytes"), "{err}");
+        // Still in "everything" mode: the refused subscribe changed nothing.
+        hub.deliver(change(1, "items", Some(1), 10)).unwrap();
+        assert_eq!(socket.change_ids().len(), 1);
+        subscribe(&hub, &socket, json!({"table": "public.a"})).unwrap();
+        subscribe(&hub, &socket, json!({"table": "public.b"})).unwrap();
+        let err = subscribe(&hub, &socket, json!({"table": "public.c"})).unwrap_err();
+        assert!(err.contains("max_subscriptions"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_disconnected_when_its_token_expires_and_no_timer_outlives_it() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let hub = hub();
+        let tasks_before = metrics.num_alive_tasks();
+
+        // Expires in 50 ms: disconnected, counted.
+        let socket = TestSocket::new(100);
+        hub.admitted_until(socket.sid(), SystemTime::now() + Duration::from_millis(50));
+        hub.attach(Arc::new(socket.clone()), StartAt::Live);
+        assert_eq!(metrics.num_alive_tasks(), tasks_before + 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while socket.sent() != vec![Sent::Disconnect] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the socket is disconnected when its token expires");
+        assert_eq!(
+            hub.stats().disconnects()[3],
+            (DisconnectReason::TokenExpired, 1)
+        );
+        assert_eq!(hub.stats().snapshot().connected_sockets, 0);
+
+        // Valid for an hour but gone at once: its timer ends with it.
+        let mut sockets = Vec::new();
+        for _ in 0..100 {
+            let socket = TestSocket::new(100);
+            hub.admitted_until(socket.sid(), SystemTime::now() + Duration::from_secs(3600));
+            hub.attach(Arc::new(socket.clone()), StartAt::Live);
+            sockets.push(socket);
+        }
+        assert!(metrics.num_alive_tasks() >= tasks_before + 100);
+        for socket in &sockets {
+            hub.detach(socket.sid());
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while metrics.num_alive_tasks() > tasks_before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("every expiry timer ends when its socket is detached");
     }
 
     #[test]

@@ -68,8 +68,17 @@ pub const WS_READ_BUFFER: usize = 512;
 /// every socket when the hub's shutdown token is cancelled.
 pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
     let options = hub.options();
+    // Clients only send the handshake, pongs and subscribe commands: the
+    // packet limits replace engineioxide's 64 MiB message / 16 MiB frame
+    // defaults, so no client can make the server buffer more. A larger
+    // packet closes that client's connection (a WebSocket protocol error;
+    // a polling request is refused).
+    let max_packet = options.max_packet_bytes.max(1);
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(options.socket_buffer.max(1))
+        .max_payload(max_packet as u64)
+        .ws_max_message_size(max_packet)
+        .ws_max_frame_size(max_packet)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .ping_interval(options.ping_interval)
         .ping_timeout(options.ping_timeout)
@@ -133,10 +142,14 @@ async fn admit(
             token: handshake.token.clone(),
             headers: socket.req_parts().headers.clone(),
         };
-        if let Err(message) = authorizer(request).await {
-            hub.stats().record_connect_refused();
-            debug!(sid = %socket.id, "authorizer refused handshake");
-            return Err(Refused(HandshakeError::Unauthorized(message)));
+        match authorizer(request).await {
+            Ok(None) => {}
+            Ok(Some(until)) => hub.admitted_until(socket.id, until),
+            Err(message) => {
+                hub.stats().record_connect_refused();
+                debug!(sid = %socket.id, "authorizer refused handshake");
+                return Err(Refused(HandshakeError::Unauthorized(message)));
+            }
         }
     }
     socket.on("subscribe", async |_: SubscriptionCommand<true>| {});
@@ -176,7 +189,7 @@ impl FromConnectParts<LocalAdapter> for Attached {
             .and_then(|auth| Handshake::parse(Some(&auth)).ok())
             .map(|h| h.start)
             .unwrap_or(super::handshake::StartAt::Live);
-        hub.attach(SocketRef::from(socket.clone()), start);
+        hub.attach(Arc::new(SocketRef::from(socket.clone())), start);
         Ok(Attached)
     }
 }

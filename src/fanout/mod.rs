@@ -88,17 +88,28 @@
 //!   snapshot and the replay covers the rest. The filter stays on for live
 //!   changes until one with xid ≥ xmax goes by (after that, in commit order,
 //!   none is visible to the snapshot).
-//! - **Slow sockets.** Each socket has a queue of `socket_buffer` packets.
-//!   When a change does not fit, the socket is detached at once (it gets
-//!   nothing more, so what it got is a gap-free prefix), counted, logged at
-//!   warn, and disconnected; it reconnects with `since` and loses nothing.
-//!   A replay waits for room for at most `replay_stall_timeout`. A replay
+//! - **Slow sockets.** Each socket has a queue of `socket_buffer` packets
+//!   and a budget of `socket_buffer_bytes` queued bytes (an upper bound
+//!   kept at emit time; see `budget` for why and what it costs). When a
+//!   change does not fit either, the socket is detached at once (it gets
+//!   nothing more, so what it got is a gap-free prefix), counted by reason
+//!   (`queue_full`, `queue_bytes`, `replay_stall`), logged at warn, and
+//!   disconnected; it reconnects with `since` and loses nothing. A replay
+//!   waits for packet room for at most `replay_stall_timeout`, and is cut
+//!   at the byte budget (the client resumes from what it got). A replay
 //!   that falls behind eviction ends in `resync {reason: "replay_overrun"}`.
+//! - **Limits.** Subscriptions per socket, a key's size and all of a
+//!   socket's subscription bytes are capped (`{ok: false, error}` past a
+//!   cap, nothing changes); a client packet over `max_packet_bytes` closes
+//!   that client's connection. A socket admitted with a JWT is
+//!   disconnected when the token expires (`token_expired`).
 //!
 //! This module does not talk to RabbitMQ (`consumer`) and does not bind a
 //! listener or build the HTTP API.
 
+mod budget;
 mod change;
+mod emit;
 mod handshake;
 mod hub;
 mod layer;
@@ -109,11 +120,9 @@ mod stats;
 mod subscription;
 
 pub use change::{Change, EventHeader, MalformedChange};
-pub use handshake::{Handshake, HandshakeError, StartAt};
 pub use hub::{AuthRequest, Authorizer, DeliverError, Delivered, Hub, HubOptions};
 pub use layer::{layer, router};
 pub use replay::{Horizons, ReplayBuffer, ResyncReason};
 pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};
-pub use stats::{DeliveredCount, FanoutStats, StatsSnapshot};
-pub use subscription::{canonical_json, parse_target, RowKey, Target, MAX_SUBSCRIPTIONS};
+pub use stats::{DeliveredCount, DisconnectReason, FanoutStats, StatsSnapshot};

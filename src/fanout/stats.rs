@@ -3,20 +3,74 @@
 //! Counters only go up; gauges (`connected_sockets`, `buffered_events`,
 //! `buffered_bytes`) are set by the hub. Nothing here formats metrics; the
 //! HTTP `/metrics` endpoint reads a [`StatsSnapshot`].
+//!
+//! Labels stay bounded whatever the gateway receives: deliveries are
+//! counted by table only for the tables it follows (`postgres.tables`),
+//! every other table as [`OTHER_TABLE`]; without a configured list, the
+//! first [`MAX_TABLE_LABELS`] tables get their own label. Disconnects are
+//! counted by a fixed set of reasons ([`DisconnectReason`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::config::TableName;
 use crate::event::Op;
+
+/// The table label of deliveries from tables the gateway does not follow.
+pub const OTHER_TABLE: &str = "other";
+
+/// Distinct table labels when the followed tables are not known.
+pub const MAX_TABLE_LABELS: usize = 64;
+
+/// Why the hub disconnected a socket, a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// Its queue had no room for a packet (`fanout.socket_buffer`).
+    QueueFull,
+    /// Its queue would pass `fanout.socket_buffer_bytes`.
+    QueueBytes,
+    /// Its replay could queue nothing for `fanout.replay_stall_timeout_ms`.
+    ReplayStall,
+    /// The JWT it was admitted with expired.
+    TokenExpired,
+}
+
+impl DisconnectReason {
+    pub const ALL: [DisconnectReason; 4] = [
+        DisconnectReason::QueueFull,
+        DisconnectReason::QueueBytes,
+        DisconnectReason::ReplayStall,
+        DisconnectReason::TokenExpired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::QueueFull => "queue_full",
+            DisconnectReason::QueueBytes => "queue_bytes",
+            DisconnectReason::ReplayStall => "replay_stall",
+            DisconnectReason::TokenExpired => "token_expired",
+        }
+    }
+
+    /// Whether the socket was too slow (as opposed to no longer allowed).
+    pub fn is_slow(self) -> bool {
+        !matches!(self, DisconnectReason::TokenExpired)
+    }
+}
 
 #[derive(Debug, Default)]
 struct Counters {
     delivered: AtomicU64,
-    /// Deliveries by `schema.table`, one count per op (in [`OPS`] order).
-    /// Bounded by the published tables; keyed by `String` so the hot path
-    /// looks up by `&str` without allocating.
+    /// Deliveries by `schema.table` label, one count per op (in [`OPS`]
+    /// order). Bounded (see the module doc); keyed by `String` so the hot
+    /// path looks up by `&str` without allocating.
     delivered_by_table: Mutex<HashMap<String, [u64; 4]>>,
+    /// The `schema.table` names that get their own label; `None`: the
+    /// first [`MAX_TABLE_LABELS`] seen.
+    followed_tables: Option<HashSet<String>>,
+    /// Disconnects by [`DisconnectReason::ALL`] index.
+    disconnects: [AtomicU64; 4],
     duplicates: AtomicU64,
     malformed: AtomicU64,
     emitted: AtomicU64,
@@ -44,7 +98,8 @@ pub struct StatsSnapshot {
     pub malformed: u64,
     /// `change` packets handed to sockets (live and replayed).
     pub emitted: u64,
-    /// Sockets disconnected because their send buffer was full.
+    /// Sockets disconnected because they were too slow (queue full, past
+    /// the byte budget, replay stalled).
     pub slow_disconnects: u64,
     /// `resync` events sent.
     pub resyncs: u64,
@@ -74,6 +129,35 @@ pub struct DeliveredCount {
 }
 
 impl FanoutStats {
+    /// Counters whose table labels are `tables` (`schema.table` or `table`
+    /// for `public.table`, as `postgres.tables`), every other table as
+    /// `OTHER_TABLE`; an empty list caps the labels at
+    /// `MAX_TABLE_LABELS` instead.
+    pub fn for_tables(tables: &[String]) -> FanoutStats {
+        let followed = (!tables.is_empty()).then(|| {
+            tables
+                .iter()
+                .map(|t| match TableName::parse(t) {
+                    Ok(name) => format!("{}.{}", name.schema, name.table),
+                    Err(_) => t.clone(),
+                })
+                .collect()
+        });
+        FanoutStats(Arc::new(Counters {
+            followed_tables: followed,
+            ..Counters::default()
+        }))
+    }
+
+    /// Sockets disconnected by the hub, by reason (every reason, zeros
+    /// included).
+    pub fn disconnects(&self) -> [(DisconnectReason, u64); 4] {
+        DisconnectReason::ALL.map(|reason| {
+            let n = self.0.disconnects[reason as usize].load(Ordering::Relaxed);
+            (reason, n)
+        })
+    }
+
     /// Deliveries by table and op, ordered; only those that happened.
     pub fn delivered_by_table(&self) -> Vec<DeliveredCount> {
         let by_table = self
@@ -129,14 +213,24 @@ impl FanoutStats {
             .delivered_by_table
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match by_table.get_mut(table) {
-            Some(counts) => counts[slot] += 1,
-            None => {
-                let mut counts = [0; 4];
-                counts[slot] = 1;
-                by_table.insert(table.to_owned(), counts);
-            }
+        if let Some(counts) = by_table.get_mut(table) {
+            counts[slot] += 1;
+            return;
         }
+        let own_label = match &self.0.followed_tables {
+            Some(followed) => followed.contains(table),
+            // `other` takes a place too.
+            None => by_table.len() + 1 < MAX_TABLE_LABELS,
+        };
+        let label = if own_label { table } else { OTHER_TABLE };
+        by_table.entry(label.to_owned()).or_insert([0; 4])[slot] += 1;
+    }
+
+    pub(crate) fn record_disconnect(&self, reason: DisconnectReason) {
+        if reason.is_slow() {
+            self.0.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.disconnects[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_duplicate(&self) {
@@ -145,10 +239,6 @@ impl FanoutStats {
 
     pub(crate) fn record_emitted(&self, n: u64) {
         self.0.emitted.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn record_slow_disconnect(&self) {
-        self.0.slow_disconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_resync(&self) {
@@ -172,5 +262,61 @@ impl FanoutStats {
             .buffered_events
             .store(events as u64, Ordering::Relaxed);
         self.0.buffered_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(stats: &FanoutStats) -> Vec<String> {
+        let mut labels: Vec<String> = stats
+            .delivered_by_table()
+            .into_iter()
+            .map(|c| c.table)
+            .collect();
+        labels.dedup();
+        labels
+    }
+
+    #[test]
+    fn tables_not_followed_fold_into_other() {
+        let stats = FanoutStats::for_tables(&["orders".into(), "shop.items".into()]);
+        stats.record_delivered("public.orders", Op::Insert);
+        stats.record_delivered("shop.items", Op::Update);
+        for n in 0..1000 {
+            stats.record_delivered(&format!("evil.t{n}"), Op::Insert);
+        }
+        assert_eq!(labels(&stats), ["other", "public.orders", "shop.items"]);
+        let other = stats
+            .delivered_by_table()
+            .into_iter()
+            .find(|c| c.table == OTHER_TABLE)
+            .unwrap();
+        assert_eq!(other.count, 1000);
+    }
+
+    #[test]
+    fn without_a_table_list_labels_are_capped() {
+        let stats = FanoutStats::default();
+        for n in 0..1000 {
+            stats.record_delivered(&format!("s.t{n}"), Op::Delete);
+        }
+        let labels = labels(&stats);
+        assert_eq!(labels.len(), MAX_TABLE_LABELS);
+        assert!(labels.contains(&OTHER_TABLE.to_owned()));
+        let total: u64 = stats.delivered_by_table().iter().map(|c| c.count).sum();
+        assert_eq!(total, 1000);
+    }
+
+    #[test]
+    fn disconnects_count_by_reason() {
+        let stats = FanoutStats::default();
+        stats.record_disconnect(DisconnectReason::QueueBytes);
+        stats.record_disconnect(DisconnectReason::TokenExpired);
+        assert_eq!(stats.snapshot().slow_disconnects, 1);
+        let by_reason = stats.disconnects();
+        assert_eq!(by_reason[1], (DisconnectReason::QueueBytes, 1));
+        assert_eq!(by_reason[3], (DisconnectReason::TokenExpired, 1));
     }
 }

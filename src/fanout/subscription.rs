@@ -9,6 +9,13 @@
 //! text form ([`canonical_json`]: object keys sorted, no whitespace), so
 //! `{"id": 42}` matches an event key `{"id":42}`.
 //!
+//! A change without a key (`truncate`) concerns every row of its table, so
+//! it also reaches the sockets subscribed to a row of that table.
+//!
+//! What one socket may hold is capped ([`Limits`]: subscriptions, a key's
+//! size, all of its subscriptions' bytes); past a cap the command is refused
+//! with a reason and nothing changes.
+//!
 //! The [`Index`] maps tables and rows to socket ids so a change reaches its
 //! subscribers without scanning every socket. It holds no sockets and does no
 //! I/O.
@@ -18,9 +25,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::Value;
 use socketioxide::socket::Sid;
 
-/// At most this many subscriptions per socket; bounds what one client can
-/// make the gateway hold.
-pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// What one socket's subscriptions may take (`fanout.max_*`); bounds what
+/// one client can make the gateway hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Subscriptions per socket.
+    pub subscriptions: usize,
+    /// Bytes of a key's canonical JSON.
+    pub key_bytes: usize,
+    /// Bytes of all of a socket's targets together (table names and keys).
+    pub total_bytes: usize,
+}
 
 /// A row: `schema.table` plus the canonical JSON of its key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +49,16 @@ pub struct RowKey {
 pub enum Target {
     Table(String),
     Row(RowKey),
+}
+
+impl Target {
+    /// Bytes this target makes the gateway hold (its text).
+    fn bytes(&self) -> usize {
+        match self {
+            Target::Table(table) => table.len(),
+            Target::Row(row) => row.table.len() + row.key.len(),
+        }
+    }
 }
 
 /// Compact JSON with object keys sorted at every level, so equal JSON values
@@ -61,8 +86,9 @@ pub fn canonical_json(value: &Value) -> String {
 }
 
 /// Parses a `subscribe`/`unsubscribe` payload:
-/// `{ "table": "schema.table", "key": {...}? }`.
-pub fn parse_target(payload: Option<&Value>) -> Result<Target, String> {
+/// `{ "table": "schema.table", "key": {...}? }`, with a key of at most
+/// `max_key_bytes` (canonical JSON).
+pub fn parse_target(payload: Option<&Value>, max_key_bytes: usize) -> Result<Target, String> {
     let Some(Value::Object(map)) = payload else {
         return Err(
             "payload must be an object like {\"table\": \"public.orders\", \"key\": {\"id\": 42}}"
@@ -90,10 +116,19 @@ pub fn parse_target(payload: Option<&Value>) -> Result<Target, String> {
     }
     match map.get("key") {
         None | Some(Value::Null) => Ok(Target::Table(table.clone())),
-        Some(key @ Value::Object(fields)) if !fields.is_empty() => Ok(Target::Row(RowKey {
-            table: table.clone(),
-            key: canonical_json(key),
-        })),
+        Some(key @ Value::Object(fields)) if !fields.is_empty() => {
+            let key = canonical_json(key);
+            if key.len() > max_key_bytes {
+                return Err(format!(
+                    "key is {} bytes of JSON; at most {max_key_bytes} (fanout.max_key_bytes)",
+                    key.len()
+                ));
+            }
+            Ok(Target::Row(RowKey {
+                table: table.clone(),
+                key,
+            }))
+        }
         Some(Value::Object(_)) => Err("key must not be an empty object".into()),
         Some(_) => Err("key must be an object of key columns, e.g. {\"id\": 42}".into()),
     }
@@ -105,6 +140,8 @@ pub struct Subscriptions {
     /// "Everything" mode: true until the first subscribe.
     pub all: bool,
     pub targets: HashSet<Target>,
+    /// Sum of the targets' [`Target::bytes`].
+    bytes: usize,
 }
 
 impl Default for Subscriptions {
@@ -112,6 +149,7 @@ impl Default for Subscriptions {
         Subscriptions {
             all: true,
             targets: HashSet::new(),
+            bytes: 0,
         }
     }
 }
@@ -122,6 +160,9 @@ pub struct Index {
     all: HashSet<Sid>,
     tables: HashMap<String, HashSet<Sid>>,
     rows: HashMap<RowKey, HashSet<Sid>>,
+    /// Per table, the sockets holding a row of it and how many rows: where
+    /// a change without a key (`truncate`) goes besides `tables`.
+    row_tables: HashMap<String, HashMap<Sid, usize>>,
 }
 
 impl Index {
@@ -138,19 +179,29 @@ impl Index {
         }
     }
 
-    /// Applies a subscribe; returns an error if the socket holds too many.
+    /// Applies a subscribe; past one of `limits` it is refused and nothing
+    /// changes.
     pub fn subscribe(
         &mut self,
         sid: Sid,
         subs: &mut Subscriptions,
         target: Target,
+        limits: &Limits,
     ) -> Result<(), String> {
         if subs.targets.contains(&target) && !subs.all {
             return Ok(());
         }
-        if subs.targets.len() >= MAX_SUBSCRIPTIONS {
+        if subs.targets.len() >= limits.subscriptions {
             return Err(format!(
-                "too many subscriptions (at most {MAX_SUBSCRIPTIONS} per socket)"
+                "too many subscriptions: at most {} per socket (fanout.max_subscriptions); unsubscribe from one first",
+                limits.subscriptions
+            ));
+        }
+        if subs.bytes + target.bytes() > limits.total_bytes {
+            return Err(format!(
+                "subscriptions would take {} bytes; at most {} per socket (fanout.max_subscription_bytes)",
+                subs.bytes + target.bytes(),
+                limits.total_bytes
             ));
         }
         if subs.all {
@@ -163,8 +214,15 @@ impl Index {
             }
             Target::Row(row) => {
                 self.rows.entry(row.clone()).or_default().insert(sid);
+                *self
+                    .row_tables
+                    .entry(row.table.clone())
+                    .or_default()
+                    .entry(sid)
+                    .or_default() += 1;
             }
         }
+        subs.bytes += target.bytes();
         subs.targets.insert(target);
         Ok(())
     }
@@ -172,6 +230,7 @@ impl Index {
     /// Applies an unsubscribe (a no-op for a target not held).
     pub fn unsubscribe(&mut self, sid: Sid, subs: &mut Subscriptions, target: &Target) {
         if subs.targets.remove(target) {
+            subs.bytes -= target.bytes();
             self.remove(sid, target);
         }
     }
@@ -193,12 +252,24 @@ impl Index {
                         self.rows.remove(row);
                     }
                 }
+                if let Some(holders) = self.row_tables.get_mut(&row.table) {
+                    if let Some(count) = holders.get_mut(&sid) {
+                        *count -= 1;
+                        if *count == 0 {
+                            holders.remove(&sid);
+                        }
+                    }
+                    if holders.is_empty() {
+                        self.row_tables.remove(&row.table);
+                    }
+                }
             }
         }
     }
 
-    /// The sockets a change of `table` (and `row`) goes to, each once, in
-    /// no particular order.
+    /// The sockets a change of `table` (and `row`; `None` for a change
+    /// without a key, which concerns every row) goes to, each once, in no
+    /// particular order.
     pub fn targets(&self, table: &str, row: Option<&RowKey>, out: &mut Vec<Sid>) {
         out.clear();
         out.extend(self.all.iter().copied());
@@ -207,9 +278,19 @@ impl Index {
             out.extend(set.iter().copied());
             sources += 1;
         }
-        if let Some(set) = row.and_then(|row| self.rows.get(row)) {
-            out.extend(set.iter().copied());
-            sources += 1;
+        match row {
+            Some(row) => {
+                if let Some(set) = self.rows.get(row) {
+                    out.extend(set.iter().copied());
+                    sources += 1;
+                }
+            }
+            None => {
+                if let Some(holders) = self.row_tables.get(table) {
+                    out.extend(holders.keys().copied());
+                    sources += 1;
+                }
+            }
         }
         // A socket is in `all` xor in the table/row sets, but it may hold
         // both a table and one of its rows.
@@ -221,9 +302,16 @@ impl Index {
 
     /// Whether a socket with these subscriptions receives this change.
     pub fn matches(subs: &Subscriptions, table: &str, row: Option<&RowKey>) -> bool {
-        subs.all
-            || subs.targets.contains(&Target::Table(table.to_owned()))
-            || row.is_some_and(|row| subs.targets.contains(&Target::Row(row.clone())))
+        if subs.all || subs.targets.contains(&Target::Table(table.to_owned())) {
+            return true;
+        }
+        match row {
+            Some(row) => subs.targets.contains(&Target::Row(row.clone())),
+            None => subs
+                .targets
+                .iter()
+                .any(|t| matches!(t, Target::Row(r) if r.table == table)),
+        }
     }
 }
 
@@ -231,6 +319,16 @@ impl Index {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        subscriptions: 1024,
+        key_bytes: 1024,
+        total_bytes: 1 << 20,
+    };
+
+    fn parse_target_(payload: Option<&Value>) -> Result<Target, String> {
+        parse_target(payload, LIMITS.key_bytes)
+    }
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
@@ -244,18 +342,18 @@ mod tests {
     #[test]
     fn parses_subscribe_payloads() {
         assert_eq!(
-            parse_target(Some(&json!({"table": "public.orders"}))).unwrap(),
+            parse_target_(Some(&json!({"table": "public.orders"}))).unwrap(),
             Target::Table("public.orders".into())
         );
         assert_eq!(
-            parse_target(Some(&json!({"table": "public.orders", "key": {"id": 42}}))).unwrap(),
+            parse_target_(Some(&json!({"table": "public.orders", "key": {"id": 42}}))).unwrap(),
             Target::Row(RowKey {
                 table: "public.orders".into(),
                 key: r#"{"id":42}"#.into()
             })
         );
         assert_eq!(
-            parse_target(Some(&json!({"table": "public.orders", "key": null}))).unwrap(),
+            parse_target_(Some(&json!({"table": "public.orders", "key": null}))).unwrap(),
             Target::Table("public.orders".into())
         );
     }
@@ -284,7 +382,7 @@ mod tests {
             ),
         ];
         for (payload, expected) in cases {
-            let err = parse_target(payload.as_ref()).unwrap_err();
+            let err = parse_target_(payload.as_ref()).unwrap_err();
             assert!(err.contains(expected), "{payload:?}: {err}");
         }
     }
@@ -322,7 +420,7 @@ mod tests {
         });
 
         index
-            .subscribe(a, &mut subs_a, Target::Row(order42.clone()))
+            .subscribe(a, &mut subs_a, Target::Row(order42.clone()), &LIMITS)
             .unwrap();
         index.targets("public.orders", Some(&order7), &mut out);
         assert_eq!(out, vec![b]);
@@ -334,7 +432,12 @@ mod tests {
 
         // Widen to the whole table: still one copy of the row's change.
         index
-            .subscribe(a, &mut subs_a, Target::Table("public.orders".into()))
+            .subscribe(
+                a,
+                &mut subs_a,
+                Target::Table("public.orders".into()),
+                &LIMITS,
+            )
             .unwrap();
         index.targets("public.orders", Some(&order42), &mut out);
         assert_eq!(out.iter().filter(|s| **s == a).count(), 1);
@@ -350,5 +453,76 @@ mod tests {
         index.targets("public.orders", Some(&order42), &mut out);
         assert!(out.is_empty());
         assert!(index.tables.is_empty() && index.rows.is_empty());
+    }
+
+    #[test]
+    fn a_keyless_change_reaches_the_row_subscribers_of_its_table() {
+        let mut index = Index::default();
+        let (a, b) = (sid(0), sid(1));
+        let (mut subs_a, mut subs_b) = (Subscriptions::default(), Subscriptions::default());
+        index.add_socket(a);
+        index.add_socket(b);
+        let row = |table: &str| {
+            Target::Row(RowKey {
+                table: table.into(),
+                key: r#"{"id":1}"#.into(),
+            })
+        };
+        index
+            .subscribe(a, &mut subs_a, row("public.orders"), &LIMITS)
+            .unwrap();
+        index
+            .subscribe(b, &mut subs_b, row("public.items"), &LIMITS)
+            .unwrap();
+        let mut out = Vec::new();
+        index.targets("public.orders", None, &mut out);
+        assert_eq!(out, vec![a]);
+        assert!(Index::matches(&subs_a, "public.orders", None));
+        assert!(!Index::matches(&subs_b, "public.orders", None));
+        index.unsubscribe(a, &mut subs_a, &row("public.orders"));
+        index.targets("public.orders", None, &mut out);
+        assert!(out.is_empty());
+        assert!(!index.row_tables.contains_key("public.orders"));
+    }
+
+    #[test]
+    fn caps_refuse_and_change_nothing() {
+        let limits = Limits {
+            subscriptions: 2,
+            key_bytes: 16,
+            total_bytes: 40,
+        };
+        let too_long = json!({"table": "public.orders", "key": {"id": "x".repeat(20)}});
+        let err = parse_target(Some(&too_long), limits.key_bytes).unwrap_err();
+        assert!(err.contains("fanout.max_key_bytes"), "{err}");
+
+        let mut index = Index::default();
+        let a = sid(0);
+        let mut subs = Subscriptions::default();
+        index.add_socket(a);
+        let table = |n: &str| Target::Table(format!("public.{n}"));
+        index
+            .subscribe(a, &mut subs, table("orders"), &limits)
+            .unwrap();
+        // 13 + 26 bytes > 40.
+        let err = index
+            .subscribe(a, &mut subs, table("a_rather_long_name_here"), &limits)
+            .unwrap_err();
+        assert!(err.contains("fanout.max_subscription_bytes"), "{err}");
+        index
+            .subscribe(a, &mut subs, table("items"), &limits)
+            .unwrap();
+        let err = index
+            .subscribe(a, &mut subs, table("x"), &limits)
+            .unwrap_err();
+        assert!(err.contains("fanout.max_subscriptions"), "{err}");
+        assert_eq!(subs.targets.len(), 2);
+        assert_eq!(subs.bytes, "public.orders".len() + "public.items".len());
+        // Subscribing again to what is held is no new subscription.
+        index
+            .subscribe(a, &mut subs, table("items"), &limits)
+            .unwrap();
+        index.unsubscribe(a, &mut subs, &table("items"));
+        index.subscribe(a, &mut subs, table("x"), &limits).unwrap();
     }
 }
