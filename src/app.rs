@@ -283,7 +283,7 @@ async fn capture_role(
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(capture::backoff(attempt, max_backoff)) => {}
+                    _ = tokio::time::sleep(capture::reconnect_backoff(max_backoff).delay(attempt)) => {}
                 }
                 continue;
             }

@@ -16,7 +16,7 @@
 //! `config` loads and validates settings, `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
-//! durable, `metrics` renders every stage's counters for `GET /metrics`, and
+//! durable, `retry` is the one reconnect backoff policy, `metrics` renders every stage's counters for `GET /metrics`, and
 //! `app` wires the stages of `walcast run` together.
 
 pub mod wal;
@@ -40,6 +40,8 @@ pub mod metrics;
 pub mod config;
 
 pub mod catalog;
+
+pub mod retry;
 
 pub mod cli;
 

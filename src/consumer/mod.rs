@@ -74,7 +74,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, Connection, ConnectionProperties, Event, ExchangeKind};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -82,6 +81,7 @@ use crate::config::{redact_url, RabbitConfig};
 use crate::fanout::{
     Change, DeliverError, Delivered, Hub, ParseSnapshotError, ReplayLogError, Snapshot,
 };
+use crate::retry::Backoff;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,7 +255,7 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled, reconnecting on failure.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let url = redact_url(&self.config.url);
-        let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
+        let backoff = reconnect_backoff(&self.config);
         let mut attempt: u32 = 0;
         info!(%url, queue = %self.queue, exchange = %self.config.exchange, "consumer starting");
         loop {
@@ -294,7 +294,7 @@ impl Consumer {
             } else {
                 attempt.saturating_add(1)
             };
-            let delay = backoff(attempt, max_backoff);
+            let delay = backoff.delay(attempt);
             debug!(?delay, attempt, "consumer reconnect delay");
             tokio::select! {
                 biased;
@@ -445,13 +445,12 @@ impl Consumer {
         let session = shutdown.child_token();
         let _session_guard = session.clone().drop_guard();
         if let (Some(pg), Some(generation)) = (&self.history_pg, self.hub.history_start_needed()) {
-            let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
             tokio::spawn(
                 take_history_start(
                     pg.clone(),
                     self.hub.clone(),
                     generation,
-                    max_backoff,
+                    reconnect_backoff(&self.config),
                     session,
                 )
                 .in_current_span(),
@@ -628,7 +627,7 @@ async fn take_history_start(
     pg: tokio_postgres::Config,
     hub: Hub,
     generation: u64,
-    max_backoff: Duration,
+    backoff: Backoff,
     cancel: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
@@ -655,7 +654,7 @@ async fn take_history_start(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff(attempt, max_backoff)) => {}
+            _ = tokio::time::sleep(backoff.delay(attempt)) => {}
         }
     }
 }
@@ -688,15 +687,14 @@ fn declare(what: &'static str, name: &str, source: lapin::Error) -> (ConsumerErr
     )
 }
 
-/// Full-jitter exponential backoff: a random delay in [cap/2, cap] where
-/// cap = min(max, INITIAL_BACKOFF · 2^attempt), so gateways that lost the
+/// The gateway's reconnect delays: from [`INITIAL_BACKOFF`], doubling,
+/// capped at `max_backoff_ms`, jittered so that gateways that lost the
 /// broker together do not reconnect in lockstep.
-fn backoff(attempt: u32, max: Duration) -> Duration {
-    let cap = INITIAL_BACKOFF
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(max);
-    let half = cap / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+fn reconnect_backoff(config: &RabbitConfig) -> Backoff {
+    Backoff::new(
+        INITIAL_BACKOFF,
+        Duration::from_millis(config.max_backoff_ms.max(1)),
+    )
 }
 
 #[cfg(test)]
@@ -704,15 +702,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let max = Duration::from_secs(30);
-        for attempt in 0..40 {
-            let d = backoff(attempt, max);
-            let cap = INITIAL_BACKOFF
-                .saturating_mul(1u32 << attempt.min(20))
-                .min(max);
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
-        }
-        assert!(backoff(30, max) >= Duration::from_secs(15));
+    fn reconnect_backoff_starts_at_100_ms_and_stops_at_max_backoff_ms() {
+        let config = RabbitConfig {
+            max_backoff_ms: 30_000,
+            ..RabbitConfig::default()
+        };
+        let backoff = reconnect_backoff(&config);
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff.ceiling(30), Duration::from_secs(30));
     }
 }

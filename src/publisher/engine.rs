@@ -35,13 +35,13 @@ use lapin::uri::AMQPUri;
 use lapin::{
     Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind, PublisherConfirm,
 };
-use rand::Rng;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
 use super::error::{PublishError, Step};
 use super::stats::PublisherStats;
+use crate::retry::Backoff;
 
 /// Longest wait for a TCP connection, the AMQP handshake, the channel and
 /// the exchange declaration together.
@@ -175,15 +175,14 @@ fn close_in_background(connection: Connection) {
     });
 }
 
-/// Reconnect delay: at once after a first failure, then exponential from
-/// 100 ms, capped at `max`, with jitter so that many walcasts do not
-/// reconnect in step.
-pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
+/// Reconnect delay: at once after a first failure (a broker that closed
+/// one connection usually takes the next), then [`Backoff`] from 100 ms,
+/// capped at `max`, jittered so that many walcasts do not reconnect in step.
+pub(crate) fn reconnect_delay(attempt: u32, max: Duration) -> Duration {
+    match attempt.checked_sub(1) {
+        None => Duration::ZERO,
+        Some(n) => Backoff::new(Duration::from_millis(100), max).delay(n),
     }
-    let base = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16));
-    base.min(max).mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// A message accepted from the [`super::Publisher`] and not yet confirmed.
@@ -354,7 +353,7 @@ impl Engine {
                 if self.connecting.is_some() {
                     return;
                 }
-                let delay = backoff(self.attempt, self.settings.max_backoff);
+                let delay = reconnect_delay(self.attempt, self.settings.max_backoff);
                 self.attempt = self.attempt.saturating_add(1);
                 let settings = Arc::clone(&self.settings);
                 if !delay.is_zero() {
@@ -528,14 +527,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_starts_at_once_grows_and_is_capped() {
+    fn reconnect_delay_starts_at_once_grows_and_is_capped() {
         let max = Duration::from_secs(2);
-        assert_eq!(backoff(0, max), Duration::ZERO);
-        let first = backoff(1, max);
+        assert_eq!(reconnect_delay(0, max), Duration::ZERO);
+        let first = reconnect_delay(1, max);
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         for attempt in 1..50 {
-            assert!(backoff(attempt, max) <= max);
+            assert!(reconnect_delay(attempt, max) <= max);
         }
-        assert!(backoff(20, max) >= Duration::from_secs(1));
+        assert!(reconnect_delay(20, max) >= Duration::from_secs(1));
     }
 }

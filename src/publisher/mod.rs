@@ -147,7 +147,7 @@ impl Publisher {
                     Ok(link) => return Ok(link),
                     Err(e) if e.is_retryable() => {
                         attempt = attempt.saturating_add(1);
-                        let delay = engine::backoff(attempt, settings.max_backoff);
+                        let delay = engine::reconnect_delay(attempt, settings.max_backoff);
                         warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "cannot reach rabbitmq; retrying");
                         tokio::select! {
                             biased;
