@@ -168,14 +168,20 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         tracker.spawn(async move {
             loop {
                 let consuming = status.is_consuming();
-                let detail = if consuming {
+                // A standby (quorum queue, single active consumer) is up but
+                // gets nothing while another gateway is active.
+                let standby = status.is_standby();
+                let detail = if standby {
+                    "standby: another gateway is the single active consumer of this queue"
+                        .to_owned()
+                } else if consuming {
                     "consuming".to_owned()
                 } else if let Some(refused) = status.refused() {
                     refused
                 } else {
                     "connecting to rabbitmq".to_owned()
                 };
-                health.set("gateway", consuming, detail);
+                health.set("gateway", consuming && !standby, detail);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -29,23 +29,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{
-    Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind, PublisherConfirm,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
 use super::error::{PublishError, Step};
 use super::stats::PublisherStats;
+use crate::amqp::{self, Connected, Endpoint, CONNECT_TIMEOUT};
 use crate::retry::Backoff;
-
-/// Longest wait for a TCP connection, the AMQP handshake, the channel and
-/// the exchange declaration together.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Writes handed to lapin but not yet flushed to the socket, at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
@@ -55,24 +49,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Where and how to connect; shared by every connection attempt. Not
-/// `Debug`-derived: `uri` holds the password.
+/// Where and how to connect; shared by every connection attempt.
+#[derive(Debug)]
 pub(crate) struct Settings {
-    pub uri: AMQPUri,
-    /// The URL with its password redacted, for logs and errors.
-    pub url: String,
+    pub endpoint: Endpoint,
     pub exchange: String,
     pub max_backoff: Duration,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("url", &self.url)
-            .field("exchange", &self.exchange)
-            .field("max_backoff", &self.max_backoff)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A message handed to the task: its sequence number and its encoding.
@@ -93,6 +75,8 @@ pub(crate) struct Progress {
 
 /// One connection with a confirming channel and the exchange declared.
 pub(crate) struct Link {
+    /// The broker URL (redacted) this link went to.
+    url: String,
     connection: Connection,
     channel: Channel,
     events: Pin<Box<dyn Stream<Item = Event> + Send>>,
@@ -100,19 +84,13 @@ pub(crate) struct Link {
 
 /// Connects, opens a channel in confirm mode and declares the exchange.
 pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError> {
+    let Connected { connection, url } = amqp::connect(&settings.endpoint, "walcast publisher")
+        .await
+        .map_err(|e| PublishError::from_connect(e, &settings.exchange))?;
+    let redacted = url.as_str();
     let classify = |step| {
-        move |e: lapin::Error| PublishError::from_setup(e, step, &settings.url, &settings.exchange)
+        move |e: lapin::Error| PublishError::from_setup(e, step, redacted, &settings.exchange)
     };
-    let properties = ConnectionProperties::default()
-        .with_connection_name("walcast publisher".into())
-        .with_client_property("product".into(), "walcast".into());
-    let connection = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect_uri(settings.uri.clone(), properties),
-    )
-    .await
-    .map_err(|_| timed_out(settings))?
-    .map_err(classify(Step::Connect))?;
     // Subscribe before anything can go wrong: lapin only queues events
     // while someone listens.
     let events = Box::pin(connection.events_listener());
@@ -125,16 +103,7 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(classify(Step::Other))?;
-        channel
-            .exchange_declare(
-                ShortString::from(settings.exchange.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        amqp::declare_exchange(&channel, &settings.exchange)
             .await
             .map_err(classify(Step::DeclareExchange))?;
         Ok(channel)
@@ -147,21 +116,18 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
         }
         Err(_) => {
             close_in_background(connection);
-            return Err(timed_out(settings));
+            return Err(PublishError::ConnectTimeout {
+                url: redacted.to_owned(),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            });
         }
     };
     Ok(Link {
+        url,
         connection,
         channel,
         events,
     })
-}
-
-fn timed_out(settings: &Settings) -> PublishError {
-    PublishError::ConnectTimeout {
-        url: settings.url.clone(),
-        seconds: CONNECT_TIMEOUT.as_secs(),
-    }
 }
 
 /// Closes a connection without waiting for it; a dead one just errors.
@@ -434,6 +400,7 @@ impl Engine {
     }
 
     fn on_linked(&mut self, link: Link) {
+        let url = link.url.clone();
         self.link = Some(link);
         self.written = 0;
         self.stats.set_connected(true);
@@ -442,7 +409,7 @@ impl Engine {
             self.attempt = 0;
         }
         info!(
-            url = %self.settings.url,
+            %url,
             republishing = self.unconfirmed.len(),
             "reconnected to rabbitmq"
         );
