@@ -168,18 +168,24 @@ async fn amqps_end_to_end_and_every_tls_failure_is_named() {
     assert_eq!(event["op"], "insert", "{event}");
     assert_eq!(event["new"]["customer_name"], "tls", "{event}");
     // Both connections are TLS connections on the node.
-    let connections = node.ctl(&["list_connections", "-q", "name", "ssl"]);
-    let listing = String::from_utf8_lossy(&connections.stdout).to_string();
+    let connections = node.ctl(&[
+        "list_connections",
+        "-q",
+        "ssl",
+        "client_properties",
+        "--formatter",
+        "json",
+    ]);
+    let connections: Vec<Value> = serde_json::from_slice(&connections.stdout).unwrap();
+    let names: Vec<String> = connections.iter().map(Value::to_string).collect();
+    assert_eq!(connections.len(), 2, "{names:?}");
     assert!(
-        listing.contains("walcast publisher") && listing.contains("walcast gateway"),
-        "{listing}"
+        connections.iter().all(|c| c["ssl"] == true),
+        "a connection without TLS: {names:?}"
     );
-    assert!(
-        listing
-            .lines()
-            .all(|l| l.trim().is_empty() || l.ends_with("true")),
-        "a connection without TLS: {listing}"
-    );
+    for name in ["walcast publisher", "walcast gateway"] {
+        assert!(names.iter().any(|c| c.contains(name)), "{name}: {names:?}");
+    }
     let log = walcast.stop().await;
     assert!(!log.contains("panicked"), "{log}");
 }
