@@ -28,7 +28,8 @@ use serde_json::{json, Value};
 use sio::NodeClient;
 use stack::{order_ids, spawn_writer, unique, RunSpec, Walcast};
 
-/// 300 transactions of 10 rows: 3,000 changes.
+/// 300 transactions of 10 rows: 3,000 changes, over about ten seconds, so
+/// that the kill falls in the middle of the load.
 const TRANSACTIONS: usize = 300;
 const ROWS: usize = 10;
 const CATCH_UP: Duration = Duration::from_secs(90);
@@ -115,6 +116,9 @@ async fn killing_the_quorum_queue_leader_under_load_loses_and_doubles_nothing() 
     // connections went to the first URL; when that is the leader, both
     // fail over to the next node.
     let leader = cluster.leader_of(&queue);
+    // Changes are still being committed: the capture must publish and the
+    // gateway consume after the kill, not merely drain what came before.
+    assert!(!writer.is_finished(), "the load ended before the kill");
     eprintln!(
         "killing {} (leader of {queue}) after {} changes",
         cluster.nodes[leader].name,
