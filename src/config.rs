@@ -1412,4 +1412,38 @@ mod tests {
         );
         assert!(TableName::parse("").is_err());
     }
+
+    #[test]
+    fn rabbitmq_url_lists_tls_files_and_queue_types_are_validated() {
+        assert_eq!(
+            redact_url("amqp://u:s3cret@a:5681/%2f,amqps://u:s3cret@b:5671/%2f"),
+            "amqp://u:***@a:5681/%2f,amqps://u:***@b:5671/%2f"
+        );
+        let mut config = Config::default();
+        config.rabbitmq.url = "amqp://u:s3cret@a/%2f, http://u:s3cret@b/".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rabbitmq.url");
+        assert!(!format!("{problems:?}").contains("s3cret"));
+
+        let mut config = Config::default();
+        config.rabbitmq.tls_ca_file = "/ca.pem".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("use amqps://"), "{problems:?}");
+        config.rabbitmq.url = "amqps://u:p@h:5671/%2f".into();
+        assert!(config.validate().is_empty());
+        config.rabbitmq.tls_cert_file = "/client.pem".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rabbitmq.tls_key_file");
+
+        let mut table: toml::Table = toml::from_str("[rabbitmq]\nqueue_type = \"quorum\"").unwrap();
+        assert_eq!(
+            deserialize(&table).unwrap().rabbitmq.queue_type,
+            QueueType::Quorum
+        );
+        table = toml::from_str("[rabbitmq]\nqueue_type = \"stream\"").unwrap();
+        assert!(deserialize(&table).unwrap_err().contains("classic"));
+    }
 }
