@@ -54,6 +54,8 @@ if [ ! -x "/usr/lib/postgresql/${WALCAST_PG_VERSION}/bin/postgres" ]; then
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=("postgresql-client")
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=("rabbitmq-server")
+# The TLS tests make their certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need_apt+=("openssl")
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

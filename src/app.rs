@@ -172,9 +172,18 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         let (health, stop) = (health.clone(), stop.clone());
         tracker.spawn(async move {
             loop {
-                // The refusal names the queue and the fix: the log's, not
-                // /readyz's (the consumer logs it as an error too).
-                if status.is_consuming() {
+                // Reasons (the queue and the fix) go to the log, never to
+                // /readyz (the consumer logs them as errors too). A standby
+                // (quorum queue, single active consumer) is up but gets
+                // nothing while another gateway is active: not ready, so a
+                // load balancer sends it no browsers.
+                if status.is_standby() {
+                    health.set(
+                        "gateway",
+                        ComponentState::QueueInUse,
+                        "standby: another gateway is the single active consumer of this queue",
+                    );
+                } else if status.is_consuming() {
                     health.set("gateway", ComponentState::Ready, "consuming");
                 } else if let Some(refused) = status.refused() {
                     health.set("gateway", ComponentState::QueueInUse, refused);
@@ -323,7 +332,7 @@ async fn capture_role(
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(capture::backoff(attempt, max_backoff)) => {}
+                    _ = tokio::time::sleep(capture::reconnect_backoff(max_backoff).delay(attempt)) => {}
                 }
                 continue;
             }

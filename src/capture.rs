@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,6 +30,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::decoder::{DecodeError, Decoded, Decoder};
 use crate::event::{ChangeEvent, Lsn, Op, PgTimestamp};
 use crate::metrics::{Histogram, HistogramSnapshot};
+use crate::retry::Backoff;
 use crate::wal::{
     ReplicationClient, ReplicationMessage, ReplicationStream, StartOptions, WalError,
 };
@@ -310,7 +310,7 @@ pub async fn run<S: Sink>(
                     && !options.create_temporary_slot =>
             {
                 attempt = if made_progress { 1 } else { attempt + 1 };
-                let delay = backoff(attempt, options.max_backoff);
+                let delay = reconnect_backoff(options.max_backoff).delay(attempt);
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                 options.report(StreamState::Reconnecting(e.to_string()));
                 tokio::select! {
@@ -324,12 +324,9 @@ pub async fn run<S: Sink>(
     }
 }
 
-/// Exponential backoff from 200 ms with full jitter, capped.
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(16));
-    let cap = base.min(max);
-    let jitter = rand::rng().random_range(0.5..=1.0);
-    cap.mul_f64(jitter)
+/// The capture's reconnect delays: from 200 ms, doubling, capped at `max`.
+pub fn reconnect_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(200), max)
 }
 
 /// One connection's worth of streaming.
@@ -552,13 +549,9 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        let max = Duration::from_secs(5);
-        for attempt in 0..40 {
-            let d = backoff(attempt, max);
-            assert!(d <= max, "attempt {attempt}: {d:?}");
-            assert!(d >= Duration::from_millis(100), "attempt {attempt}: {d:?}");
-        }
-        assert!(backoff(10, max) >= Duration::from_millis(2500));
+    fn reconnect_backoff_starts_at_200_ms() {
+        let backoff = reconnect_backoff(Duration::from_secs(5));
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(200));
+        assert_eq!(backoff.ceiling(10), Duration::from_secs(5));
     }
 }

@@ -125,6 +125,41 @@ pub struct RabbitConfig {
     /// flight, besides `publish_window` messages; one larger event may
     /// still go alone.
     pub publish_window_bytes: usize,
+    /// `x-queue-type` of the gateway queue: classic, or quorum (replicated,
+    /// then consumed as a single active consumer).
+    pub queue_type: QueueType,
+    /// PEM file of the CA(s) that sign the broker's certificate (amqps://),
+    /// trusted besides the built-in public roots; empty: public roots only.
+    pub tls_ca_file: String,
+    /// PEM client certificate (chain) for brokers that ask for one; needs
+    /// `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of `tls_cert_file`.
+    pub tls_key_file: String,
+}
+
+/// The type of the gateway's queue (`x-queue-type`). Declared explicitly,
+/// because brokers differ in what they create by default (Amazon MQ and
+/// RabbitMQ 4.x can make new queues quorum).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A single-node queue; one gateway holds it with an exclusive consumer.
+    #[default]
+    Classic,
+    /// A replicated (Raft) queue; one gateway holds it as its single active
+    /// consumer, others wait as standbys.
+    Quorum,
+}
+
+impl QueueType {
+    /// The value of `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
 /// 16 MiB: an eighth of RabbitMQ's default `max_message_size` (128 MiB),
@@ -148,11 +183,21 @@ impl Default for RabbitConfig {
             queue_expires_ms: 1_800_000,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             publish_window_bytes: DEFAULT_PUBLISH_WINDOW_BYTES,
+            queue_type: QueueType::Classic,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
 
 impl RabbitConfig {
+    /// The broker URLs, in the order they are tried: `url` may list
+    /// several, comma-separated (the nodes of a cluster).
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
     /// The gateway queue name, with the hostname default filled in.
     pub fn queue_name(&self) -> String {
         if !self.queue.is_empty() {
@@ -366,6 +411,10 @@ impl fmt::Debug for RabbitConfig {
             .field("queue_expires_ms", &self.queue_expires_ms)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("publish_window_bytes", &self.publish_window_bytes)
+            .field("queue_type", &self.queue_type)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -548,13 +597,44 @@ impl Config {
         }
 
         let mq = &self.rabbitmq;
-        if !(mq.url.starts_with("amqp://") || mq.url.starts_with("amqps://")) {
+        if mq.urls().next().is_none() {
             problem(
                 "rabbitmq.url",
-                format!(
-                    "{:?} is not an AMQP URL; expected amqp://user:password@host:5672/%2f",
-                    redact_url(&mq.url)
-                ),
+                "is empty; expected amqp://user:password@host:5672/%2f".into(),
+            );
+        }
+        for url in mq.urls() {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                problem(
+                    "rabbitmq.url",
+                    format!(
+                        "{:?} is not an AMQP URL; expected amqp://user:password@host:5672/%2f (several, comma-separated, are tried in order)",
+                        redact_url(url)
+                    ),
+                );
+            }
+        }
+        let tls_files = [&mq.tls_ca_file, &mq.tls_cert_file, &mq.tls_key_file];
+        if tls_files.iter().any(|f| !f.is_empty()) {
+            for url in mq.urls().filter(|u| u.starts_with("amqp://")) {
+                problem(
+                    "rabbitmq.url",
+                    format!(
+                        "{:?} is plain amqp:// but rabbitmq.tls_* is set; use amqps:// (port 5671) so the certificates are used, or unset rabbitmq.tls_*",
+                        redact_url(url)
+                    ),
+                );
+            }
+        }
+        if mq.tls_cert_file.is_empty() != mq.tls_key_file.is_empty() {
+            problem(
+                if mq.tls_cert_file.is_empty() {
+                    "rabbitmq.tls_cert_file"
+                } else {
+                    "rabbitmq.tls_key_file"
+                },
+                "a client certificate needs both rabbitmq.tls_cert_file and rabbitmq.tls_key_file"
+                    .into(),
             );
         }
         if mq.exchange.is_empty() || mq.exchange.len() > 255 {
@@ -906,6 +986,11 @@ pub fn check_slot_name(name: &str) -> Result<(), String> {
 
 /// The URL with any password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
+    // A list of URLs (rabbitmq.url naming several nodes): each one.
+    if url.matches("://").count() > 1 && url.contains(',') {
+        let redacted: Vec<String> = url.split(',').map(|u| redact_url(u.trim())).collect();
+        return redacted.join(",");
+    }
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -1525,5 +1610,39 @@ mod tests {
             "\"shop\".\"Items\""
         );
         assert!(TableName::parse("").is_err());
+    }
+
+    #[test]
+    fn rabbitmq_url_lists_tls_files_and_queue_types_are_validated() {
+        assert_eq!(
+            redact_url("amqp://u:s3cret@a:5681/%2f,amqps://u:s3cret@b:5671/%2f"),
+            "amqp://u:***@a:5681/%2f,amqps://u:***@b:5671/%2f"
+        );
+        let mut config = Config::default();
+        config.rabbitmq.url = "amqp://u:s3cret@a/%2f, http://u:s3cret@b/".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rabbitmq.url");
+        assert!(!format!("{problems:?}").contains("s3cret"));
+
+        let mut config = Config::default();
+        config.rabbitmq.tls_ca_file = "/ca.pem".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("use amqps://"), "{problems:?}");
+        config.rabbitmq.url = "amqps://u:p@h:5671/%2f".into();
+        assert!(config.validate().is_empty());
+        config.rabbitmq.tls_cert_file = "/client.pem".into();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "rabbitmq.tls_key_file");
+
+        let mut table: toml::Table = toml::from_str("[rabbitmq]\nqueue_type = \"quorum\"").unwrap();
+        assert_eq!(
+            deserialize(&table).unwrap().rabbitmq.queue_type,
+            QueueType::Quorum
+        );
+        table = toml::from_str("[rabbitmq]\nqueue_type = \"stream\"").unwrap();
+        assert!(deserialize(&table).unwrap_err().contains("classic"));
     }
 }

@@ -16,7 +16,9 @@
 //! `config` loads and validates settings, `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
-//! durable, `metrics` renders every stage's counters for `GET /metrics`, and
+//! durable, `retry` is the one reconnect backoff policy, `amqp` connects to RabbitMQ
+//! (amqps, several nodes) and declares the exchange and queues for the
+//! publisher and the consumer, `metrics` renders every stage's counters for `GET /metrics`, and
 //! `app` wires the stages of `walcast run` together.
 
 pub mod wal;
@@ -26,6 +28,8 @@ pub mod decoder;
 pub mod event;
 
 pub mod capture;
+
+pub mod amqp;
 
 pub mod publisher;
 
@@ -40,6 +44,8 @@ pub mod metrics;
 pub mod config;
 
 pub mod catalog;
+
+pub mod retry;
 
 pub mod cli;
 

@@ -69,22 +69,25 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Acker, Connection, ConnectionProperties, Event, ExchangeKind};
-use rand::Rng;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Connection, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{redact_url, RabbitConfig};
+use crate::amqp::{self, AmqpError, Connected, Endpoint};
+use crate::config::{redact_url, QueueType, RabbitConfig};
 use crate::fanout::{
     Change, DeliverError, Delivered, Hub, ParseSnapshotError, ReplayLogError, Snapshot,
 };
+use crate::retry::Backoff;
 
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to Postgres for the history start may take.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a standby gateway (quorum queue, single active consumer)
+/// checks whether it has become the active one.
+const STANDBY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// First reconnect delay; doubles per failed attempt up to `max_backoff_ms`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait for an ack to be sent, or for a `connection.close`: on a
@@ -97,14 +100,19 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// the ones an operator must fix say so in their message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
-    #[error("cannot connect to RabbitMQ at {url}: {source}")]
-    Connect { url: String, source: lapin::Error },
-    #[error("connecting to RabbitMQ at {url} timed out after {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { url: String },
+    #[error(transparent)]
+    Connect(#[from] AmqpError),
     #[error("cannot declare {what} {name:?}: {source} (if it exists with other settings, delete it or fix rabbitmq.exchange / rabbitmq.queue / rabbitmq.queue_expires_ms)")]
     Declare {
         what: &'static str,
         name: String,
+        source: lapin::Error,
+    },
+    #[error("queue {queue:?} exists with other arguments than this gateway declares (x-queue-type = {queue_type:?}{expires}) (RabbitMQ: {source}); set rabbitmq.queue_type (and rabbitmq.queue_expires_ms) to what the queue has, or delete the queue (rabbitmqctl delete_queue {queue}; browsers then resync) so that it is declared again")]
+    QueueMismatch {
+        queue: String,
+        queue_type: &'static str,
+        expires: String,
         source: lapin::Error,
     },
     #[error("RabbitMQ channel failed: {0}")]
@@ -130,7 +138,7 @@ pub enum ConsumerError {
 pub enum HistoryStartError {
     #[error("cannot connect to Postgres: {0}")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("connecting to Postgres timed out after {CONNECT_TIMEOUT:?}")]
+    #[error("connecting to Postgres timed out after {PG_CONNECT_TIMEOUT:?}")]
     ConnectTimeout,
     #[error("SELECT pg_current_snapshot() failed: {0} (it needs PostgreSQL 13 or later)")]
     Query(#[source] tokio_postgres::Error),
@@ -146,6 +154,8 @@ struct Counters {
     acked: AtomicU64,
     rejected: AtomicU64,
     redelivered: AtomicU64,
+    /// Consuming a quorum queue as a waiting single active consumer.
+    standby: AtomicBool,
     /// Why the broker refused the last attempt to consume, while it does.
     refused: std::sync::Mutex<Option<String>>,
 }
@@ -158,6 +168,12 @@ impl ConsumerStatus {
     /// Whether a consuming session is up.
     pub fn is_consuming(&self) -> bool {
         self.0.consuming.load(Ordering::Acquire)
+    }
+    /// Whether this gateway consumes a quorum queue but is not its single
+    /// active consumer (another gateway is): it gets no deliveries and
+    /// takes over when the active one goes.
+    pub fn is_standby(&self) -> bool {
+        self.0.standby.load(Ordering::Acquire)
     }
     /// Sessions started (1 + reconnects that got as far as consuming).
     pub fn sessions(&self) -> u64 {
@@ -178,7 +194,8 @@ impl ConsumerStatus {
         self.0.redelivered.load(Ordering::Relaxed)
     }
     /// Why the broker refuses to let this gateway consume (its queue is
-    /// taken by another gateway), while it does; `None` once consuming.
+    /// taken by another gateway, or exists with another type), while it
+    /// does; `None` once consuming.
     pub fn refused(&self) -> Option<String> {
         self.lock_refused().clone()
     }
@@ -228,6 +245,19 @@ impl Consumer {
         self.status.clone()
     }
 
+    /// The error for a queue that exists with other arguments (406).
+    fn queue_mismatch(&self, source: lapin::Error) -> ConsumerError {
+        ConsumerError::QueueMismatch {
+            queue: self.queue.clone(),
+            queue_type: self.config.queue_type.as_str(),
+            expires: match self.config.queue_expires_ms {
+                0 => String::new(),
+                ms => format!(", x-expires = {ms}"),
+            },
+            source,
+        }
+    }
+
     /// The queue this gateway consumes.
     pub fn queue(&self) -> &str {
         &self.queue
@@ -255,13 +285,14 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled, reconnecting on failure.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let url = redact_url(&self.config.url);
-        let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
+        let backoff = reconnect_backoff(&self.config);
         let mut attempt: u32 = 0;
         info!(%url, queue = %self.queue, exchange = %self.config.exchange, "consumer starting");
         loop {
             let span = tracing::info_span!("consume", queue = %self.queue);
             let result = self.session(&shutdown).instrument(span).await;
             self.status.0.consuming.store(false, Ordering::Release);
+            self.status.0.standby.store(false, Ordering::Release);
             let consumed = match result {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Fault) => true,
@@ -269,7 +300,11 @@ impl Consumer {
                     // Shown on /readyz while it lasts; any other failure
                     // means the queue is not known to be taken any more.
                     self.status.set_refused(
-                        matches!(e, ConsumerError::QueueInUse { .. }).then(|| e.to_string()),
+                        matches!(
+                            e,
+                            ConsumerError::QueueInUse { .. } | ConsumerError::QueueMismatch { .. }
+                        )
+                        .then(|| e.to_string()),
                     );
                     if matches!(e, ConsumerError::QueueInUse { .. }) {
                         error!(error = %e, "not consuming; retrying until the queue is free");
@@ -294,7 +329,7 @@ impl Consumer {
             } else {
                 attempt.saturating_add(1)
             };
-            let delay = backoff(attempt, max_backoff);
+            let delay = backoff.delay(attempt);
             debug!(?delay, attempt, "consumer reconnect delay");
             tokio::select! {
                 biased;
@@ -311,19 +346,17 @@ impl Consumer {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, (ConsumerError, bool)> {
-        let url = redact_url(&self.config.url);
-        let connect = Connection::connect(
-            &self.config.url,
-            ConnectionProperties::default()
-                .with_connection_name(LongString::from(format!("walcast gateway {}", self.queue))),
-        );
+        let endpoint = Endpoint::new(&self.config).map_err(|e| (e.into(), false))?;
+        let name = format!("walcast gateway {}", self.queue);
         let connection = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-            result = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match result {
-                Err(_) => return Err((ConsumerError::ConnectTimeout { url }, false)),
-                Ok(Err(source)) => return Err((ConsumerError::Connect { url, source }, false)),
-                Ok(Ok(connection)) => connection,
+            result = amqp::connect(&endpoint, &name) => match result {
+                Err(e) => return Err((e.into(), false)),
+                Ok(Connected { connection, url }) => {
+                    debug!(%url, "connected to rabbitmq");
+                    connection
+                }
             },
         };
         // Subscribed before anything can go wrong: lapin only queues
@@ -349,34 +382,13 @@ impl Consumer {
         let setup = |e| (ConsumerError::Channel(e), false);
         let mut channel = connection.create_channel().await.map_err(setup)?;
         let exchange = self.config.exchange.as_str();
-        channel
-            .exchange_declare(
-                ShortString::from(exchange),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        amqp::declare_exchange(&channel, exchange)
             .await
             .map_err(|source| declare("exchange", exchange, source))?;
         let queue = self.queue.as_str();
-        let existed = match channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let existed = amqp::queue_exists(&channel, queue)
             .await
-        {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(source) => return Err(declare("queue", queue, source)),
-        };
+            .map_err(|source| declare("queue", queue, source))?;
         if !existed {
             // What was published while the queue did not exist is lost to
             // this gateway: its history cannot reach across.
@@ -386,17 +398,15 @@ impl Consumer {
             // The broker closed the channel on the 404.
             channel = connection.create_channel().await.map_err(setup)?;
         }
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                queue_arguments(&self.config),
-            )
+        let others = amqp::declare_gateway_queue(&channel, queue, &self.config)
             .await
-            .map_err(|source| declare("queue", queue, source))?;
+            .map_err(|source| {
+                if amqp::is_reply(&source, 406) {
+                    (self.queue_mismatch(source), false)
+                } else {
+                    declare("queue", queue, source)
+                }
+            })?;
         channel
             .queue_bind(
                 ShortString::from(queue),
@@ -415,16 +425,18 @@ impl Consumer {
             .basic_consume(
                 ShortString::from(queue),
                 ShortString::from(""),
-                // See the module doc: one gateway per queue.
+                // See the module doc: one gateway per queue. Quorum queues
+                // refuse exclusive consumers; their single active consumer
+                // argument does the same job.
                 BasicConsumeOptions {
-                    exclusive: true,
+                    exclusive: self.config.queue_type == QueueType::Classic,
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
             )
             .await
             .map_err(|source| {
-                if is_queue_in_use(&source) {
+                if amqp::is_reply(&source, 403) || amqp::is_reply(&source, 405) {
                     (
                         ConsumerError::QueueInUse {
                             queue: queue.to_owned(),
@@ -439,19 +451,41 @@ impl Consumer {
 
         self.status.set_refused(None);
         self.status.0.sessions.fetch_add(1, Ordering::Relaxed);
-        self.status.0.consuming.store(true, Ordering::Release);
-        info!(prefetch = self.config.prefetch, "consuming");
-        // Ends the history start task with this session.
+        // Ends the history start and standby tasks with this session.
         let session = shutdown.child_token();
         let _session_guard = session.clone().drop_guard();
+        if self.config.queue_type == QueueType::Quorum && others > 0 {
+            // A single active consumer that is not alone may be waiting:
+            // the broker does not say, so it is probed.
+            self.status.0.standby.store(true, Ordering::Release);
+            warn!(
+                consumers = others + 1,
+                "queue has another consumer: this gateway is a standby (single active consumer) until it goes"
+            );
+            let probe = connection.create_channel().await.map_err(setup)?;
+            tokio::spawn(
+                watch_standby(
+                    probe,
+                    self.queue.clone(),
+                    self.status.clone(),
+                    session.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        self.status.0.consuming.store(true, Ordering::Release);
+        info!(
+            prefetch = self.config.prefetch,
+            queue_type = self.config.queue_type.as_str(),
+            "consuming"
+        );
         if let (Some(pg), Some(generation)) = (&self.history_pg, self.hub.history_start_needed()) {
-            let max_backoff = Duration::from_millis(self.config.max_backoff_ms.max(1));
             tokio::spawn(
                 take_history_start(
                     pg.clone(),
                     self.hub.clone(),
                     generation,
-                    max_backoff,
+                    reconnect_backoff(&self.config),
                     session,
                 )
                 .in_current_span(),
@@ -501,6 +535,7 @@ impl Consumer {
                 Some(Ok(delivery)) => delivery,
             };
             let received = self.status.0.received.fetch_add(1, Ordering::Relaxed) + 1;
+            self.status.0.standby.store(false, Ordering::Release);
             if delivery.redelivered {
                 self.status.0.redelivered.fetch_add(1, Ordering::Relaxed);
             }
@@ -596,31 +631,6 @@ enum SessionEnd {
     Fault,
 }
 
-/// The gateway queue's arguments: `x-expires` unless it is turned off.
-fn queue_arguments(config: &RabbitConfig) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if config.queue_expires_ms > 0 {
-        // validate() keeps it within a u32, as RabbitMQ wants.
-        let expires = config.queue_expires_ms.min(u64::from(u32::MAX)) as i64;
-        arguments.insert(
-            ShortString::from("x-expires"),
-            AMQPValue::LongLongInt(expires),
-        );
-    }
-    arguments
-}
-
-/// The broker's answer to an exclusive `basic.consume` on a queue that has
-/// a consumer already (403 ACCESS_REFUSED), or to any consume on a queue
-/// another connection holds exclusively (405 RESOURCE_LOCKED).
-fn is_queue_in_use(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.get_id(), 403 | 405))
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
-}
-
 /// Takes `pg_current_snapshot()` and offers it to the hub as the start of
 /// the history at `generation`, retrying with backoff until it succeeds or
 /// `cancel` fires (the session ended).
@@ -628,7 +638,7 @@ async fn take_history_start(
     pg: tokio_postgres::Config,
     hub: Hub,
     generation: u64,
-    max_backoff: Duration,
+    backoff: Backoff,
     cancel: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
@@ -655,14 +665,14 @@ async fn take_history_start(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff(attempt, max_backoff)) => {}
+            _ = tokio::time::sleep(backoff.delay(attempt)) => {}
         }
     }
 }
 
 async fn current_snapshot(pg: &tokio_postgres::Config) -> Result<Snapshot, HistoryStartError> {
     let (client, connection) =
-        tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+        tokio::time::timeout(PG_CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
             .await
             .map_err(|_| HistoryStartError::ConnectTimeout)?
             .map_err(HistoryStartError::Connect)?;
@@ -677,6 +687,39 @@ async fn current_snapshot(pg: &tokio_postgres::Config) -> Result<Snapshot, Histo
     Ok(text.parse()?)
 }
 
+/// Watches a standby gateway's queue until this gateway is its single
+/// active consumer: it received a delivery, or it is the queue's only
+/// consumer. AMQP 0-9-1 does not announce the switch, so it polls.
+async fn watch_standby(
+    probe: lapin::Channel,
+    queue: String,
+    status: ConsumerStatus,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(STANDBY_PROBE_INTERVAL) => {}
+        }
+        if !status.is_standby() {
+            return;
+        }
+        match amqp::consumer_count(&probe, &queue).await {
+            Ok(consumers) if consumers <= 1 => {
+                status.0.standby.store(false, Ordering::Release);
+                info!("the other consumer is gone: this gateway is the active consumer");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "standby probe failed; the session will notice");
+                return;
+            }
+        }
+    }
+}
+
 fn declare(what: &'static str, name: &str, source: lapin::Error) -> (ConsumerError, bool) {
     (
         ConsumerError::Declare {
@@ -688,15 +731,14 @@ fn declare(what: &'static str, name: &str, source: lapin::Error) -> (ConsumerErr
     )
 }
 
-/// Full-jitter exponential backoff: a random delay in [cap/2, cap] where
-/// cap = min(max, INITIAL_BACKOFF · 2^attempt), so gateways that lost the
+/// The gateway's reconnect delays: from [`INITIAL_BACKOFF`], doubling,
+/// capped at `max_backoff_ms`, jittered so that gateways that lost the
 /// broker together do not reconnect in lockstep.
-fn backoff(attempt: u32, max: Duration) -> Duration {
-    let cap = INITIAL_BACKOFF
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(max);
-    let half = cap / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+fn reconnect_backoff(config: &RabbitConfig) -> Backoff {
+    Backoff::new(
+        INITIAL_BACKOFF,
+        Duration::from_millis(config.max_backoff_ms.max(1)),
+    )
 }
 
 #[cfg(test)]
@@ -704,15 +746,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let max = Duration::from_secs(30);
-        for attempt in 0..40 {
-            let d = backoff(attempt, max);
-            let cap = INITIAL_BACKOFF
-                .saturating_mul(1u32 << attempt.min(20))
-                .min(max);
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
-        }
-        assert!(backoff(30, max) >= Duration::from_secs(15));
+    fn reconnect_backoff_starts_at_100_ms_and_stops_at_max_backoff_ms() {
+        let config = RabbitConfig {
+            max_backoff_ms: 30_000,
+            ..RabbitConfig::default()
+        };
+        let backoff = reconnect_backoff(&config);
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(100));
+        assert_eq!(backoff.ceiling(30), Duration::from_secs(30));
     }
 }

@@ -37,13 +37,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{
-    Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind, PublisherConfirm,
-};
-use rand::Rng;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -51,10 +47,8 @@ use super::encoder::Encoded;
 use super::error::{publish_refusal, PublishError, Refusal, Step};
 use super::stats::PublisherStats;
 use super::window::Window;
-
-/// Longest wait for a TCP connection, the AMQP handshake, the channel and
-/// the exchange declaration together.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::amqp::{self, Connected, Endpoint, CONNECT_TIMEOUT};
+use crate::retry::Backoff;
 
 /// Writes handed to lapin but not yet flushed to the socket, at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
@@ -64,24 +58,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Where and how to connect; shared by every connection attempt. Not
-/// `Debug`-derived: `uri` holds the password.
+/// Where and how to connect; shared by every connection attempt.
+#[derive(Debug)]
 pub(crate) struct Settings {
-    pub uri: AMQPUri,
-    /// The URL with its password redacted, for logs and errors.
-    pub url: String,
+    pub endpoint: Endpoint,
     pub exchange: String,
     pub max_backoff: Duration,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("url", &self.url)
-            .field("exchange", &self.exchange)
-            .field("max_backoff", &self.max_backoff)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A message handed to the task: its sequence number and its encoding.
@@ -106,6 +88,8 @@ pub(crate) struct Progress {
 
 /// One connection with a confirming channel and the exchange declared.
 pub(crate) struct Link {
+    /// The broker URL (redacted) this link went to.
+    url: String,
     connection: Connection,
     channel: Channel,
     events: Pin<Box<dyn Stream<Item = Event> + Send>>,
@@ -113,19 +97,13 @@ pub(crate) struct Link {
 
 /// Connects, opens a channel in confirm mode and declares the exchange.
 pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError> {
+    let Connected { connection, url } = amqp::connect(&settings.endpoint, "walcast publisher")
+        .await
+        .map_err(|e| PublishError::from_connect(e, &settings.exchange))?;
+    let redacted = url.as_str();
     let classify = |step| {
-        move |e: lapin::Error| PublishError::from_setup(e, step, &settings.url, &settings.exchange)
+        move |e: lapin::Error| PublishError::from_setup(e, step, redacted, &settings.exchange)
     };
-    let properties = ConnectionProperties::default()
-        .with_connection_name("walcast publisher".into())
-        .with_client_property("product".into(), "walcast".into());
-    let connection = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect_uri(settings.uri.clone(), properties),
-    )
-    .await
-    .map_err(|_| timed_out(settings))?
-    .map_err(classify(Step::Connect))?;
     // Subscribe before anything can go wrong: lapin only queues events
     // while someone listens.
     let events = Box::pin(connection.events_listener());
@@ -138,16 +116,7 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(classify(Step::Other))?;
-        channel
-            .exchange_declare(
-                ShortString::from(settings.exchange.as_str()),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        amqp::declare_exchange(&channel, &settings.exchange)
             .await
             .map_err(classify(Step::DeclareExchange))?;
         Ok(channel)
@@ -160,21 +129,18 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
         }
         Err(_) => {
             close_in_background(connection);
-            return Err(timed_out(settings));
+            return Err(PublishError::ConnectTimeout {
+                url: redacted.to_owned(),
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            });
         }
     };
     Ok(Link {
+        url,
         connection,
         channel,
         events,
     })
-}
-
-fn timed_out(settings: &Settings) -> PublishError {
-    PublishError::ConnectTimeout {
-        url: settings.url.clone(),
-        seconds: CONNECT_TIMEOUT.as_secs(),
-    }
 }
 
 /// Closes a connection without waiting for it; a dead one just errors.
@@ -188,15 +154,14 @@ fn close_in_background(connection: Connection) {
     });
 }
 
-/// Reconnect delay: at once after a first failure, then exponential from
-/// 100 ms, capped at `max`, with jitter so that many walcasts do not
-/// reconnect in step.
-pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
+/// Reconnect delay: at once after a first failure (a broker that closed
+/// one connection usually takes the next), then [`Backoff`] from 100 ms,
+/// capped at `max`, jittered so that many walcasts do not reconnect in step.
+pub(crate) fn reconnect_delay(attempt: u32, max: Duration) -> Duration {
+    match attempt.checked_sub(1) {
+        None => Duration::ZERO,
+        Some(n) => Backoff::new(Duration::from_millis(100), max).delay(n),
     }
-    let base = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 1).min(16));
-    base.min(max).mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// A message accepted from the [`super::Publisher`] and not yet confirmed.
@@ -306,7 +271,7 @@ impl Engine {
                         // Once the broker has told its limit, a message
                         // over it is stubbed before it is ever written.
                         let fitted = match self.broker_max {
-                            Some(max) => fit(&mut pending, max, &self.stats, &self.settings.url),
+                            Some(max) => fit(&mut pending, max, &self.stats, &self.settings.endpoint.url()),
                             None => Ok(false),
                         };
                         self.unconfirmed.push_back(pending);
@@ -386,7 +351,7 @@ impl Engine {
                 if self.connecting.is_some() {
                     return;
                 }
-                let delay = backoff(self.attempt, self.settings.max_backoff);
+                let delay = reconnect_delay(self.attempt, self.settings.max_backoff);
                 self.attempt = self.attempt.saturating_add(1);
                 let settings = Arc::clone(&self.settings);
                 if !delay.is_zero() {
@@ -480,7 +445,7 @@ impl Engine {
     /// limit, every unconfirmed message over it is one it will refuse.
     fn on_refused(&mut self, refusal: Refusal) {
         self.stats.refused();
-        let url = &self.settings.url;
+        let url = &self.settings.endpoint.url();
         let Some(max) = refusal.max_message_size else {
             let e = PublishError::Refused {
                 url: url.clone(),
@@ -530,6 +495,7 @@ impl Engine {
     }
 
     fn on_linked(&mut self, link: Link) {
+        let url = link.url.clone();
         self.link = Some(link);
         self.written = 0;
         self.stats.set_connected(true);
@@ -538,7 +504,7 @@ impl Engine {
             self.attempt = 0;
         }
         info!(
-            url = %self.settings.url,
+            %url,
             republishing = self.unconfirmed.len(),
             "reconnected to rabbitmq"
         );
@@ -661,14 +627,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_starts_at_once_grows_and_is_capped() {
+    fn reconnect_delay_starts_at_once_grows_and_is_capped() {
         let max = Duration::from_secs(2);
-        assert_eq!(backoff(0, max), Duration::ZERO);
-        let first = backoff(1, max);
+        assert_eq!(reconnect_delay(0, max), Duration::ZERO);
+        let first = reconnect_delay(1, max);
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         for attempt in 1..50 {
-            assert!(backoff(attempt, max) <= max);
+            assert!(reconnect_delay(attempt, max) <= max);
         }
-        assert!(backoff(20, max) >= Duration::from_secs(1));
+        assert!(reconnect_delay(20, max) >= Duration::from_secs(1));
     }
 }

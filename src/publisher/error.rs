@@ -15,14 +15,14 @@
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::ErrorKind;
 
+use crate::amqp::AmqpError;
+
 /// Why the publisher stopped or could not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
-    #[error("rabbitmq.url {url:?} is not a valid AMQP URL: {message}")]
-    InvalidUrl { url: String, message: String },
-
-    #[error("rabbitmq.url {url:?} uses amqps, but this build of walcast has no TLS support for AMQP; use amqp:// (or a TLS-terminating proxy)")]
-    TlsUnsupported { url: String },
+    /// An invalid URL, an unreadable TLS file, a TLS handshake that failed.
+    #[error(transparent)]
+    Amqp(Box<AmqpError>),
 
     #[error("RabbitMQ at {url} refused the credentials or the virtual host ({source}); check the user, password and vhost in rabbitmq.url and the user's permissions (rabbitmqctl list_permissions -p <vhost>)")]
     AccessRefused { url: String, source: lapin::Error },
@@ -72,6 +72,21 @@ pub(crate) enum Step {
 }
 
 impl PublishError {
+    /// Classifies a failed [`crate::amqp::connect`]: the broker's refusals
+    /// as [`PublishError::from_setup`] does, the rest as they are.
+    pub(crate) fn from_connect(error: AmqpError, exchange: &str) -> PublishError {
+        match error {
+            AmqpError::Connect { url, source } => {
+                PublishError::from_setup(source, Step::Connect, &url, exchange)
+            }
+            AmqpError::ConnectTimeout { url } => PublishError::ConnectTimeout {
+                url,
+                seconds: crate::amqp::CONNECT_TIMEOUT.as_secs(),
+            },
+            other => PublishError::Amqp(Box::new(other)),
+        }
+    }
+
     /// Classifies a lapin error met while connecting or setting up the
     /// channel. `url` must already be redacted.
     pub(crate) fn from_setup(

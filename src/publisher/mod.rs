@@ -51,14 +51,14 @@ mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::amqp::Endpoint;
 use crate::capture::Sink;
-use crate::config::{redact_url, RabbitConfig};
+use crate::config::RabbitConfig;
 use crate::event::{ChangeEvent, Lsn};
 
 pub use encoder::{encode, encode_within, Encoded, Prepared};
@@ -125,20 +125,10 @@ impl Publisher {
         shutdown: CancellationToken,
         stats: PublisherStats,
     ) -> Result<Publisher, PublishError> {
-        let url = redact_url(&config.url);
-        let uri: AMQPUri = config
-            .url
-            .parse()
-            .map_err(|message| PublishError::InvalidUrl {
-                url: url.clone(),
-                message,
-            })?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(PublishError::TlsUnsupported { url });
-        }
+        let endpoint = Endpoint::new(config).map_err(|e| PublishError::Amqp(Box::new(e)))?;
+        let url = endpoint.url();
         let settings = Arc::new(Settings {
-            uri,
-            url: url.clone(),
+            endpoint,
             exchange: config.exchange.clone(),
             max_backoff: Duration::from_millis(config.max_backoff_ms.max(1)),
         });
@@ -157,7 +147,7 @@ impl Publisher {
                     Ok(link) => return Ok(link),
                     Err(e) if e.is_retryable() => {
                         attempt = attempt.saturating_add(1);
-                        let delay = engine::backoff(attempt, settings.max_backoff);
+                        let delay = engine::reconnect_delay(attempt, settings.max_backoff);
                         warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "cannot reach rabbitmq; retrying");
                         tokio::select! {
                             biased;

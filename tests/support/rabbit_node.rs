@@ -31,8 +31,21 @@ pub struct RabbitNode {
     /// Erlang node name, e.g. `walcast-pub-1234-0@localhost`.
     pub name: String,
     pub port: u16,
+    /// The TLS listener's port, when started with one.
+    pub tls_port: Option<u16>,
     dist_port: u16,
     dir: PathBuf,
+}
+
+/// A TLS listener (`listeners.ssl.default`) for [`RabbitNode::start_with_tls`].
+pub struct TlsListener {
+    /// PEM files, readable by user rabbitmq.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// `verify_peer` + `fail_if_no_peer_cert`: clients must present a
+    /// certificate signed by `ca_file`.
+    pub require_client_certificate: bool,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -59,12 +72,22 @@ impl RabbitNode {
     /// Starts a fresh node and waits until it accepts AMQP connections.
     /// Panics (with the node's log tail) if it does not start in 90 s.
     pub fn start(tag: &str) -> RabbitNode {
-        Self::start_with(tag, &NodeOptions::default())
+        Self::start_inner(tag, &NodeOptions::default(), None)
     }
 
     /// [`RabbitNode::start`] with settings of its own in `rabbitmq.conf`.
     pub fn start_with(tag: &str, options: &NodeOptions) -> RabbitNode {
+        Self::start_inner(tag, options, None)
+    }
+
+    /// [`RabbitNode::start`] with a TLS listener besides the plain one.
+    pub fn start_with_tls(tag: &str, tls: &TlsListener) -> RabbitNode {
+        Self::start_inner(tag, &NodeOptions::default(), Some(tls))
+    }
+
+    fn start_inner(tag: &str, options: &NodeOptions, tls: Option<&TlsListener>) -> RabbitNode {
         let (port, dist_port) = free_port_pair();
+        let tls_port = tls.map(|_| free_port_pair().0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("walcast-{tag}-{}-{n}@localhost", std::process::id());
         let dir = std::env::temp_dir().join(format!("walcast-{tag}-{}-{n}", std::process::id()));
@@ -74,21 +97,36 @@ impl RabbitNode {
         std::fs::write(dir.join("enabled_plugins"), "").unwrap();
         // guest may connect from localhost only by default, which is what we
         // do; the listener must be this node's port, not the shared one's.
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = 127.0.0.1:{port}\n\
-                 log.console = false\n\
-                 log.file.level = info\n{}",
-                options.conf_lines()
-            ),
-        )
-        .unwrap();
+        let mut conf = format!(
+            "listeners.tcp.default = 127.0.0.1:{port}\n\
+             log.console = false\n\
+             log.file.level = info\n"
+        );
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+            if tls.require_client_certificate {
+                conf.push_str(
+                    "ssl_options.verify = verify_peer\n\
+                     ssl_options.fail_if_no_peer_cert = true\n",
+                );
+            }
+        }
+        conf.push_str(&options.conf_lines());
+        std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         chown_rabbitmq(&dir);
 
         let node = RabbitNode {
             name,
             port,
+            tls_port,
             dist_port,
             dir: dir.clone(),
         };

@@ -95,6 +95,8 @@ pub struct GatewayOptions {
     pub history_start: Option<tokio_postgres::Config>,
     /// `rabbitmq.queue_expires_ms`; walcast's default when `None`.
     pub queue_expires_ms: Option<u64>,
+    /// `rabbitmq.queue_type`; walcast's default (classic) when `None`.
+    pub queue_type: Option<walcast::config::QueueType>,
 }
 
 /// Fresh, unique exchange and queue names for one test.
@@ -204,6 +206,7 @@ impl Gateway {
             queue_expires_ms: options
                 .queue_expires_ms
                 .unwrap_or(RabbitConfig::default().queue_expires_ms),
+            queue_type: options.queue_type.unwrap_or_default(),
             ..RabbitConfig::default()
         };
         let shutdown = CancellationToken::new();
