@@ -13,7 +13,8 @@
 //! api/  (axum CRUD + dashboard, the side door: writes go to Postgres only)
 //! ```
 //!
-//! `config` loads and validates settings, `cli` holds the command-line
+//! `config` loads and validates settings, `pg` holds what every Postgres
+//! connection shares (error classification), `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
 //! durable, `metrics` renders every stage's counters for `GET /metrics`, and
@@ -40,6 +41,8 @@ pub mod metrics;
 pub mod config;
 
 pub mod catalog;
+
+pub mod pg;
 
 pub mod cli;
 
