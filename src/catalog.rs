@@ -7,11 +7,12 @@
 
 use std::fmt;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use crate::config::{quote_identifier, TableName};
 use crate::event::Lsn;
+use crate::pg::PgConfig;
 
 /// The schema, publication and sample data shipped in `sql/`.
 pub const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
@@ -20,8 +21,10 @@ pub const SAMPLE_DATA_SQL: &str = include_str!("../sql/sample_data.sql");
 /// Errors of catalog queries.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// Not a `#[source]`: `describe` already spells out the whole chain,
+    /// and `{:#}` would print it twice.
     #[error("cannot connect to postgres: {}", describe(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(tokio_postgres::Error),
     #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("{0}")]
@@ -150,8 +153,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Catalog, CatalogError> {
-        let (client, connection) = config.connect(NoTls).await.map_err(CatalogError::Connect)?;
+    pub async fn connect(config: &PgConfig) -> Result<Catalog, CatalogError> {
+        let (client, connection) = config.connect().await.map_err(CatalogError::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %describe(&e), "catalog connection closed");

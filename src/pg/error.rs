@@ -10,6 +10,8 @@
 
 use std::error::Error as _;
 
+use super::tls::TlsError;
+
 /// Whether a server error with this SQLSTATE describes a passing state of
 /// the server rather than a problem with the request or the setup.
 ///
@@ -59,6 +61,9 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     }
     let mut source = error.source();
     while let Some(cause) = source {
+        if let Some(tls) = cause.downcast_ref::<TlsError>() {
+            return !tls.is_definite();
+        }
         if cause.to_string() == TOKIO_POSTGRES_NO_SSL {
             return false;
         }

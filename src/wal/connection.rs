@@ -22,7 +22,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
@@ -30,6 +30,7 @@ use super::stream::ReplicationStream;
 use super::transport::{self, Endpoint, ReadHalf, WriteHalf};
 use super::{SlotCreated, StartOptions, SystemInfo, WalError};
 use crate::event::Lsn;
+use crate::pg::{PgConfig, TlsSettings};
 
 /// How long one connection attempt (connect, startup, authentication) may
 /// take when the config sets no `connect_timeout`. libpq waits forever; a
@@ -182,9 +183,10 @@ pub struct ReplicationClient {
     span: Span,
 }
 
-/// Where and as whom to connect, taken from a `tokio_postgres::Config`.
+/// Where and as whom to connect, taken from a [`PgConfig`].
 struct Target<'a> {
     endpoints: Vec<Endpoint>,
+    tls: &'a TlsSettings,
     user: &'a str,
     password: Option<&'a [u8]>,
     dbname: Option<&'a str>,
@@ -194,17 +196,12 @@ struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn from_config(config: &'a tokio_postgres::Config) -> Result<Self, WalError> {
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(WalError::Config(
-                "sslmode=require, but the replication connection does not support TLS yet; \
-                 use sslmode=disable or prefer"
-                    .into(),
-            ));
-        }
+    fn from_config(pg: &'a PgConfig) -> Result<Self, WalError> {
+        let config: &tokio_postgres::Config = pg;
         if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
             return Err(WalError::Config(
-                "channel_binding=require needs TLS, which the replication connection does not support yet"
+                "channel_binding=require, but the replication connection does not do SCRAM \
+                 channel binding; use channel_binding=prefer"
                     .into(),
             ));
         }
@@ -215,11 +212,18 @@ impl<'a> Target<'a> {
         // hostaddr, when given, is what we connect to (libpq semantics).
         let hostaddrs = config.get_hostaddrs();
         let hosts: Vec<Endpoint> = if !hostaddrs.is_empty() {
+            // TLS checks the certificate against `host`, not the address.
+            let names = config.get_hosts();
             hostaddrs
                 .iter()
-                .map(|addr| Endpoint::Tcp {
+                .enumerate()
+                .map(|(i, addr)| Endpoint::Tcp {
                     host: addr.to_string(),
                     port: 0,
+                    tls_name: match names.get(i) {
+                        Some(Host::Tcp(name)) => name.clone(),
+                        _ => addr.to_string(),
+                    },
                 })
                 .collect()
         } else {
@@ -230,6 +234,7 @@ impl<'a> Target<'a> {
                     Host::Tcp(name) => Endpoint::Tcp {
                         host: name.clone(),
                         port: 0,
+                        tls_name: name.clone(),
                     },
                     #[cfg(unix)]
                     Host::Unix(dir) => Endpoint::Unix {
@@ -260,7 +265,11 @@ impl<'a> Target<'a> {
                     .copied()
                     .unwrap_or(DEFAULT_PORT);
                 match endpoint {
-                    Endpoint::Tcp { host, .. } => Endpoint::Tcp { host, port },
+                    Endpoint::Tcp { host, tls_name, .. } => Endpoint::Tcp {
+                        host,
+                        port,
+                        tls_name,
+                    },
                     #[cfg(unix)]
                     Endpoint::Unix { dir, .. } => Endpoint::Unix { dir, port },
                 }
@@ -281,6 +290,7 @@ impl<'a> Target<'a> {
 
         Ok(Target {
             endpoints,
+            tls: pg.tls(),
             user,
             password: config.get_password(),
             dbname: config.get_dbname(),
@@ -300,11 +310,15 @@ impl ReplicationClient {
     /// A host that cannot be reached (or times out) makes us try the next
     /// one; an error that another host would repeat (authentication, a
     /// missing database) is returned at once.
+    ///
+    /// TLS follows the config's sslmode (a bare `tokio_postgres::Config`
+    /// brings only disable, prefer or require).
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        config: impl Into<PgConfig>,
         application_name: &str,
     ) -> Result<Self, WalError> {
-        let target = Target::from_config(config)?;
+        let config = config.into();
+        let target = Target::from_config(&config)?;
         let mut last_error = None;
         for endpoint in &target.endpoints {
             let span = tracing::info_span!(
@@ -520,7 +534,7 @@ async fn connect_endpoint(
     application_name: &str,
     span: Span,
 ) -> Result<ReplicationClient, WalError> {
-    let transport = transport::open(endpoint, target.keepalive.as_ref()).await?;
+    let transport = transport::open(endpoint, target.keepalive.as_ref(), target.tls).await?;
     let (read, write) = tokio::io::split(transport);
     let mut client = ReplicationClient {
         reader: BackendReader::new(read),

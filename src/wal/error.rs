@@ -45,9 +45,13 @@ pub enum WalError {
     /// An operation with a deadline did not finish in time.
     #[error("timed out after {after:?} {operation}")]
     Timeout { operation: String, after: Duration },
-    /// The connection settings cannot work (no host, TLS required, ...).
+    /// The connection settings cannot work (no host, ...).
     #[error("invalid replication connection settings: {0}")]
     Config(String),
+    /// TLS could not be set up: a certificate check failed, a file is
+    /// missing, or the server does not support SSL under a mode that needs it.
+    #[error("postgres TLS: {0}")]
+    Tls(#[from] crate::pg::TlsError),
 }
 
 impl WalError {
@@ -61,6 +65,7 @@ impl WalError {
             // A protocol violation is a bug (ours or the server's); retrying
             // in a loop would hide it. Auth and config need an operator.
             WalError::Protocol(_) | WalError::Auth(_) | WalError::Config(_) => false,
+            WalError::Tls(e) => !e.is_definite(),
         }
     }
 

@@ -1,15 +1,24 @@
-//! The byte transport of the replication connection: a TCP or Unix-socket
-//! stream, boxed so that the protocol code above it does not care which.
+//! The byte transport of the replication connection: a TCP stream, TLS
+//! over TCP, or a Unix-socket stream, boxed so that the protocol code above
+//! it does not care which.
+//!
+//! On TCP it negotiates TLS as libpq does: unless sslmode is `disable` it
+//! sends SSLRequest; on 'S' it runs the TLS handshake (certificate checks
+//! per sslmode, `crate::pg`), on 'N' it goes on in plain text under
+//! `prefer` and stops under the stronger modes. Like libpq, it never uses
+//! TLS on a Unix socket.
 //!
 //! This module opens sockets; it does not speak the replication protocol
 //! (`connection`) or authenticate (`auth`).
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::trace;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, trace};
 
 use super::WalError;
+use crate::pg::{SslMode, TlsError, TlsSettings};
 
-/// Anything a replication connection can run over (TCP, Unix socket).
+/// Anything a replication connection can run over (TCP, TLS, Unix socket).
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
@@ -22,18 +31,18 @@ pub(super) enum Endpoint {
     Tcp {
         host: String,
         port: u16,
+        /// The name the server's certificate must carry (the host, also
+        /// when `hostaddr` says where to connect).
+        tls_name: String,
     },
     #[cfg(unix)]
-    Unix {
-        dir: std::path::PathBuf,
-        port: u16,
-    },
+    Unix { dir: std::path::PathBuf, port: u16 },
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             #[cfg(unix)]
             Endpoint::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
         }
@@ -41,8 +50,57 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// Opens a TCP connection (every address the host name resolves to, in
-/// order, until one answers) or a Unix-socket connection.
+/// order, until one answers) with TLS as `tls` says, or a Unix-socket
+/// connection.
 pub(super) async fn open(
+    endpoint: &Endpoint,
+    keepalive: Option<&socket2::TcpKeepalive>,
+    tls: &TlsSettings,
+) -> Result<Box<dyn Transport>, WalError> {
+    match endpoint {
+        Endpoint::Tcp { tls_name, .. } => {
+            let stream = open_socket(endpoint, keepalive).await?;
+            negotiate_tls(stream, tls, tls_name).await
+        }
+        #[cfg(unix)]
+        Endpoint::Unix { .. } => open_socket(endpoint, keepalive).await,
+    }
+}
+
+/// SSLRequest, then TLS or plain as the server's answer and sslmode say.
+async fn negotiate_tls(
+    mut stream: Box<dyn Transport>,
+    tls: &TlsSettings,
+    host: &str,
+) -> Result<Box<dyn Transport>, WalError> {
+    if tls.mode == SslMode::Disable {
+        return Ok(stream);
+    }
+    let mut request = bytes::BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    stream.flush().await?;
+    // One byte, read unbuffered: anything the server sent after 'S' and
+    // before the handshake would be unauthenticated (CVE-2021-23222).
+    let answer = stream.read_u8().await?;
+    match answer {
+        b'S' => {
+            let stream = tls.handshake(host, stream).await?;
+            debug!(sslmode = %tls.effective_mode(), "tls established");
+            Ok(Box::new(stream))
+        }
+        b'N' if tls.mode.requires_tls() => Err(TlsError::NotSupported { mode: tls.mode }.into()),
+        b'N' => {
+            debug!("server does not support ssl; sslmode=prefer goes on without it");
+            Ok(stream)
+        }
+        other => Err(WalError::Protocol(format!(
+            "unexpected answer {other:#04x} to SSLRequest"
+        ))),
+    }
+}
+
+async fn open_socket(
     endpoint: &Endpoint,
     keepalive: Option<&socket2::TcpKeepalive>,
 ) -> Result<Box<dyn Transport>, WalError> {
@@ -51,7 +109,7 @@ pub(super) async fn open(
         source,
     };
     match endpoint {
-        Endpoint::Tcp { host, port } => {
+        Endpoint::Tcp { host, port, .. } => {
             let addrs = tokio::net::lookup_host((host.as_str(), *port))
                 .await
                 .map_err(connect_error)?;
