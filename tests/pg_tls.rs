@@ -288,6 +288,10 @@ async fn tail_streams_changes_over_verify_full() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed: {stdout}");
     assert!(!stdout.contains("not encrypted"), "{stdout}");
+    assert!(
+        stdout.contains("ok   connection is encrypted (sslmode=verify-full)"),
+        "{stdout}"
+    );
     let wrong_name = db.url.replace("localhost", "127.0.0.1");
     let out = pgtest::walcast_command()
         .args(["slot", "list", "--database-url", &wrong_name])
