@@ -1166,6 +1166,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_come_from_the_environment_and_the_url_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let vars = env(&[
+            ("WALCAST_POSTGRES_URL", "postgres://u@db.example.com/d"),
+            ("WALCAST_POSTGRES_SSLMODE", "verify-ca"),
+            ("WALCAST_POSTGRES_SSLROOTCERT", ca.to_str().unwrap()),
+        ]);
+        // The root certificate is read: a file without a PEM certificate
+        // is reported against the setting and the file.
+        let Err(ConfigError::Invalid(problems)) =
+            Config::load(Some(&path), &vars, &Overrides::default())
+        else {
+            panic!("an unusable sslrootcert must be refused");
+        };
+        let text = format!("{problems:?}");
+        assert!(
+            text.contains(&format!("sslrootcert={} is not usable", ca.display())),
+            "{text}"
+        );
+
+        let mut config = Config::default();
+        config.postgres.sslmode = "verify-ca".into();
+        config.postgres.sslrootcert = "/etc/ca.pem".into();
+        config.postgres.url = "postgres://u@h/d?sslmode=disable".into();
+        let tls = config.pg_config().tls().clone();
+        assert_eq!(tls.mode, crate::pg::SslMode::Disable, "the URL wins");
+        assert_eq!(tls.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+
+        config.postgres.sslmode = "verify_full".into();
+        config.postgres.sslcert = "/etc/client.pem".into();
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert!(fields.contains(&"postgres.sslmode"), "{fields:?}");
+        let problems = format!("{:?}", config.validate());
+        assert!(
+            problems.contains("sslcert is set but sslkey is not"),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn walcast_url_variable_wins_over_the_common_name() {
         let vars = env(&[
             ("DATABASE_URL", "postgres://common@h/d"),

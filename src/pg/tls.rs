@@ -185,7 +185,8 @@ impl TlsSettings {
             (None, Some(_)) => problems.push("sslkey is set but sslcert is not".into()),
             _ => {}
         }
-        if self.mode != SslMode::Disable {
+        // The files, once the settings themselves make sense.
+        if problems.is_empty() && self.mode != SslMode::Disable {
             if let Err(e) = self.client_config() {
                 problems.push(e.to_string());
             }
