@@ -22,22 +22,14 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::config::Host;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
 use super::stream::ReplicationStream;
-use super::transport::{self, Endpoint, ReadHalf, WriteHalf};
+use super::transport::{self, Endpoint, ReadHalf, Target, WriteHalf};
 use super::{SlotCreated, StartOptions, SystemInfo, WalError};
 use crate::event::Lsn;
-use crate::pg::{PgConfig, TlsSettings};
-
-/// How long one connection attempt (connect, startup, authentication) may
-/// take when the config sets no `connect_timeout`. libpq waits forever; a
-/// daemon that reconnects in a loop should not.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-const DEFAULT_PORT: u16 = 5432;
+use crate::pg::PgConfig;
 
 /// Session settings sent in the startup message. pgoutput renders values
 /// with the output functions of the walsender's session, so these fix the
@@ -181,127 +173,6 @@ pub struct ReplicationClient {
     /// must not read the previous one's leftovers as its own reply.
     in_command: bool,
     span: Span,
-}
-
-/// Where and as whom to connect, taken from a [`PgConfig`].
-struct Target<'a> {
-    endpoints: Vec<Endpoint>,
-    tls: &'a TlsSettings,
-    user: &'a str,
-    password: Option<&'a [u8]>,
-    dbname: Option<&'a str>,
-    options: Option<&'a str>,
-    attempt_timeout: Duration,
-    keepalive: Option<socket2::TcpKeepalive>,
-}
-
-impl<'a> Target<'a> {
-    fn from_config(pg: &'a PgConfig) -> Result<Self, WalError> {
-        let config: &tokio_postgres::Config = pg;
-        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
-            return Err(WalError::Config(
-                "channel_binding=require, but the replication connection does not do SCRAM \
-                 channel binding; use channel_binding=prefer"
-                    .into(),
-            ));
-        }
-        let user = config
-            .get_user()
-            .ok_or_else(|| WalError::Config("the database URL names no user".into()))?;
-
-        // hostaddr, when given, is what we connect to (libpq semantics).
-        let hostaddrs = config.get_hostaddrs();
-        let hosts: Vec<Endpoint> = if !hostaddrs.is_empty() {
-            // TLS checks the certificate against `host`, not the address.
-            let names = config.get_hosts();
-            hostaddrs
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| Endpoint::Tcp {
-                    host: addr.to_string(),
-                    port: 0,
-                    tls_name: match names.get(i) {
-                        Some(Host::Tcp(name)) => name.clone(),
-                        _ => addr.to_string(),
-                    },
-                })
-                .collect()
-        } else {
-            config
-                .get_hosts()
-                .iter()
-                .map(|host| match host {
-                    Host::Tcp(name) => Endpoint::Tcp {
-                        host: name.clone(),
-                        port: 0,
-                        tls_name: name.clone(),
-                    },
-                    #[cfg(unix)]
-                    Host::Unix(dir) => Endpoint::Unix {
-                        dir: dir.clone(),
-                        port: 0,
-                    },
-                })
-                .collect()
-        };
-        if hosts.is_empty() {
-            return Err(WalError::Config("the database URL names no host".into()));
-        }
-        let ports = config.get_ports();
-        if ports.len() > 1 && ports.len() != hosts.len() {
-            return Err(WalError::Config(format!(
-                "{} ports given for {} hosts",
-                ports.len(),
-                hosts.len()
-            )));
-        }
-        let endpoints = hosts
-            .into_iter()
-            .enumerate()
-            .map(|(i, endpoint)| {
-                let port = ports
-                    .get(i)
-                    .or(ports.first())
-                    .copied()
-                    .unwrap_or(DEFAULT_PORT);
-                match endpoint {
-                    Endpoint::Tcp { host, tls_name, .. } => Endpoint::Tcp {
-                        host,
-                        port,
-                        tls_name,
-                    },
-                    #[cfg(unix)]
-                    Endpoint::Unix { dir, .. } => Endpoint::Unix { dir, port },
-                }
-            })
-            .collect();
-
-        let keepalive = config.get_keepalives().then(|| {
-            let mut keepalive =
-                socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-            if let Some(interval) = config.get_keepalives_interval() {
-                keepalive = keepalive.with_interval(interval);
-            }
-            if let Some(retries) = config.get_keepalives_retries() {
-                keepalive = keepalive.with_retries(retries);
-            }
-            keepalive
-        });
-
-        Ok(Target {
-            endpoints,
-            tls: pg.tls(),
-            user,
-            password: config.get_password(),
-            dbname: config.get_dbname(),
-            options: config.get_options(),
-            attempt_timeout: config
-                .get_connect_timeout()
-                .copied()
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            keepalive,
-        })
-    }
 }
 
 impl ReplicationClient {
