@@ -361,3 +361,56 @@ async fn the_api_pool_connects_over_verify_full() {
     );
     assert!(!error.is_retryable(), "{error}");
 }
+
+/// `sslrootcert=system` (libpq 16): the system's roots, here the test CA
+/// given through SSL_CERT_FILE as an operator would for a private store.
+/// Through the binary, so the variable reaches only that process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_roots_are_used_for_sslrootcert_system() {
+    let url = tls_url(
+        "postgres",
+        "localhost",
+        "sslmode=verify-full&sslrootcert=system",
+    );
+    let run = |cert_file: String| {
+        let url = url.clone();
+        async move {
+            pgtest::walcast_command()
+                .args(["slot", "list", "--database-url", &url])
+                .env("SSL_CERT_FILE", cert_file)
+                .output()
+                .await
+                .expect("walcast slot list")
+        }
+    };
+    let out = run(ca()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(other_ca()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not signed by the CA in sslrootcert=system"),
+        "{stderr}"
+    );
+    // A public CA vouches for anyone: only verify-full may use it.
+    let weak = tls_url(
+        "postgres",
+        "localhost",
+        "sslmode=require&sslrootcert=system",
+    );
+    let out = pgtest::walcast_command()
+        .args(["slot", "list", "--database-url", &weak])
+        .output()
+        .await
+        .expect("walcast slot list");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sslrootcert=system needs sslmode=verify-full"),
+        "{stderr}"
+    );
+}

@@ -94,11 +94,18 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// `sslrootcert=system` (libpq 16): the operating system's trusted roots
+/// (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set), for servers with a publicly
+/// trusted certificate. As in libpq it needs `sslmode=verify-full`: with a
+/// public CA anyone can get a certificate, only the name makes it the server's.
+pub const SYSTEM_ROOTS: &str = "system";
+
 /// The TLS settings of one Postgres connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsSettings {
     pub mode: SslMode,
-    /// PEM file of the CA certificate(s) the server's chain must lead to.
+    /// PEM file of the CA certificate(s) the server's chain must lead to,
+    /// or `system` ([`SYSTEM_ROOTS`]) for the operating system's roots.
     pub root_cert: Option<PathBuf>,
     /// PEM file of the client certificate (chain), sent when the server asks.
     pub cert: Option<PathBuf>,
@@ -180,6 +187,13 @@ impl TlsSettings {
                 self.mode
             ));
         }
+        if self.uses_system_roots() && self.mode != SslMode::VerifyFull {
+            problems.push(format!(
+                "sslrootcert=system needs sslmode=verify-full, not {} (a public CA vouches \
+                 for anyone's certificate; only the host name check makes it the server's)",
+                self.mode
+            ));
+        }
         match (&self.cert, &self.key) {
             (Some(_), None) => problems.push("sslcert is set but sslkey is not".into()),
             (None, Some(_)) => problems.push("sslkey is set but sslcert is not".into()),
@@ -194,6 +208,12 @@ impl TlsSettings {
         problems
     }
 
+    fn uses_system_roots(&self) -> bool {
+        self.root_cert
+            .as_deref()
+            .is_some_and(|path| path == Path::new(SYSTEM_ROOTS))
+    }
+
     /// The rustls configuration for these settings, from the files as they
     /// are now.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
@@ -202,6 +222,7 @@ impl TlsSettings {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Settings(e.to_string()))?;
         let roots = match &self.root_cert {
+            Some(_) if self.uses_system_roots() => Some(Arc::new(system_roots()?)),
             Some(path) => Some(Arc::new(load_roots(path)?)),
             None => None,
         };
@@ -351,6 +372,25 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(TlsError::Settings(format!(
+            "sslrootcert=system: no trusted root certificate found on this system{}; install \
+             the ca-certificates package, set SSL_CERT_FILE, or name a CA file",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            }
+        )));
     }
     Ok(roots)
 }
