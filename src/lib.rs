@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `config` loads and validates settings, `pg` holds what every Postgres
-//! connection shares (error classification), `cli` holds the command-line
+//! connection shares (settings with TLS, the one connect, the
+//! transient/definite error classification), `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
 //! durable, `metrics` renders every stage's counters for `GET /metrics`, and

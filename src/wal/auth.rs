@@ -89,7 +89,8 @@ impl ReplicationClient {
         }
     }
 
-    /// SCRAM-SHA-256 without channel binding (there is no TLS to bind to).
+    /// SCRAM-SHA-256 without channel binding (tls-server-end-point is not
+    /// implemented, so even over TLS the client says it does not bind).
     async fn scram(&mut self, password: &[u8]) -> Result<(), WalError> {
         let scram_error = |err: std::io::Error| WalError::Auth(format!("SCRAM: {err}"));
         let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());

@@ -6,7 +6,8 @@
 //! - `connection`: connect, startup with `replication=database` and fixed
 //!   session settings, and replication commands over the simple query
 //!   protocol ([`ReplicationClient`]).
-//! - `transport`: the byte stream underneath (TCP or Unix socket).
+//! - `transport`: where to connect, and the byte stream underneath (TCP,
+//!   TLS after SSLRequest, or Unix socket).
 //! - `auth`: trust, password, md5, SCRAM-SHA-256.
 //! - `stream`: the CopyBoth phase after START_REPLICATION
 //!   ([`ReplicationStream`]): XLogData and keepalives in, standby status
@@ -16,7 +17,8 @@
 //!   SQLSTATE classification in `crate::pg`).
 //!
 //! It hands pgoutput payloads on as bytes; decoding them is `decoder`'s job.
-//! TLS is not implemented yet (the transport is boxed so it can be added).
+//! TLS follows libpq's sslmode (`transport`, with the rustls configuration
+//! of `crate::pg`).
 
 mod auth;
 mod codec;
