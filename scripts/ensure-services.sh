@@ -57,6 +57,7 @@ if [ ! -x "/usr/lib/postgresql/${WALCAST_PG_VERSION}/bin/postgres" ]; then
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=("postgresql-client")
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=("rabbitmq-server")
+[ "$mode" = dev ] || command -v openssl >/dev/null 2>&1 || need_apt+=("openssl")
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -170,7 +171,9 @@ if [ "$mode" = test ]; then
   # cluster that accepts only hostssl. The server certificate names
   # DNS:localhost only; walcast_cert must present the client certificate.
   tls="$WALCAST_TEST_TLS_DIR"
+  tls_made=no
   if [ ! -s "$tls/other-ca.crt" ]; then
+    tls_made=yes
     log "making test certificates in $tls"
     mkdir -p "$tls"
     tmp=$(mktemp -d)
@@ -215,6 +218,10 @@ HBA
 ssl_cert_file = '$tls/server.crt'
 ssl_key_file = '$tls/server.key'
 ssl_ca_file = '$tls/ca.crt'" "$tls_hba"
+  if [ "$tls_made" = yes ]; then
+    # A running server still holds the certificates it loaded.
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$WALCAST_PG_TLS_CLUSTER" reload >/dev/null 2>&1 || true
+  fi
 
   # Password roles for the authentication tests (password_encryption decides
   # how the secret is stored: md5 for the md5 role, scram for the others).
