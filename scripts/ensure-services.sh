@@ -8,7 +8,10 @@
 #   - login roles with known passwords on "walcast" for the authentication
 #     tests (walcast_scram, walcast_md5, walcast_clear),
 #   - "walcast_fault" (logical, :5434), which fault tests stop and restart,
-#   - "walcast_replica" (wal_level=replica, :5435) for the "not logical" tests.
+#   - "walcast_replica" (wal_level=replica, :5435, ssl=off) for the "not
+#     logical" and "server does not support SSL" tests,
+#   - "walcast_tls" (logical, :5436, ssl=on, hostssl-only pg_hba) and its
+#     certificates (made with openssl) for the TLS tests.
 # It never touches the machine's other clusters (such as Debian's "main").
 # Runs as root (Debian's pg_createcluster/pg_ctlcluster); `postgres` itself
 # runs as the postgres user. Ports and names: scripts/env.sh.
@@ -55,7 +58,7 @@ fi
 command -v psql >/dev/null 2>&1 || need_apt+=("postgresql-client")
 command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=("rabbitmq-server")
 # The TLS tests make their certificates with the openssl CLI.
-command -v openssl >/dev/null 2>&1 || need_apt+=("openssl")
+[ "$mode" = dev ] || command -v openssl >/dev/null 2>&1 || need_apt+=("openssl")
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -71,9 +74,10 @@ fi
 v="$WALCAST_PG_VERSION"
 
 # --- PostgreSQL: dedicated clusters -------------------------------------------------
-# ensure_cluster NAME PORT WAL_LEVEL SHARED_BUFFERS MAX_CONNECTIONS
+# ensure_cluster NAME PORT WAL_LEVEL SHARED_BUFFERS MAX_CONNECTIONS [EXTRA_CONF [HBA]]
 ensure_cluster() {
   local c="$1" port="$2" wal_level="$3" shared_buffers="$4" max_connections="$5"
+  local extra_conf="${6:-}" hba_override="${7:-}"
   local confdir="/etc/postgresql/$v/$c"
   if [ ! -d "$confdir" ]; then
     log "creating cluster $v/$c on port $port"
@@ -99,6 +103,7 @@ fsync = on
 synchronous_commit = on
 shared_buffers = $shared_buffers
 max_wal_size = 4GB
+$extra_conf
 CONF
 )
   # Trust for the superuser (tests, dev.sh), real password methods for the
@@ -116,6 +121,7 @@ local   replication all                   trust
 host    replication all      127.0.0.1/32 trust
 HBA
 )
+  [ -z "$hba_override" ] || hba="$hba_override"
   # Written only when they change, so an up-to-date cluster is left alone.
   local changed=no
   if [ "$(cat "$confdir/conf.d/walcast.conf" 2>/dev/null)" != "$conf" ]; then
@@ -158,7 +164,65 @@ if [ "$mode" = test ]; then
   ensure_cluster "$WALCAST_PG_FAULT_CLUSTER" "$WALCAST_PG_FAULT_PORT" logical 64MB 400
   # Not configured for logical replication: `walcast check` and slot
   # creation must refuse it.
-  ensure_cluster "$WALCAST_PG_REPLICA_CLUSTER" "$WALCAST_PG_REPLICA_PORT" replica 32MB 100
+  # ssl=off: Debian turns ssl on with its snakeoil certificate, and the
+  # TLS tests need a server that answers 'N' to SSLRequest.
+  ensure_cluster "$WALCAST_PG_REPLICA_CLUSTER" "$WALCAST_PG_REPLICA_PORT" replica 32MB 100 "ssl = off"
+
+  # TLS: certificates made once (kept while they are complete), then a
+  # cluster that accepts only hostssl. The server certificate names
+  # DNS:localhost only; walcast_cert must present the client certificate.
+  tls="$WALCAST_TEST_TLS_DIR"
+  tls_made=no
+  if [ ! -s "$tls/other-ca.crt" ]; then
+    tls_made=yes
+    log "making test certificates in $tls"
+    mkdir -p "$tls"
+    tmp=$(mktemp -d)
+    (
+      cd "$tmp"
+      ossl() { openssl "$@" >/dev/null 2>&1; }
+      for ca in ca other-ca; do
+        ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+          -subj "/CN=walcast test $ca" -keyout "$ca.key" -out "$ca.crt" \
+          -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+      done
+      leaf() { # NAME SUBJECT EXTFILE_LINES
+        printf '%s\n' "$3" > "$1.ext"
+        ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+          -subj "$2" -keyout "$1.key" -out "$1.csr"
+        ossl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+          -days 3650 -extfile "$1.ext" -out "$1.crt"
+      }
+      leaf server "/CN=localhost" "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth
+basicConstraints=CA:FALSE"
+      leaf client "/CN=walcast_cert" "extendedKeyUsage=clientAuth
+basicConstraints=CA:FALSE"
+      cp ca.crt ca.key other-ca.crt server.crt server.key client.crt client.key "$tls/"
+    )
+    rm -rf "$tmp"
+    chown postgres:postgres "$tls/server.key" "$tls/server.crt"
+    chmod 600 "$tls/server.key" "$tls/client.key" "$tls/ca.key"
+    chmod 755 "$tls"
+  fi
+  tls_hba=$(cat <<HBA
+# Managed by walcast's scripts/ensure-services.sh: TLS only, no host lines.
+local      all          all                          trust
+local      replication  all                          trust
+hostssl    all          walcast_cert  127.0.0.1/32   cert
+hostssl    replication  walcast_cert  127.0.0.1/32   cert
+hostssl    all          all           127.0.0.1/32   trust
+hostssl    replication  all           127.0.0.1/32   trust
+HBA
+)
+  ensure_cluster "$WALCAST_PG_TLS_CLUSTER" "$WALCAST_PG_TLS_PORT" logical 32MB 100 "ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'
+ssl_ca_file = '$tls/ca.crt'" "$tls_hba"
+  if [ "$tls_made" = yes ]; then
+    # A running server still holds the certificates it loaded.
+    pg_ctlcluster --skip-systemctl-redirect "$v" "$WALCAST_PG_TLS_CLUSTER" reload >/dev/null 2>&1 || true
+  fi
 
   # Password roles for the authentication tests (password_encryption decides
   # how the secret is stored: md5 for the md5 role, scram for the others).
@@ -181,6 +245,16 @@ ALTER ROLE walcast_clear PASSWORD 'clear-secret';
 SET password_encryption = 'md5';
 ALTER ROLE walcast_md5 PASSWORD 'md5-secret';
 SQL
+  # The TLS cluster's client-certificate role (over the Unix socket: TCP
+  # there is TLS only).
+  psql -h /var/run/postgresql -p "$WALCAST_PG_TLS_PORT" -U postgres -q -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'walcast_cert') THEN
+    CREATE ROLE walcast_cert LOGIN REPLICATION SUPERUSER;
+  END IF;
+END $$;
+SQL
 fi
 
 # --- RabbitMQ -----------------------------------------------------------------
@@ -195,7 +269,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null &&
   done
 fi
 if [ "$mode" = test ]; then
-  log "postgres $v: logical on 127.0.0.1:$WALCAST_PG_PORT (fault tests :$WALCAST_PG_FAULT_PORT), replica on :$WALCAST_PG_REPLICA_PORT; rabbitmq on 127.0.0.1:5672"
+  log "postgres $v: logical on 127.0.0.1:$WALCAST_PG_PORT (fault tests :$WALCAST_PG_FAULT_PORT), replica on :$WALCAST_PG_REPLICA_PORT, tls-only on :$WALCAST_PG_TLS_PORT; rabbitmq on 127.0.0.1:5672"
 else
   log "postgres $v (logical) on 127.0.0.1:$WALCAST_PG_PORT, rabbitmq on 127.0.0.1:5672"
 fi

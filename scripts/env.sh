@@ -30,3 +30,16 @@ export WALCAST_TEST_PG_URL="${WALCAST_TEST_PG_URL:-postgres://postgres@127.0.0.1
 export WALCAST_TEST_PG_FAULT_URL="${WALCAST_TEST_PG_FAULT_URL:-postgres://postgres@127.0.0.1:${WALCAST_PG_FAULT_PORT}/postgres}"
 export WALCAST_TEST_PG_REPLICA_URL="${WALCAST_TEST_PG_REPLICA_URL:-postgres://postgres@127.0.0.1:${WALCAST_PG_REPLICA_PORT}/postgres}"
 export WALCAST_TEST_AMQP_URL="${WALCAST_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# Test only: a logical cluster with ssl=on and a hostssl-only pg_hba (plain
+# connections are refused), certificates from scripts/ensure-services.sh:
+# a CA, a server certificate for DNS:localhost only (so verify-full to
+# 127.0.0.1 is a host-name mismatch), a client certificate for the role
+# walcast_cert (which must present it), and an unrelated second CA.
+export WALCAST_PG_TLS_CLUSTER="${WALCAST_PG_TLS_CLUSTER:-walcast_tls}"
+export WALCAST_PG_TLS_PORT="${WALCAST_PG_TLS_PORT:-5436}"
+export WALCAST_TEST_PG_TLS_URL="${WALCAST_TEST_PG_TLS_URL:-postgres://postgres@127.0.0.1:${WALCAST_PG_TLS_PORT}/postgres}"
+export WALCAST_TEST_TLS_DIR="${WALCAST_TEST_TLS_DIR:-/var/lib/walcast-test/tls}"
+export WALCAST_TEST_TLS_CA="${WALCAST_TEST_TLS_CA:-$WALCAST_TEST_TLS_DIR/ca.crt}"
+export WALCAST_TEST_TLS_OTHER_CA="${WALCAST_TEST_TLS_OTHER_CA:-$WALCAST_TEST_TLS_DIR/other-ca.crt}"
+export WALCAST_TEST_TLS_CLIENT_CERT="${WALCAST_TEST_TLS_CLIENT_CERT:-$WALCAST_TEST_TLS_DIR/client.crt}"
+export WALCAST_TEST_TLS_CLIENT_KEY="${WALCAST_TEST_TLS_CLIENT_KEY:-$WALCAST_TEST_TLS_DIR/client.key}"

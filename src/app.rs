@@ -483,7 +483,7 @@ impl SlotLease {
     /// Waits until this process holds the lock for `slot` (or `shutdown`);
     /// calls `on_standby` once when it finds another process holding it.
     pub async fn acquire(
-        pg: &tokio_postgres::Config,
+        pg: &crate::pg::PgConfig,
         slot: &str,
         poll: Duration,
         shutdown: &CancellationToken,
@@ -492,10 +492,7 @@ impl SlotLease {
         let key = lease_key(slot);
         let mut announced = false;
         loop {
-            let (client, connection) = pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(CatalogError::Connect)?;
+            let (client, connection) = pg.connect().await.map_err(CatalogError::Connect)?;
             let connection_lost = CancellationToken::new();
             let lost = connection_lost.clone();
             tokio::spawn(async move {

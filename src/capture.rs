@@ -243,7 +243,7 @@ impl CaptureError {
 /// What to stream and how.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
-    pub pg: tokio_postgres::Config,
+    pub pg: crate::pg::PgConfig,
     pub application_name: String,
     pub slot: String,
     pub publications: Vec<String>,

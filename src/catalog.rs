@@ -7,12 +7,12 @@
 
 use std::fmt;
 
-use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use crate::config::{quote_identifier, TableName};
 use crate::event::Lsn;
+use crate::pg::PgConfig;
 
 /// The schema, publication and sample data shipped in `sql/`.
 pub const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
@@ -21,8 +21,10 @@ pub const SAMPLE_DATA_SQL: &str = include_str!("../sql/sample_data.sql");
 /// Errors of catalog queries.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// Not a `#[source]`: `describe` already spells out the whole chain,
+    /// and `{:#}` would print it twice.
     #[error("cannot connect to postgres: {}", describe(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(tokio_postgres::Error),
     #[error("{}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("{0}")]
@@ -30,49 +32,17 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    /// Errors a reconnect can heal: connection trouble, server restarts.
+    /// Errors a reconnect can heal: connection trouble, server restarts
+    /// (see [`crate::pg::is_transient`]).
     pub fn is_retryable(&self) -> bool {
-        let error = match self {
-            CatalogError::Connect(e) | CatalogError::Query(e) => e,
-            CatalogError::Setup(_) => return false,
-        };
-        match error.code() {
-            None => true,
-            Some(code) => {
-                *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW
-                    || *code == SqlState::TOO_MANY_CONNECTIONS
-            }
+        match self {
+            CatalogError::Connect(e) | CatalogError::Query(e) => crate::pg::is_transient(e),
+            CatalogError::Setup(_) => false,
         }
     }
 }
 
-/// One line for an operator: SQLSTATE, message, and hint when the server
-/// gave one. tokio-postgres's own Display says only "db error".
-pub fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(detail) = db.detail() {
-                text.push_str(&format!(" ({detail})"));
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str(&format!("; hint: {hint}"));
-            }
-            text
-        }
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
-    }
-}
+pub use crate::pg::describe;
 
 /// A replication slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -183,8 +153,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Catalog, CatalogError> {
-        let (client, connection) = config.connect(NoTls).await.map_err(CatalogError::Connect)?;
+    pub async fn connect(config: &PgConfig) -> Result<Catalog, CatalogError> {
+        let (client, connection) = config.connect().await.map_err(CatalogError::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %describe(&e), "catalog connection closed");

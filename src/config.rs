@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pg::{PgConfig, SslMode, TlsSettings};
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -79,6 +81,15 @@ pub struct PostgresConfig {
     pub max_backoff_ms: u64,
     /// `application_name` reported to Postgres (shows in pg_stat_replication).
     pub application_name: String,
+    /// libpq's sslmode: disable, prefer, require, verify-ca, verify-full.
+    /// The URL's own `?sslmode=` wins over this (as over PGSSLMODE).
+    pub sslmode: String,
+    /// PEM file of the CA the server's certificate must lead to.
+    pub sslrootcert: String,
+    /// PEM file of a client certificate, for servers that ask for one.
+    pub sslcert: String,
+    /// PEM file of the client certificate's private key.
+    pub sslkey: String,
 }
 
 impl Default for PostgresConfig {
@@ -92,6 +103,10 @@ impl Default for PostgresConfig {
             connect_timeout_ms: 10_000,
             max_backoff_ms: 30_000,
             application_name: "walcast".into(),
+            sslmode: "prefer".into(),
+            sslrootcert: String::new(),
+            sslcert: String::new(),
+            sslkey: String::new(),
         }
     }
 }
@@ -395,6 +410,10 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("application_name", &self.application_name)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
             .finish()
     }
 }
@@ -540,10 +559,16 @@ impl Config {
         };
 
         let pg = &self.postgres;
-        match pg.url.parse::<tokio_postgres::Config>() {
+        if let Err(message) = SslMode::parse(&pg.sslmode) {
+            problem("postgres.sslmode", message);
+        }
+        match PgConfig::parse(&pg.url, &self.tls_defaults()) {
             Ok(parsed) => {
                 if parsed.get_hosts().is_empty() {
                     problem("postgres.url", "names no host".into());
+                }
+                for message in parsed.tls().problems() {
+                    problem("postgres.url", message);
                 }
             }
             Err(e) => problem(
@@ -888,18 +913,28 @@ impl Config {
         problems
     }
 
-    /// The parsed Postgres connection settings (valid after `validate`).
-    pub fn pg_config(&self) -> tokio_postgres::Config {
-        let mut config: tokio_postgres::Config = self
-            .postgres
-            .url
-            .parse()
-            .unwrap_or_else(|_| tokio_postgres::Config::new());
+    /// The parsed Postgres connection settings, TLS included (valid after
+    /// `validate`).
+    pub fn pg_config(&self) -> PgConfig {
+        let mut config = PgConfig::parse(&self.postgres.url, &self.tls_defaults())
+            .unwrap_or_else(|_| PgConfig::from(tokio_postgres::Config::new()));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_millis(self.postgres.connect_timeout_ms));
         }
         config.application_name(&self.postgres.application_name);
         config
+    }
+
+    /// The `postgres.ssl*` settings, which the URL's own parameters
+    /// override. An unknown sslmode is reported by `validate`.
+    fn tls_defaults(&self) -> TlsSettings {
+        let path = |text: &str| (!text.is_empty()).then(|| PathBuf::from(text));
+        TlsSettings {
+            mode: SslMode::parse(&self.postgres.sslmode).unwrap_or_default(),
+            root_cert: path(&self.postgres.sslrootcert),
+            cert: path(&self.postgres.sslcert),
+            key: path(&self.postgres.sslkey),
+        }
     }
 
     /// The captured tables, parsed (valid after `validate`).
@@ -1379,6 +1414,50 @@ mod tests {
         let problems = config.validate();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "fanout.replay_max_bytes");
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_environment_and_the_url_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let vars = env(&[
+            ("WALCAST_POSTGRES_URL", "postgres://u@db.example.com/d"),
+            ("WALCAST_POSTGRES_SSLMODE", "verify-ca"),
+            ("WALCAST_POSTGRES_SSLROOTCERT", ca.to_str().unwrap()),
+        ]);
+        // The root certificate is read: a file without a PEM certificate
+        // is reported against the setting and the file.
+        let Err(ConfigError::Invalid(problems)) =
+            Config::load(Some(&path), &vars, &Overrides::default())
+        else {
+            panic!("an unusable sslrootcert must be refused");
+        };
+        let text = format!("{problems:?}");
+        assert!(
+            text.contains(&format!("sslrootcert={} is not usable", ca.display())),
+            "{text}"
+        );
+
+        let mut config = Config::default();
+        config.postgres.sslmode = "verify-ca".into();
+        config.postgres.sslrootcert = "/etc/ca.pem".into();
+        config.postgres.url = "postgres://u@h/d?sslmode=disable".into();
+        let tls = config.pg_config().tls().clone();
+        assert_eq!(tls.mode, crate::pg::SslMode::Disable, "the URL wins");
+        assert_eq!(tls.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+
+        config.postgres.sslmode = "verify_full".into();
+        config.postgres.sslcert = "/etc/client.pem".into();
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert!(fields.contains(&"postgres.sslmode"), "{fields:?}");
+        let problems = format!("{:?}", config.validate());
+        assert!(
+            problems.contains("sslcert is set but sslkey is not"),
+            "{problems}"
+        );
     }
 
     #[test]

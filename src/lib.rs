@@ -13,7 +13,9 @@
 //! api/  (axum CRUD + dashboard, the side door: writes go to Postgres only)
 //! ```
 //!
-//! `config` loads and validates settings, `cli` holds the command-line
+//! `config` loads and validates settings, `pg` holds what every Postgres
+//! connection shares (settings with TLS, the one connect, the
+//! transient/definite error classification), `cli` holds the command-line
 //! commands (slot management, preflight checks, `tail`), `capture` drives
 //! wal → decoder → a sink and moves the slot only past what the sink made
 //! durable, `retry` is the one reconnect backoff policy, `amqp` connects to RabbitMQ
@@ -46,6 +48,8 @@ pub mod config;
 pub mod catalog;
 
 pub mod retry;
+
+pub mod pg;
 
 pub mod cli;
 

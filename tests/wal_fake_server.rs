@@ -3,7 +3,8 @@
 //! leaving COPY mode because the server shuts down, the connection dropping),
 //! played by a scripted fake server on a loopback port.
 //!
-//! The fake speaks just enough protocol: trust authentication, a CopyBoth
+//! The fake speaks just enough protocol: 'N' to SSLRequest, trust
+//! authentication, a CopyBoth
 //! reply to the first query, then its script. It records the frames the
 //! client sends so tests can check the final status update, CopyDone and
 //! Terminate.
@@ -52,10 +53,18 @@ async fn read_frame(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 /// sent after START_REPLICATION.
 async fn serve(listener: TcpListener, ending: Ending) -> Vec<(u8, Vec<u8>)> {
     let (mut socket, _) = listener.accept().await.unwrap();
-    // Startup message: Int32 length, then the rest.
-    let len = socket.read_i32().await.unwrap() as usize;
+    // Startup message: Int32 length, then the rest. Under the default
+    // sslmode=prefer an SSLRequest comes first; like a server without SSL,
+    // the fake answers 'N' and reads the startup message after it.
+    let mut len = socket.read_i32().await.unwrap() as usize;
     let mut startup = vec![0; len - 4];
     socket.read_exact(&mut startup).await.unwrap();
+    if len == 8 && startup == 80877103i32.to_be_bytes() {
+        socket.write_all(b"N").await.unwrap();
+        len = socket.read_i32().await.unwrap() as usize;
+        startup = vec![0; len - 4];
+        socket.read_exact(&mut startup).await.unwrap();
+    }
     let mut hello = frame(b'R', &0i32.to_be_bytes());
     hello.extend(frame(b'S', b"server_version\x0015.0\x00"));
     hello.extend(frame(b'Z', b"I"));

@@ -303,14 +303,9 @@ impl From<tokio_postgres::Error> for ApiError {
                 },
             };
         }
-        let class = &code.code()[..2];
-        // 08 connection exception, 53 insufficient resources, 57 operator
-        // intervention (shutdown, statement_timeout), 40 transaction
-        // rollback (serialization, deadlock), 25006 read-only (a standby):
-        // all heal by themselves or by retrying.
-        if matches!(class, "08" | "53" | "57" | "40")
-            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
-        {
+        // A passing state of the server (shutdown, overload, failover,
+        // serialization failure): retrying may succeed.
+        if crate::pg::is_transient_sqlstate(code.code()) {
             return ApiError::Unavailable {
                 internal: describe(&error),
             };

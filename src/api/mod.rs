@@ -33,10 +33,10 @@ use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::catalog::describe;
 use crate::config::Config;
+use crate::pg::PgConfig;
 
 pub use auth::{AuthError, Authenticator};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -55,15 +55,29 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ApiSetupError {
     #[error("cannot build the API's Postgres pool: {0}")]
     Pool(String),
-    #[error("the API cannot reach postgres: {0}")]
-    Connect(String),
+    #[error("the API cannot reach postgres: {message}")]
+    Connect { message: String, transient: bool },
 }
 
 impl ApiSetupError {
-    /// A failed first connection may heal (Postgres still starting); a pool
-    /// that cannot be built will not.
+    /// A failed first connection may heal (Postgres still starting), unless
+    /// the server or the TLS settings said no for good (see
+    /// [`crate::pg::is_transient`]); a pool that cannot be built will not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiSetupError::Connect(_))
+        matches!(
+            self,
+            ApiSetupError::Connect {
+                transient: true,
+                ..
+            }
+        )
+    }
+
+    fn connect(error: &tokio_postgres::Error) -> ApiSetupError {
+        ApiSetupError::Connect {
+            message: describe(error),
+            transient: crate::pg::is_transient(error),
+        }
     }
 }
 
@@ -91,9 +105,10 @@ impl ApiState {
     /// Builds the state without any I/O: connections are made on first use,
     /// so the API can start (and report not ready) while Postgres is down.
     pub fn new(config: &Config, health: Health) -> Result<ApiState, ApiSetupError> {
+        let pg = api_pg_config(config);
         let manager = Manager::from_config(
-            api_pg_config(config),
-            NoTls,
+            tokio_postgres::Config::clone(&pg),
+            pg.make_tls(),
             // Fast: a pooled connection is reused unless its socket is
             // known to be closed; a query on a connection that died
             // quietly fails once with 503 and the pool replaces it.
@@ -123,16 +138,17 @@ impl ApiState {
     /// URL or password shows at startup rather than on the first request.
     pub async fn connect(config: &Config, health: Health) -> Result<ApiState, ApiSetupError> {
         let state = ApiState::new(config, health)?;
-        let client = state.pool.get().await.map_err(|e| {
-            ApiSetupError::Connect(match e {
-                deadpool_postgres::PoolError::Backend(e) => describe(&e),
-                other => other.to_string(),
-            })
+        let client = state.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => ApiSetupError::connect(&e),
+            other => ApiSetupError::Connect {
+                message: other.to_string(),
+                transient: true,
+            },
         })?;
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| ApiSetupError::Connect(describe(&e)))?;
+            .map_err(|e| ApiSetupError::connect(&e))?;
         drop(client);
         Ok(state)
     }
@@ -156,7 +172,7 @@ impl ApiState {
 
 /// The API's connection settings: the captured database's, tagged in
 /// `pg_stat_activity` and with the session settings the API relies on.
-fn api_pg_config(config: &Config) -> tokio_postgres::Config {
+fn api_pg_config(config: &Config) -> PgConfig {
     let mut pg = config.pg_config();
     pg.application_name(format!("{}-api", config.postgres.application_name));
     // DateStyle=ISO: timestamps are read as text and must have the same

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{quote_identifier, Config, TableName};
+use crate::pg::{PgConfig, SslMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -48,7 +49,8 @@ pub async fn require_logical(catalog: &Catalog) -> anyhow::Result<()> {
 
 pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let mut report = Report { lines: Vec::new() };
-    let catalog = match Catalog::connect(&config.pg_config()).await {
+    let pg = config.pg_config();
+    let catalog = match Catalog::connect(&pg).await {
         Ok(catalog) => {
             report.add(
                 Level::Ok,
@@ -67,6 +69,17 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    match encrypted(&catalog).await {
+        Ok(encrypted) => {
+            let (level, message) =
+                encryption_finding(&remote_hosts(&pg), pg.tls().effective_mode(), encrypted);
+            report.add(level, message);
+        }
+        Err(e) => report.add(
+            Level::Warn,
+            format!("cannot tell whether the connection is encrypted: {e}"),
+        ),
+    }
     if let Err(e) = checks(config, &catalog, &mut report).await {
         report.add(Level::Fail, format!("check aborted: {e}"));
     }
@@ -272,6 +285,92 @@ async fn checks(
     Ok(())
 }
 
+/// Whether this session runs over TLS, as the server sees it (which also
+/// tells whether `prefer` ended up plain).
+async fn encrypted(catalog: &Catalog) -> Result<bool, CatalogError> {
+    let row = catalog
+        .client()
+        .query_opt(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.is_some_and(|row| row.get::<_, bool>(0)))
+}
+
+/// The hosts of the connection settings that are not this machine: TCP
+/// hosts other than loopback addresses and `localhost` (a Unix socket is
+/// local). `hostaddr`, when given, is where libpq connects.
+fn remote_hosts(pg: &PgConfig) -> Vec<String> {
+    use tokio_postgres::config::Host;
+    if !pg.get_hostaddrs().is_empty() {
+        return pg
+            .get_hostaddrs()
+            .iter()
+            .filter(|addr| !addr.is_loopback())
+            .map(ToString::to_string)
+            .collect();
+    }
+    pg.get_hosts()
+        .iter()
+        .filter_map(|host| match host {
+            Host::Tcp(name) => Some(name.as_str()),
+            #[cfg(unix)]
+            Host::Unix(_) => None,
+        })
+        .filter(|name| !is_loopback_name(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(addr) => addr.is_loopback(),
+        Err(_) => {
+            host.eq_ignore_ascii_case("localhost")
+                || host.to_ascii_lowercase().ends_with(".localhost")
+        }
+    }
+}
+
+/// The finding about transport security: a connection that leaves the
+/// machine should be encrypted, and its server's certificate checked.
+/// Pure, so the non-loopback cases are tested without a remote server.
+fn encryption_finding(remote_hosts: &[String], mode: SslMode, encrypted: bool) -> (Level, String) {
+    let fix = "set sslmode=verify-full and sslrootcert=<file of the server's CA> (in the URL or postgres.sslmode/postgres.sslrootcert)";
+    match (remote_hosts.is_empty(), encrypted, mode) {
+        (true, true, _) => (Level::Ok, format!("connection is encrypted (sslmode={mode})")),
+        (true, false, _) => (
+            Level::Ok,
+            format!("connection is not encrypted (sslmode={mode}), which is fine on this machine"),
+        ),
+        (false, false, _) => (
+            Level::Warn,
+            format!(
+                "the connection to {} is not encrypted (sslmode={mode}{}): the password and every captured row cross the network in clear text; {fix}",
+                remote_hosts.join(", "),
+                if mode == SslMode::Prefer { ", and the server did not offer SSL" } else { "" }
+            ),
+        ),
+        (false, true, SslMode::VerifyFull) => (
+            Level::Ok,
+            "connection is encrypted and the server's certificate and name are verified (sslmode=verify-full)".into(),
+        ),
+        (false, true, SslMode::VerifyCa) => (
+            Level::Ok,
+            "connection is encrypted and the server's certificate is verified, not its name (sslmode=verify-ca)".into(),
+        ),
+        (false, true, _) => (
+            Level::Warn,
+            format!(
+                "the connection to {} is encrypted, but the server's certificate is not checked (sslmode={mode}): anyone between walcast and the server can pose as it; {fix}",
+                remote_hosts.join(", ")
+            ),
+        ),
+    }
+}
+
 /// The finding for `max_slot_wal_keep_size` as `SHOW` prints it (`-1` when
 /// unset, otherwise a size such as `4GB`). Pure, so the unset case is
 /// tested without a server configured that way.
@@ -289,6 +388,52 @@ fn wal_keep_finding(keep: &str) -> (Level, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_connections_off_this_machine_warn_with_the_fix() {
+        let remote = vec!["db.example.com".to_owned()];
+        for mode in [SslMode::Disable, SslMode::Prefer] {
+            let (level, message) = encryption_finding(&remote, mode, false);
+            assert_eq!(level, Level::Warn, "{mode}");
+            assert!(
+                message.contains("the connection to db.example.com is not encrypted"),
+                "{message}"
+            );
+            assert!(message.contains("sslmode=verify-full"), "{message}");
+        }
+        let (_, message) = encryption_finding(&remote, SslMode::Prefer, false);
+        assert!(
+            message.contains("the server did not offer SSL"),
+            "{message}"
+        );
+        // Encrypted without a certificate check is still open to an
+        // impostor.
+        let (level, message) = encryption_finding(&remote, SslMode::Require, true);
+        assert_eq!(level, Level::Warn);
+        assert!(message.contains("certificate is not checked"), "{message}");
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(encryption_finding(&remote, mode, true).0, Level::Ok);
+        }
+        // On this machine nothing crosses a network.
+        for mode in [SslMode::Disable, SslMode::Prefer] {
+            assert_eq!(encryption_finding(&[], mode, false).0, Level::Ok);
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_this_machine() {
+        let hosts = |url: &str| remote_hosts(&PgConfig::parse(url, &Default::default()).unwrap());
+        assert!(hosts("postgres://u@127.0.0.1:5432/d").is_empty());
+        assert!(hosts("postgres://u@localhost/d").is_empty());
+        assert!(hosts("postgres://u@[::1]/d").is_empty());
+        assert!(hosts("host=/var/run/postgresql user=u").is_empty());
+        assert_eq!(hosts("postgres://u@db.internal/d"), ["db.internal"]);
+        assert_eq!(hosts("postgres://u@10.1.2.3/d"), ["10.1.2.3"]);
+        assert_eq!(
+            hosts("host=db.internal hostaddr=127.0.0.1 user=u"),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn unset_wal_keep_size_warns_with_the_fix() {

@@ -216,7 +216,7 @@ pub struct Consumer {
     hub: Hub,
     status: ConsumerStatus,
     fault: Option<(u64, Fault)>,
-    history_pg: Option<tokio_postgres::Config>,
+    history_pg: Option<crate::pg::PgConfig>,
 }
 
 impl Consumer {
@@ -236,8 +236,8 @@ impl Consumer {
     /// database, `Config::pg_config()`) once the queue is bound; see the
     /// module doc. Without it snapshot clients get `resync` until the hub
     /// has a persisted start.
-    pub fn with_history_start(mut self, pg: tokio_postgres::Config) -> Consumer {
-        self.history_pg = Some(pg);
+    pub fn with_history_start(mut self, pg: impl Into<crate::pg::PgConfig>) -> Consumer {
+        self.history_pg = Some(pg.into());
         self
     }
 
@@ -635,7 +635,7 @@ enum SessionEnd {
 /// the history at `generation`, retrying with backoff until it succeeds or
 /// `cancel` fires (the session ended).
 async fn take_history_start(
-    pg: tokio_postgres::Config,
+    pg: crate::pg::PgConfig,
     hub: Hub,
     generation: u64,
     backoff: Backoff,
@@ -670,12 +670,11 @@ async fn take_history_start(
     }
 }
 
-async fn current_snapshot(pg: &tokio_postgres::Config) -> Result<Snapshot, HistoryStartError> {
-    let (client, connection) =
-        tokio::time::timeout(PG_CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(|_| HistoryStartError::ConnectTimeout)?
-            .map_err(HistoryStartError::Connect)?;
+async fn current_snapshot(pg: &crate::pg::PgConfig) -> Result<Snapshot, HistoryStartError> {
+    let (client, connection) = tokio::time::timeout(PG_CONNECT_TIMEOUT, pg.connect())
+        .await
+        .map_err(|_| HistoryStartError::ConnectTimeout)?
+        .map_err(HistoryStartError::Connect)?;
     let driver = tokio::spawn(connection);
     let row = client
         .query_one("SELECT pg_current_snapshot()::text", &[])

@@ -1,17 +1,15 @@
 //! Establishing a replication connection and running commands on it.
 //!
-//! [`ReplicationClient::connect`] opens a TCP or Unix-socket transport from
-//! a `tokio_postgres::Config`, sends the startup message with
-//! `replication=database` and the session settings that make pgoutput's text
-//! output predictable, and authenticates (trust, cleartext, md5,
-//! SCRAM-SHA-256 without channel binding). The client then runs replication
-//! commands over the simple query protocol until
+//! [`ReplicationClient::connect`] takes a `tokio_postgres::Config`, opens a
+//! transport to each host in turn (`transport`), sends the startup message
+//! with `replication=database` and the session settings that make
+//! pgoutput's text output predictable, authenticates (`auth`), and then
+//! runs replication commands over the simple query protocol until
 //! [`ReplicationClient::start_replication`] turns it into a
 //! [`ReplicationStream`].
 //!
-//! The transport is a boxed `AsyncRead + AsyncWrite` so TLS can be slotted in
-//! later; TLS itself is not implemented (`sslmode=require` is refused rather
-//! than silently ignored). Passwords are never logged.
+//! Sockets and authentication live in their own modules; this one is the
+//! replication protocol. Passwords are never logged.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,25 +19,17 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
-use tracing::{debug, info, trace, warn, Instrument, Span};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
 use super::stream::ReplicationStream;
+use super::transport::{self, Endpoint, ReadHalf, Target, WriteHalf};
 use super::{SlotCreated, StartOptions, SystemInfo, WalError};
 use crate::event::Lsn;
-
-/// How long one connection attempt (connect, startup, authentication) may
-/// take when the config sets no `connect_timeout`. libpq waits forever; a
-/// daemon that reconnects in a loop should not.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-const DEFAULT_PORT: u16 = 5432;
+use crate::pg::PgConfig;
 
 /// Session settings sent in the startup message. pgoutput renders values
 /// with the output functions of the walsender's session, so these fix the
@@ -53,14 +43,6 @@ const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
 ];
-
-/// Anything a replication connection can run over (TCP, Unix socket, and
-/// later TLS).
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
-
-pub(crate) type ReadHalf = tokio::io::ReadHalf<Box<dyn Transport>>;
-pub(crate) type WriteHalf = tokio::io::WriteHalf<Box<dyn Transport>>;
 
 /// When the server was last heard from, shared between the reading side and
 /// the status-update writer (which asks for a reply when the server is quiet).
@@ -155,7 +137,7 @@ impl BackendReader {
     }
 
     /// The next message, which must be a non-COPY one.
-    async fn recv_message(&mut self) -> Result<Message, WalError> {
+    pub(super) async fn recv_message(&mut self) -> Result<Message, WalError> {
         match self.recv().await? {
             Backend::Message(message) => Ok(message),
             Backend::CopyData(_) => Err(WalError::Protocol("unexpected CopyData".into())),
@@ -183,149 +165,14 @@ fn log_notice(notice: ServerReport) {
 
 /// A replication-mode connection (`replication=database`) before streaming.
 pub struct ReplicationClient {
-    reader: BackendReader,
+    pub(super) reader: BackendReader,
     writer: WriteHalf,
-    write_buf: BytesMut,
+    pub(super) write_buf: BytesMut,
     /// Set while a command is in flight. If a command's future is dropped
     /// midway the connection is in an unknown state, and the next command
     /// must not read the previous one's leftovers as its own reply.
     in_command: bool,
     span: Span,
-}
-
-/// Where and as whom to connect, taken from a `tokio_postgres::Config`.
-struct Target<'a> {
-    endpoints: Vec<Endpoint>,
-    user: &'a str,
-    password: Option<&'a [u8]>,
-    dbname: Option<&'a str>,
-    options: Option<&'a str>,
-    attempt_timeout: Duration,
-    keepalive: Option<socket2::TcpKeepalive>,
-}
-
-#[derive(Clone)]
-enum Endpoint {
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    #[cfg(unix)]
-    Unix {
-        dir: std::path::PathBuf,
-        port: u16,
-    },
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
-            #[cfg(unix)]
-            Endpoint::Unix { dir, port } => write!(f, "{}/.s.PGSQL.{port}", dir.display()),
-        }
-    }
-}
-
-impl<'a> Target<'a> {
-    fn from_config(config: &'a tokio_postgres::Config) -> Result<Self, WalError> {
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(WalError::Config(
-                "sslmode=require, but the replication connection does not support TLS yet; \
-                 use sslmode=disable or prefer"
-                    .into(),
-            ));
-        }
-        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
-            return Err(WalError::Config(
-                "channel_binding=require needs TLS, which the replication connection does not support yet"
-                    .into(),
-            ));
-        }
-        let user = config
-            .get_user()
-            .ok_or_else(|| WalError::Config("the database URL names no user".into()))?;
-
-        // hostaddr, when given, is what we connect to (libpq semantics).
-        let hostaddrs = config.get_hostaddrs();
-        let hosts: Vec<Endpoint> = if !hostaddrs.is_empty() {
-            hostaddrs
-                .iter()
-                .map(|addr| Endpoint::Tcp {
-                    host: addr.to_string(),
-                    port: 0,
-                })
-                .collect()
-        } else {
-            config
-                .get_hosts()
-                .iter()
-                .map(|host| match host {
-                    Host::Tcp(name) => Endpoint::Tcp {
-                        host: name.clone(),
-                        port: 0,
-                    },
-                    #[cfg(unix)]
-                    Host::Unix(dir) => Endpoint::Unix {
-                        dir: dir.clone(),
-                        port: 0,
-                    },
-                })
-                .collect()
-        };
-        if hosts.is_empty() {
-            return Err(WalError::Config("the database URL names no host".into()));
-        }
-        let ports = config.get_ports();
-        if ports.len() > 1 && ports.len() != hosts.len() {
-            return Err(WalError::Config(format!(
-                "{} ports given for {} hosts",
-                ports.len(),
-                hosts.len()
-            )));
-        }
-        let endpoints = hosts
-            .into_iter()
-            .enumerate()
-            .map(|(i, endpoint)| {
-                let port = ports
-                    .get(i)
-                    .or(ports.first())
-                    .copied()
-                    .unwrap_or(DEFAULT_PORT);
-                match endpoint {
-                    Endpoint::Tcp { host, .. } => Endpoint::Tcp { host, port },
-                    #[cfg(unix)]
-                    Endpoint::Unix { dir, .. } => Endpoint::Unix { dir, port },
-                }
-            })
-            .collect();
-
-        let keepalive = config.get_keepalives().then(|| {
-            let mut keepalive =
-                socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-            if let Some(interval) = config.get_keepalives_interval() {
-                keepalive = keepalive.with_interval(interval);
-            }
-            if let Some(retries) = config.get_keepalives_retries() {
-                keepalive = keepalive.with_retries(retries);
-            }
-            keepalive
-        });
-
-        Ok(Target {
-            endpoints,
-            user,
-            password: config.get_password(),
-            dbname: config.get_dbname(),
-            options: config.get_options(),
-            attempt_timeout: config
-                .get_connect_timeout()
-                .copied()
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            keepalive,
-        })
-    }
 }
 
 impl ReplicationClient {
@@ -334,11 +181,15 @@ impl ReplicationClient {
     /// A host that cannot be reached (or times out) makes us try the next
     /// one; an error that another host would repeat (authentication, a
     /// missing database) is returned at once.
+    ///
+    /// TLS follows the config's sslmode (a bare `tokio_postgres::Config`
+    /// brings only disable, prefer or require).
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        config: impl Into<PgConfig>,
         application_name: &str,
     ) -> Result<Self, WalError> {
-        let target = Target::from_config(config)?;
+        let config = config.into();
+        let target = Target::from_config(&config)?;
         let mut last_error = None;
         for endpoint in &target.endpoints {
             let span = tracing::info_span!(
@@ -554,7 +405,7 @@ async fn connect_endpoint(
     application_name: &str,
     span: Span,
 ) -> Result<ReplicationClient, WalError> {
-    let transport = open_transport(endpoint, target).await?;
+    let transport = transport::open(endpoint, target.keepalive.as_ref(), target.tls).await?;
     let (read, write) = tokio::io::split(transport);
     let mut client = ReplicationClient {
         reader: BackendReader::new(read),
@@ -564,7 +415,7 @@ async fn connect_endpoint(
         span,
     };
     client.startup(target, application_name).await?;
-    client.authenticate(target).await?;
+    client.authenticate(target.user, target.password).await?;
     client.await_ready().await?;
     client.in_command = false;
     if let Some(pid) = client.reader.backend_pid {
@@ -577,56 +428,8 @@ async fn connect_endpoint(
     Ok(client)
 }
 
-async fn open_transport(
-    endpoint: &Endpoint,
-    target: &Target<'_>,
-) -> Result<Box<dyn Transport>, WalError> {
-    let connect_error = |source| WalError::Connect {
-        address: endpoint.to_string(),
-        source,
-    };
-    match endpoint {
-        Endpoint::Tcp { host, port } => {
-            let addrs = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(connect_error)?;
-            let mut last_error = None;
-            for addr in addrs {
-                trace!(%addr, "connecting");
-                match tokio::net::TcpStream::connect(addr).await {
-                    Ok(stream) => {
-                        // Status updates are tiny and must not wait for Nagle.
-                        stream.set_nodelay(true).map_err(connect_error)?;
-                        if let Some(keepalive) = &target.keepalive {
-                            socket2::SockRef::from(&stream)
-                                .set_tcp_keepalive(keepalive)
-                                .map_err(connect_error)?;
-                        }
-                        return Ok(Box::new(stream));
-                    }
-                    Err(err) => last_error = Some(err),
-                }
-            }
-            Err(connect_error(last_error.unwrap_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "host name resolved to no address",
-                )
-            })))
-        }
-        #[cfg(unix)]
-        Endpoint::Unix { dir, port } => {
-            let path = dir.join(format!(".s.PGSQL.{port}"));
-            let stream = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(connect_error)?;
-            Ok(Box::new(stream))
-        }
-    }
-}
-
 impl ReplicationClient {
-    async fn send(&mut self) -> Result<(), WalError> {
+    pub(super) async fn send(&mut self) -> Result<(), WalError> {
         self.writer.write_all(&self.write_buf).await?;
         self.writer.flush().await?;
         self.write_buf.clear();
@@ -654,107 +457,6 @@ impl ReplicationClient {
         frontend::startup_message(params.iter().copied(), &mut self.write_buf)
             .map_err(|err| WalError::Config(format!("invalid startup parameter: {err}")))?;
         self.send().await
-    }
-
-    async fn authenticate(&mut self, target: &Target<'_>) -> Result<(), WalError> {
-        let password = || {
-            target.password.ok_or_else(|| {
-                WalError::Auth(
-                    "the server asked for a password, but the database URL has none".into(),
-                )
-            })
-        };
-        loop {
-            match self.reader.recv_message().await? {
-                Message::AuthenticationOk => {
-                    debug!("authenticated");
-                    return Ok(());
-                }
-                Message::AuthenticationCleartextPassword => {
-                    debug!(method = "password", "authenticating");
-                    frontend::password_message(password()?, &mut self.write_buf)
-                        .map_err(|err| WalError::Auth(err.to_string()))?;
-                    self.send().await?;
-                }
-                Message::AuthenticationMd5Password(body) => {
-                    debug!(method = "md5", "authenticating");
-                    let hash = md5_hash(target.user.as_bytes(), password()?, body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)
-                        .map_err(|err| WalError::Auth(err.to_string()))?;
-                    self.send().await?;
-                }
-                Message::AuthenticationSasl(body) => {
-                    let mechanisms: Vec<String> = body
-                        .mechanisms()
-                        .map(|m| Ok(m.to_owned()))
-                        .collect()
-                        .map_err(|err| {
-                            WalError::Protocol(format!("malformed SASL mechanisms: {err}"))
-                        })?;
-                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                        return Err(WalError::Auth(format!(
-                            "the server offers SASL mechanisms {mechanisms:?}; walcast supports only \
-                             {SCRAM_SHA_256} without TLS"
-                        )));
-                    }
-                    debug!(method = SCRAM_SHA_256, "authenticating");
-                    self.scram(password()?).await?;
-                }
-                Message::ErrorResponse(body) => {
-                    return Err(ServerReport::parse(body.fields())?.into_error());
-                }
-                Message::AuthenticationKerberosV5
-                | Message::AuthenticationScmCredential
-                | Message::AuthenticationGss
-                | Message::AuthenticationSspi => {
-                    return Err(WalError::Auth(
-                        "the server asks for an authentication method walcast does not support \
-                         (use scram-sha-256, md5, password or trust)"
-                            .into(),
-                    ));
-                }
-                _ => {
-                    return Err(WalError::Protocol(
-                        "unexpected message during authentication".into(),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// SCRAM-SHA-256 without channel binding (there is no TLS to bind to).
-    async fn scram(&mut self, password: &[u8]) -> Result<(), WalError> {
-        let scram_error = |err: std::io::Error| WalError::Auth(format!("SCRAM: {err}"));
-        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
-        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.write_buf)
-            .map_err(scram_error)?;
-        self.send().await?;
-        match self.reader.recv_message().await? {
-            Message::AuthenticationSaslContinue(body) => {
-                scram.update(body.data()).map_err(scram_error)?
-            }
-            Message::ErrorResponse(body) => {
-                return Err(ServerReport::parse(body.fields())?.into_error())
-            }
-            _ => {
-                return Err(WalError::Protocol(
-                    "expected AuthenticationSASLContinue".into(),
-                ))
-            }
-        }
-        frontend::sasl_response(scram.message(), &mut self.write_buf).map_err(scram_error)?;
-        self.send().await?;
-        match self.reader.recv_message().await? {
-            // Verifies the server's signature: a server that does not know
-            // the password cannot impersonate the real one.
-            Message::AuthenticationSaslFinal(body) => {
-                scram.finish(body.data()).map_err(scram_error)
-            }
-            Message::ErrorResponse(body) => Err(ServerReport::parse(body.fields())?.into_error()),
-            _ => Err(WalError::Protocol(
-                "expected AuthenticationSASLFinal".into(),
-            )),
-        }
     }
 
     /// After AuthenticationOk: parameters and key data arrive, then

@@ -45,22 +45,27 @@ pub enum WalError {
     /// An operation with a deadline did not finish in time.
     #[error("timed out after {after:?} {operation}")]
     Timeout { operation: String, after: Duration },
-    /// The connection settings cannot work (no host, TLS required, ...).
+    /// The connection settings cannot work (no host, ...).
     #[error("invalid replication connection settings: {0}")]
     Config(String),
+    /// TLS could not be set up: a certificate check failed, a file is
+    /// missing, or the server does not support SSL under a mode that needs it.
+    #[error("postgres TLS: {0}")]
+    Tls(#[from] crate::pg::TlsError),
 }
 
 impl WalError {
     /// True for errors a reconnect may heal: lost or refused connections,
     /// timeouts, and server errors that are about the server's current state
-    /// rather than about our request (see [`is_transient_sqlstate`]).
+    /// rather than about our request (see [`crate::pg::is_transient_sqlstate`]).
     pub fn is_retryable(&self) -> bool {
         match self {
             WalError::Io(_) | WalError::Connect { .. } | WalError::Timeout { .. } => true,
-            WalError::Server { code, .. } => is_transient_sqlstate(code),
+            WalError::Server { code, .. } => crate::pg::is_transient_sqlstate(code),
             // A protocol violation is a bug (ours or the server's); retrying
             // in a loop would hide it. Auth and config need an operator.
             WalError::Protocol(_) | WalError::Auth(_) | WalError::Config(_) => false,
+            WalError::Tls(e) => !e.is_definite(),
         }
     }
 
@@ -79,41 +84,6 @@ impl WalError {
             "the server closed the connection",
         ))
     }
-}
-
-/// SQLSTATEs that describe a passing state of the server, which a later
-/// connection may not meet.
-///
-/// - 55006 object_in_use: the slot is active for another walsender (an old
-///   connection of ours not yet timed out, or a standby instance); it is
-///   released when that connection ends.
-/// - class 08 connection_exception, 57P01 admin_shutdown, 57P02
-///   crash_shutdown, 57P03 cannot_connect_now (starting up / recovery),
-///   57014 query_canceled (pg_cancel_backend on the walsender).
-/// - 53000/53100/53200/53300 insufficient resources, including
-///   too_many_connections and max_wal_senders exhausted. 53400
-///   configuration_limit_exceeded (e.g. all replication slots in use) is not
-///   here: it needs an operator.
-/// - 40001/40P01: serialization failure / deadlock, harmless to repeat.
-///
-/// Everything else (28P01/28000 authentication, 42704 missing slot, 55000
-/// wal_level not logical, 42501 missing privilege, ...) needs a human.
-pub fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || matches!(
-            code,
-            "55006"
-                | "57P01"
-                | "57P02"
-                | "57P03"
-                | "57014"
-                | "53000"
-                | "53100"
-                | "53200"
-                | "53300"
-                | "40001"
-                | "40P01"
-        )
 }
 
 /// What an operator should do about a server error the server gives no

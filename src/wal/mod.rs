@@ -3,30 +3,36 @@
 //! crates.io's tokio-postgres has no replication mode, so this module speaks
 //! the protocol itself on tokio and postgres-protocol:
 //!
-//! - `connection`: connect (TCP or Unix socket), startup with
-//!   `replication=database` and fixed session settings, authentication
-//!   (trust, password, md5, SCRAM-SHA-256), and replication commands over
-//!   the simple query protocol ([`ReplicationClient`]).
+//! - `connection`: connect, startup with `replication=database` and fixed
+//!   session settings, and replication commands over the simple query
+//!   protocol ([`ReplicationClient`]).
+//! - `transport`: where to connect, and the byte stream underneath (TCP,
+//!   TLS after SSLRequest, or Unix socket).
+//! - `auth`: trust, password, md5, SCRAM-SHA-256.
 //! - `stream`: the CopyBoth phase after START_REPLICATION
 //!   ([`ReplicationStream`]): XLogData and keepalives in, standby status
 //!   updates out, reporting only what the caller declared durable.
 //! - `codec`: framing and message encoding, without I/O.
-//! - `error`: [`WalError`] and which errors a reconnect may heal.
+//! - `error`: [`WalError`] and which errors a reconnect may heal (by the
+//!   SQLSTATE classification in `crate::pg`).
 //!
 //! It hands pgoutput payloads on as bytes; decoding them is `decoder`'s job.
-//! TLS is not implemented yet (the transport is boxed so it can be added).
+//! TLS follows libpq's sslmode (`transport`, with the rustls configuration
+//! of `crate::pg`).
 
+mod auth;
 mod codec;
 mod connection;
 mod error;
 mod stream;
+mod transport;
 
 use bytes::Bytes;
 
 use crate::event::{Lsn, PgTimestamp};
 
 pub use connection::ReplicationClient;
-pub use error::{is_transient_sqlstate, WalError};
+pub use error::WalError;
 pub use stream::ReplicationStream;
 
 /// Reply to IDENTIFY_SYSTEM.

@@ -30,7 +30,8 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, trace, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
-use super::connection::{with_timeout, BackendReader, Liveness, WriteHalf};
+use super::connection::{with_timeout, BackendReader, Liveness};
+use super::transport::WriteHalf;
 use super::{ReplicationMessage, StartOptions, WalError};
 use crate::event::{Lsn, PgTimestamp};
 
