@@ -79,6 +79,8 @@ pub struct Publisher {
     drain_timeout: Duration,
     stats: PublisherStats,
     task: Option<JoinHandle<()>>,
+    /// `x-walcast-source` of the events being sent (see [`Sink::set_source`]).
+    source: Option<String>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -186,6 +188,7 @@ impl Publisher {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stats,
             task: Some(task),
+            source: None,
         })
     }
 
@@ -256,8 +259,12 @@ impl Sink for Publisher {
     type Error = PublishError;
 
     async fn send(&mut self, event: ChangeEvent) -> Result<(), PublishError> {
-        let message = Arc::new(encode(&event));
+        let mut encoded = encode(&event);
         drop(event);
+        if let Some(source) = &self.source {
+            encoded.properties = encoder::with_source(encoded.properties, source);
+        }
+        let message = Arc::new(encoded);
         self.reserve().await?;
         self.last_seq += 1;
         self.outgoing
@@ -299,6 +306,10 @@ impl Sink for Publisher {
                 return Err(self.failure());
             }
         }
+    }
+
+    fn set_source(&mut self, source: &str) {
+        self.source = Some(source.to_owned());
     }
 
     async fn drain(&mut self) -> Result<Option<Lsn>, PublishError> {
