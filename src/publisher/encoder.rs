@@ -58,10 +58,7 @@ pub fn encode(event: &ChangeEvent) -> Encoded {
 /// `properties` with the [`SOURCE_HEADER`] set to `source` (computed once
 /// per capture session, see `capture::Sink::set_source`); other headers kept.
 pub fn with_source(properties: BasicProperties, source: &str) -> BasicProperties {
-    let mut headers = properties
-        .headers()
-        .clone()
-        .unwrap_or_else(FieldTable::default);
+    let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from(SOURCE_HEADER),
         AMQPValue::LongString(LongString::from(source)),
