@@ -8,7 +8,7 @@
 //!
 //! It does not know about connections, channels or confirms.
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::BasicProperties;
 
 use crate::event::ChangeEvent;
