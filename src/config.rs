@@ -117,6 +117,14 @@ pub struct RabbitConfig {
     /// good does not pile up every event on the broker's disk. 0 keeps it
     /// forever.
     pub queue_expires_ms: u64,
+    /// Pins the gateway to one stream: the `x-walcast-source`
+    /// (`<system identifier>/<database>/<slot>`) it follows; messages from
+    /// any other source go to the dead letters. Empty: follow the newest
+    /// source (a change of source restarts the replay history).
+    pub source: String,
+    /// Dead-letter exchange and queue (both durable, the queue bound to the
+    /// fanout exchange) for messages the gateway cannot use.
+    pub dead_letter: String,
 }
 
 impl Default for RabbitConfig {
@@ -129,6 +137,8 @@ impl Default for RabbitConfig {
             publish_window: 1024,
             max_backoff_ms: 30_000,
             queue_expires_ms: 1_800_000,
+            source: String::new(),
+            dead_letter: "walcast.dead".into(),
         }
     }
 }
@@ -298,6 +308,8 @@ impl fmt::Debug for RabbitConfig {
             .field("publish_window", &self.publish_window)
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("queue_expires_ms", &self.queue_expires_ms)
+            .field("source", &self.source)
+            .field("dead_letter", &self.dead_letter)
             .finish()
     }
 }
@@ -515,6 +527,15 @@ impl Config {
                     u32::MAX
                 ),
             );
+        }
+        if !mq.source.is_empty() && (mq.source.len() > 1024 || mq.source.matches('/').count() < 2) {
+            problem(
+                "rabbitmq.source",
+                "must be empty (follow the newest source) or <system identifier>/<database>/<slot> as in the x-walcast-source header of a message (walcast dlq list shows it)".into(),
+            );
+        }
+        if mq.dead_letter.is_empty() || mq.dead_letter.len() > 255 {
+            problem("rabbitmq.dead_letter", "must be 1 to 255 characters".into());
         }
         if !(1..=10_000_000).contains(&self.fanout.replay_buffer) {
             problem(

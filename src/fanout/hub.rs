@@ -14,6 +14,34 @@
 //! socket whose buffer is full is detached at once and disconnected outside
 //! the lock.
 //!
+//! # Which source the history follows
+//!
+//! Every change comes with its stream's source (`x-walcast-source`,
+//! `<system identifier>/<database>/<slot>`); ids are only comparable within
+//! one. The hub follows one source at a time and keeps it with its history
+//! (persisted in the replay log):
+//!
+//! - The first source a history sees (a fresh gateway, or a log from before
+//!   sources) is adopted.
+//! - A change from another source **restarts the history** for the new one
+//!   (contract section 2: "when the source changes … it restarts its
+//!   history"): nothing held, no horizon, so the new source's changes are
+//!   delivered however low their ids; every attached socket gets `resync`
+//!   (`source_changed`) and loses its cursor and snapshot filter; a `since`
+//!   from before gets `resync` (`source_changed`) too. The newest source
+//!   wins: a database restored onto a new cluster, or a capture moved to
+//!   another slot, takes over without an operator.
+//! - With `rabbitmq.source` set (a pin), the consumer dead-letters every
+//!   other source before it reaches the hub (`foreign_source`), so only the
+//!   pinned one can restart the history; pin it when several captures
+//!   publish to one exchange, or when publishers other than walcast's
+//!   capture may use `app_id=walcast`.
+//!
+//! Messages without `app_id=walcast` or without a source never reach the
+//! hub (the consumer dead-letters them), so they cannot poison the dedupe
+//! horizon (see `replay` for what a forged id of the followed source can
+//! and cannot do).
+//!
 //! It does not speak AMQP (the consumer calls [`Hub::deliver`]) and does not
 //! build the Socket.IO layer (see `layer`).
 
@@ -22,6 +50,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -155,7 +184,14 @@ struct Inner {
     stats: FanoutStats,
     options: HubOptions,
     shutdown: CancellationToken,
+    /// Rate limit of the horizon-duplicate warning (ms since `started`).
+    started: Instant,
+    horizon_warned_at: AtomicU64,
+    horizon_suppressed: AtomicU64,
 }
+
+/// At most one horizon-duplicate warning per interval.
+const HORIZON_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 struct State {
     buffer: ReplayBuffer,
@@ -251,6 +287,9 @@ impl Hub {
                 stats,
                 options,
                 shutdown,
+                started: Instant::now(),
+                horizon_warned_at: AtomicU64::new(0),
+                horizon_suppressed: AtomicU64::new(0),
             }),
         })
     }
@@ -357,16 +396,30 @@ impl Hub {
     /// the change is in the replay log (if any) and in the queue of every
     /// socket it is for (or that socket is being disconnected as too slow):
     /// the consumer may ack it. On `Err` nothing was sent or held.
-    pub fn deliver(&self, change: Change) -> Result<Delivered, DeliverError> {
+    ///
+    /// `source` is the change's `x-walcast-source`; a source other than the
+    /// followed one restarts the history first (module doc).
+    pub fn deliver(&self, change: Change, source: &str) -> Result<Delivered, DeliverError> {
         let stats = &self.inner.stats;
         let mut slow = Vec::new();
         let sockets;
         {
             let mut guard = self.lock();
             let state = &mut *guard;
+            if state.buffer.source() != Some(source) {
+                state.follow_source(source, change.id, stats)?;
+            }
             if state.buffer.is_duplicate(&change.id) {
                 stats.record_duplicate();
-                debug!(id = %change.id, "dropping duplicate change");
+                if !state.buffer.holds(&change.id) {
+                    // At or below the horizon, not held: a redelivery of an
+                    // evicted change (a capture restart resends a burst) or
+                    // a change this history can no longer place. Worth
+                    // seeing, unlike a redelivery of a held change.
+                    self.warn_horizon_duplicate(&change.id, &state.buffer);
+                } else {
+                    debug!(id = %change.id, "dropping duplicate change");
+                }
                 return Ok(Delivered::Duplicate);
             }
             // Logged before anyone sees it: what a client got, a restarted
@@ -643,6 +696,31 @@ impl Hub {
         outcome
     }
 
+    /// Logs a dropped duplicate below everything held, at most once per
+    /// [`HORIZON_WARN_INTERVAL`] (a capture restart resends a burst).
+    fn warn_horizon_duplicate(&self, id: &EventId, buffer: &ReplayBuffer) {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let last = self.inner.horizon_warned_at.load(Ordering::Relaxed);
+        let suppressed = self
+            .inner
+            .horizon_suppressed
+            .fetch_add(1, Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < HORIZON_WARN_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        self.inner
+            .horizon_warned_at
+            .store(now.max(1), Ordering::Relaxed);
+        self.inner.horizon_suppressed.store(0, Ordering::Relaxed);
+        warn!(
+            %id,
+            horizon = ?buffer.horizons().max_evicted.map(|e| e.to_string()),
+            since_last_warning = suppressed,
+            source = ?buffer.source(),
+            "dropping a change at or below the eviction horizon as a duplicate (a redelivery of an evicted change); counted in walcast_fanout_duplicates_total"
+        );
+    }
+
     fn disconnect_slow(&self, socket: SocketRef, during: &'static str) {
         self.inner.stats.record_slow_disconnect();
         warn!(
@@ -683,6 +761,53 @@ impl Hub {
 }
 
 impl State {
+    /// Makes `source` the followed one (see the module doc): adopted when
+    /// the history has none, else the history restarts for it. Persisted
+    /// before the change is taken; on failure the change is not taken (the
+    /// broker redelivers it and the next append rewrites the log).
+    fn follow_source(
+        &mut self,
+        source: &str,
+        id: EventId,
+        stats: &FanoutStats,
+    ) -> Result<(), DeliverError> {
+        match self.buffer.source() {
+            None => {
+                info!(source, "following the stream's source");
+                self.buffer.adopt_source(source);
+            }
+            Some(old) => {
+                warn!(
+                    old_source = old,
+                    new_source = source,
+                    first_id = %id,
+                    "the stream's source changed (a restored or migrated database, or another slot); restarting the replay history, clients get resync (source_changed)"
+                );
+                stats.record_source_change();
+                self.buffer.restart_for_source(source);
+                stats.set_buffer(0, 0);
+                for client in self.clients.values_mut() {
+                    send_resync(&client.socket, ResyncReason::SourceChanged, None, stats);
+                    client.phase = Phase::Live;
+                    client.floor = None;
+                    client.snapshot = None;
+                }
+            }
+        }
+        if let Some(log) = &mut self.log {
+            if let Err(source) = log.rewrite(&self.buffer) {
+                log.mark_stale();
+                stats.record_replay_log_error();
+                return Err(DeliverError::ReplayLog {
+                    id,
+                    dir: log.dir().to_path_buf(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a socket from the registry and the index; returns it if it
     /// was attached.
     fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<SocketRef> {

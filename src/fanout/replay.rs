@@ -222,6 +222,11 @@ impl ReplayBuffer {
         self.changes.last_key_value().map(|(id, _)| *id)
     }
 
+    /// Whether this very change is held.
+    pub fn holds(&self, id: &EventId) -> bool {
+        self.changes.contains_key(id)
+    }
+
     /// Whether `id` was seen already: held, or at/below the id horizon.
     /// An id below the first change is not a duplicate (see the module doc).
     pub fn is_duplicate(&self, id: &EventId) -> bool {

@@ -285,6 +285,12 @@ impl ReplayLog {
         Ok(())
     }
 
+    /// The file no longer matches the history in memory (a rewrite that
+    /// recorded a change of it failed): the next append rewrites it first.
+    pub fn mark_stale(&mut self) {
+        self.broken = true;
+    }
+
     /// Changes written as oversize markers since open.
     pub fn oversize(&self) -> u64 {
         self.oversize
