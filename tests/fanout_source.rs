@@ -104,6 +104,9 @@ async fn publish_from(publisher: &sio::Publisher, n: u64, source: &str) -> Strin
     String::from_utf8(body).unwrap()
 }
 
+/// message_id, app_id, source, body, expected x-walcast-reason.
+type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8], &'a str);
+
 /// A huge id, far above anything the test publishes.
 fn high_id() -> EventId {
     EventId {
@@ -139,7 +142,7 @@ async fn foreign_and_malformed_messages_go_to_the_dead_letters_and_poison_nothin
     let high_body = String::from_utf8(high.to_json())
         .unwrap()
         .replace(&high.id.to_string(), &high_id().to_string());
-    let cases: [(&str, Option<&str>, Option<&str>, &[u8], &str); 5] = [
+    let cases: [Case; 5] = [
         (
             "no-app-id",
             None,
