@@ -25,9 +25,11 @@
 //! how many were not logged). `walcast dlq list|purge` shows and clears the
 //! queue.
 //!
-//! With a replay log, a change the hub cannot write to it is not acked: the
-//! session ends and the broker delivers it again after the reconnect (an
-//! unwritable disk becomes backpressure, never a hole in the history).
+//! With a replay log, a batch is acked only once the hub's log writer has
+//! written every change of it ([`Hub::wait_logged`]); a change the log
+//! cannot take is not acked: the session ends and the broker delivers it
+//! again after the reconnect (an unwritable disk becomes backpressure, never
+//! a hole in the history).
 //!
 //! # History start
 //!
@@ -450,6 +452,7 @@ impl Consumer {
             // this gateway: its history cannot reach across.
             self.hub
                 .restart_history()
+                .await
                 .map_err(|e| (ConsumerError::HistoryRestart(e), false))?;
             // The broker closed the channel on the 404.
             channel = connection.create_channel().await.map_err(setup)?;
@@ -541,6 +544,13 @@ impl Consumer {
             let next = match ready {
                 Some(next) => next,
                 None => {
+                    if batch.len > 0 {
+                        // Acked only once the replay log holds them.
+                        self.hub
+                            .wait_logged()
+                            .await
+                            .map_err(|e| (e.into(), false))?;
+                    }
                     let acked = batch.flush().await.map_err(|e| (e, true))?;
                     self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
                     loop {

@@ -66,6 +66,7 @@ use crate::event::EventId;
 
 use super::change::Change;
 use super::handshake::StartAt;
+use super::log_writer::{wait_written, LogWriter, Op};
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
@@ -161,15 +162,14 @@ pub enum Delivered {
     Duplicate,
 }
 
-/// Why [`Hub::deliver`] did not take a change. The consumer must not ack
-/// it: the broker delivers it again.
+/// Why changes handed to the hub cannot be acked ([`Hub::wait_logged`]):
+/// the broker delivers them again.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("cannot append change {id} to the replay log in {dir}: {source}; not acking it (it is redelivered once the disk is writable again)")]
+    #[error("cannot write the replay log in {dir}: {source}; not acking the changes it lacks (they are redelivered once the disk is writable again)")]
     ReplayLog {
-        id: EventId,
         dir: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -195,8 +195,9 @@ const HORIZON_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 struct State {
     buffer: ReplayBuffer,
-    /// The buffer's history on disk, when `replay_dir` is set.
-    log: Option<ReplayLog>,
+    /// The buffer's history on disk, when `replay_dir` is set: written by
+    /// a thread of its own, never under this lock.
+    log: Option<LogWriter>,
     clients: HashMap<Sid, Client>,
     index: Index,
     /// Reused target list, so a delivery does not allocate.
@@ -264,16 +265,28 @@ impl Hub {
     /// A hub whose replay history is loaded from and logged to
     /// `options.replay_dir` (in memory only when that is `None`).
     pub fn open(options: HubOptions, shutdown: CancellationToken) -> Result<Hub, ReplayLogError> {
-        let (log, mut buffer) = match &options.replay_dir {
-            None => (None, ReplayBuffer::new(options.replay_buffer)),
+        let stats = FanoutStats::default();
+        let (log, buffer) = match &options.replay_dir {
+            None => {
+                let mut buffer = ReplayBuffer::new(options.replay_buffer);
+                buffer.set_max_bytes(options.replay_max_bytes);
+                (None, buffer)
+            }
             Some(dir) => {
-                let (log, buffer, _report) =
+                let (log, mut buffer, _report) =
                     ReplayLog::open(dir, options.replay_buffer, options.replay_fsync)?;
-                (Some(log), buffer)
+                buffer.set_max_bytes(options.replay_max_bytes);
+                let writer =
+                    LogWriter::spawn(log, buffer.clone(), stats.clone()).map_err(|source| {
+                        ReplayLogError::Io {
+                            action: "start the writer thread for",
+                            path: dir.clone(),
+                            source,
+                        }
+                    })?;
+                (Some(writer), buffer)
             }
         };
-        buffer.set_max_bytes(options.replay_max_bytes);
-        let stats = FanoutStats::default();
         stats.set_buffer(buffer.len(), buffer.bytes());
         Ok(Hub {
             inner: Arc::new(Inner {
@@ -343,12 +356,12 @@ impl Hub {
             "history start set: snapshots from here on can be handed off"
         );
         if let Some(log) = &mut state.log {
-            // Not persisting it only costs resyncs after a crash (a later
-            // start is taken then), never a gap.
-            if let Err(e) = log.rewrite(&state.buffer) {
-                self.inner.stats.record_replay_log_error();
-                warn!(error = %e, dir = %log.dir().display(), "cannot record the history start in the replay log");
-            }
+            // Not waited for: not persisting it only costs resyncs after a
+            // crash (a later start is taken then), never a gap.
+            log.send(Op::OfferHistoryStart {
+                xmax: snapshot.xmax,
+                generation,
+            });
         }
         true
     }
@@ -360,27 +373,55 @@ impl Hub {
     /// Errors when the replay log cannot record it; the caller must not
     /// consume before this succeeds, or a crash could bring back a history
     /// with a hole in it.
-    pub fn restart_history(&self) -> Result<(), ReplayLogError> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        state.buffer.restart_history();
-        info!("replay history restarted: the gateway queue was (re)created");
-        if let Some(log) = &mut state.log {
-            if let Err(source) = log.rewrite(&state.buffer) {
-                self.inner.stats.record_replay_log_error();
-                return Err(ReplayLogError::Io {
+    pub async fn restart_history(&self) -> Result<(), ReplayLogError> {
+        let pending = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            state.buffer.restart_history();
+            info!("replay history restarted: the gateway queue was (re)created");
+            state.log.as_mut().map(|log| {
+                let n = log.send(Op::RestartHistory);
+                (log.progress(), n, log.dir().to_path_buf())
+            })
+        };
+        if let Some((progress, n, dir)) = pending {
+            wait_written(progress, n)
+                .await
+                .map_err(|e| ReplayLogError::Io {
                     action: "record a history restart in",
-                    path: log.dir().to_path_buf(),
-                    source,
-                });
-            }
+                    path: dir,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                })?;
         }
         Ok(())
     }
 
-    /// Bytes in the replay log file, if there is one (tests, metrics).
+    /// Waits until every change handed to [`Hub::deliver`] so far is in the
+    /// replay log (at once without one). The consumer acks only after this:
+    /// a change the log cannot hold is not acked.
+    pub async fn wait_logged(&self) -> Result<(), DeliverError> {
+        let pending = {
+            let state = self.lock();
+            state
+                .log
+                .as_ref()
+                .map(|log| (log.progress(), log.issued(), log.dir().to_path_buf()))
+        };
+        match pending {
+            None => Ok(()),
+            Some((progress, n, dir)) => wait_written(progress, n)
+                .await
+                .map_err(|source| DeliverError::ReplayLog { dir, source }),
+        }
+    }
+
+    /// Bytes in the replay log file, if there is one (tests, metrics), as
+    /// of the writer's last step.
     pub fn replay_log_len(&self) -> Option<u64> {
-        self.lock().log.as_ref().and_then(|log| log.file_len().ok())
+        self.lock()
+            .log
+            .as_ref()
+            .map(|log| log.progress().borrow().file_len)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -393,9 +434,13 @@ impl Hub {
     }
 
     /// Fans a change out and holds it for replay. When this returns `Ok`,
-    /// the change is in the replay log (if any) and in the queue of every
-    /// socket it is for (or that socket is being disconnected as too slow):
-    /// the consumer may ack it. On `Err` nothing was sent or held.
+    /// the change is in the queue of every socket it is for (or that socket
+    /// is being disconnected as too slow) and on its way to the replay log
+    /// (if any): the consumer may ack it once [`Hub::wait_logged`] says it
+    /// is written. (A client may see it before it is on disk; if the
+    /// gateway dies in between, the unacked delivery comes again and goes
+    /// into the history, and the client's `since` keeps it from seeing it
+    /// twice.) On `Err` nothing was sent or held.
     ///
     /// `source` is the change's `x-walcast-source`; a source other than the
     /// followed one restarts the history first (module doc).
@@ -420,19 +465,16 @@ impl Hub {
                 } else {
                     debug!(id = %change.id, "dropping duplicate change");
                 }
+                // A redelivery after a failed write: its ack must wait for
+                // the file to be repaired (see `log_writer`).
+                if let Some(log) = state.log.as_mut().filter(|log| log.stale()) {
+                    log.send(Op::Sync);
+                }
                 return Ok(Delivered::Duplicate);
             }
-            // Logged before anyone sees it: what a client got, a restarted
-            // gateway still has.
+            let change = Arc::new(change);
             if let Some(log) = &mut state.log {
-                if let Err(source) = log.append(&change, &state.buffer) {
-                    stats.record_replay_log_error();
-                    return Err(DeliverError::ReplayLog {
-                        id: change.id,
-                        dir: log.dir().to_path_buf(),
-                        source,
-                    });
-                }
+                log.send(Op::Append(Arc::clone(&change)));
             }
             let late = state.buffer.is_late(&change.id);
             if late {
@@ -471,17 +513,7 @@ impl Hub {
                 .filter_map(|sid| state.detach(*sid, stats))
                 .collect();
             stats.record_delivered(&change.table, change.op);
-            state.buffer.push(change);
-            if let Some(log) = &mut state.log {
-                match log.maybe_compact(&state.buffer) {
-                    Ok(false) => {}
-                    Ok(true) => debug!("replay log compacted"),
-                    Err(e) => {
-                        stats.record_replay_log_error();
-                        warn!(error = %e, dir = %log.dir().display(), "cannot compact the replay log; it keeps growing until a retry succeeds");
-                    }
-                }
-            }
+            state.buffer.push_shared(change);
             stats.set_buffer(state.buffer.len(), state.buffer.bytes());
             stats.record_emitted(emitted);
             sockets = emitted as usize;
@@ -762,9 +794,8 @@ impl Hub {
 
 impl State {
     /// Makes `source` the followed one (see the module doc): adopted when
-    /// the history has none, else the history restarts for it. Persisted
-    /// before the change is taken; on failure the change is not taken (the
-    /// broker redelivers it and the next append rewrites the log).
+    /// the history has none, else the history restarts for it; logged
+    /// before the change (the writer applies ops in order).
     fn follow_source(
         &mut self,
         source: &str,
@@ -775,6 +806,9 @@ impl State {
             None => {
                 info!(source, "following the stream's source");
                 self.buffer.adopt_source(source);
+                if let Some(log) = &mut self.log {
+                    log.send(Op::AdoptSource(source.to_owned()));
+                }
             }
             Some(old) => {
                 warn!(
@@ -785,6 +819,9 @@ impl State {
                 );
                 stats.record_source_change();
                 self.buffer.restart_for_source(source);
+                if let Some(log) = &mut self.log {
+                    log.send(Op::RestartForSource(source.to_owned()));
+                }
                 stats.set_buffer(0, 0);
                 for client in self.clients.values_mut() {
                     send_resync(&client.socket, ResyncReason::SourceChanged, None, stats);
@@ -792,17 +829,6 @@ impl State {
                     client.floor = None;
                     client.snapshot = None;
                 }
-            }
-        }
-        if let Some(log) = &mut self.log {
-            if let Err(source) = log.rewrite(&self.buffer) {
-                log.mark_stale();
-                stats.record_replay_log_error();
-                return Err(DeliverError::ReplayLog {
-                    id,
-                    dir: log.dir().to_path_buf(),
-                    source,
-                });
             }
         }
         Ok(())
@@ -887,6 +913,70 @@ mod tests {
             commit_lsn: Lsn(n),
             ordinal: 0,
         }
+    }
+
+    fn change(n: u64) -> Change {
+        let body = format!(
+            r#"{{"id":"{}","op":"insert","schema":"public","table":"t","key":{{"id":{n}}},"xid":{n}}}"#,
+            id(n)
+        );
+        Change::parse(body.into_bytes()).unwrap()
+    }
+
+    /// The writer is stuck (a slow disk, a long fsync): deliveries and
+    /// everything else that takes the hub's lock go on; only the ack waits.
+    #[tokio::test]
+    async fn the_hub_lock_is_not_held_while_the_replay_log_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::open(
+            HubOptions {
+                replay_dir: Some(dir.path().to_path_buf()),
+                replay_buffer: 4,
+                ..HubOptions::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        hub.deliver(change(1), "1/db/slot").unwrap();
+        hub.wait_logged().await.unwrap();
+
+        let (resume, paused) = std::sync::mpsc::channel::<()>();
+        hub.lock().log.as_mut().unwrap().send(Op::Pause(paused));
+        // 20 changes: several compactions' worth for a buffer of 4.
+        for n in 2..=21 {
+            assert_eq!(
+                hub.deliver(change(n), "1/db/slot").unwrap(),
+                Delivered::Fanned { sockets: 0 }
+            );
+        }
+        assert_eq!(hub.latest_id(), Some(id(21)));
+        assert!(hub.history_start_needed().is_some());
+        {
+            let logged = hub.wait_logged();
+            tokio::pin!(logged);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut logged)
+                    .await
+                    .is_err(),
+                "the ack must wait for the writer"
+            );
+            drop(resume);
+            logged.await.unwrap();
+        }
+        let len = hub.replay_log_len().unwrap();
+        drop(hub); // joins the writer, which closes the log
+
+        // Everything reached the file, compacted.
+        let bytes = std::fs::read(dir.path().join(super::super::LOG_FILE)).unwrap();
+        assert!(
+            len > 0 && len < bytes.len() as u64,
+            "plus the closed record"
+        );
+        let (loaded, report) = super::super::replay_log::load(&bytes, 4, None);
+        assert_eq!(report.dropped_bytes, 0);
+        assert_eq!(loaded.latest_id(), Some(id(21)));
+        assert_eq!(loaded.len(), 4);
+        assert_eq!(loaded.source(), Some("1/db/slot"));
     }
 
     #[test]

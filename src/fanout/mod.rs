@@ -102,6 +102,7 @@ mod change;
 mod handshake;
 mod hub;
 mod layer;
+mod log_writer;
 mod replay;
 mod replay_log;
 mod snapshot;

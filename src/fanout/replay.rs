@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::event::EventId;
 
@@ -95,10 +96,13 @@ pub struct Horizons {
 }
 
 /// Recent changes by id, with the horizons described in the module doc.
-#[derive(Debug)]
+/// A clone shares the held changes.
+#[derive(Debug, Clone)]
 pub struct ReplayBuffer {
     capacity: usize,
-    changes: BTreeMap<EventId, Change>,
+    /// Shared with the replay log writer's copy of the buffer (see
+    /// `log_writer`), so the copy costs no body bytes.
+    changes: BTreeMap<EventId, Arc<Change>>,
     horizons: Horizons,
     /// Bumped when the history restarts, so a history start taken for an
     /// earlier history is not adopted by a later one.
@@ -246,6 +250,11 @@ impl ReplayBuffer {
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
     /// evicting the oldest beyond capacity or the byte cap.
     pub fn push(&mut self, change: Change) {
+        self.push_shared(Arc::new(change));
+    }
+
+    /// [`Self::push`] for a change shared with another buffer.
+    pub fn push_shared(&mut self, change: Arc<Change>) {
         debug_assert!(!self.is_duplicate(&change.id));
         let h = &mut self.horizons;
         if h.first_received.is_none() {
@@ -390,7 +399,7 @@ impl ReplayBuffer {
         };
         self.changes
             .range((lower, Bound::Unbounded))
-            .map(|(_, change)| change)
+            .map(|(_, change)| &**change)
     }
 }
 

@@ -57,8 +57,8 @@
 //! starts a new one and every `since`/`snapshot` from before gets `resync`.
 //! Without a boot id (not Linux) the log is trusted.
 //!
-//! Synchronous file I/O under the hub's lock: a record is a copy into the
-//! page cache. It does not decide what is a duplicate or what to evict (the
+//! Synchronous file I/O, run on the writer thread (`log_writer`), never
+//! under the hub's lock. It does not decide what is a duplicate or what to evict (the
 //! buffer does) and knows nothing of sockets or the broker.
 
 use std::fs::{self, File, OpenOptions};
@@ -282,6 +282,14 @@ impl ReplayLog {
         self.file = rewrite(&self.dir, buffer, self.fsync, self.boot_id.as_deref())?;
         self.records = buffer.len();
         self.broken = false;
+        Ok(())
+    }
+
+    /// Rewrites the file if a write failed since the last rewrite.
+    pub fn repair(&mut self, buffer: &ReplayBuffer) -> io::Result<()> {
+        if self.broken {
+            self.rewrite(buffer)?;
+        }
         Ok(())
     }
 
