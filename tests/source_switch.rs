@@ -133,8 +133,7 @@ async fn a_gateway_moved_to_a_fresh_cluster_resyncs_then_delivers_every_change()
     );
 
     // A client coming back later with its old cursor is told to reload.
-    let mut late =
-        NodeClient::connect(&walcast.url(), json!({"since": before[5]["id"]})).await;
+    let mut late = NodeClient::connect(&walcast.url(), json!({"since": before[5]["id"]})).await;
     let line = late.next_within(TIMEOUT).await.expect("a resync");
     assert_eq!(line.0["data"]["reason"], "source_changed", "{:?}", line.0);
     assert_eq!(line.0["data"]["latest_id"], after[4]["id"], "{:?}", line.0);
