@@ -98,12 +98,10 @@ async fn a_gateway_moved_to_a_fresh_cluster_resyncs_then_delivers_every_change()
         roles: "capture,gateway",
         replay_dir: Some(replay.path().to_str().unwrap().to_owned()),
     };
+    let dead_letter = sio::dead_letter_name(&spec.queue);
     let env = [
         ("WALCAST_FANOUT_REPLAY_BUFFER", "4"),
-        (
-            "WALCAST_RABBITMQ_DEAD_LETTER",
-            Box::leak(format!("{}.dead", spec.queue).into_boxed_str()) as &str,
-        ),
+        ("WALCAST_RABBITMQ_DEAD_LETTER", dead_letter.as_str()),
     ];
 
     let walcast = Walcast::start_with_env(&old, &spec, &env).await;
@@ -153,4 +151,9 @@ async fn a_gateway_moved_to_a_fresh_cluster_resyncs_then_delivers_every_change()
     live.close().await;
     late.close().await;
     walcast.stop().await;
+    // The gateway queue, its dead letters and the exchange.
+    sio::Publisher::connect(&spec.exchange)
+        .await
+        .delete(&spec.queue)
+        .await;
 }

@@ -717,7 +717,12 @@ impl Consumer {
                 .basic_publish(
                     ShortString::from(exchange.as_str()),
                     delivery.routing_key.clone(),
-                    BasicPublishOptions::default(),
+                    // Returned if no queue is bound (someone deleted
+                    // walcast.dead): then it is not acked either.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &delivery.data,
                     properties,
                 )
@@ -731,6 +736,12 @@ impl Consumer {
         };
         if !confirm.is_ack() {
             return Err(failed("the broker nacked it".into()));
+        }
+        if confirm.take_message().is_some() {
+            return Err(failed(
+                "no queue is bound to it (the gateway declares the queue again when it reconnects)"
+                    .into(),
+            ));
         }
         let i = DeadReason::ALL
             .iter()
