@@ -1206,6 +1206,17 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_source_names_a_stream_and_dead_letters_have_a_name() {
+        let mut config = Config::default();
+        config.rabbitmq.source = "7412/shop/walcast".into();
+        assert_eq!(config.validate(), vec![]);
+        config.rabbitmq.source = "shop".into();
+        config.rabbitmq.dead_letter = String::new();
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["rabbitmq.source", "rabbitmq.dead_letter"]);
+    }
+
+    #[test]
     fn validate_reports_every_problem_with_its_field() {
         let mut config = Config::default();
         config.postgres.slot = "Bad-Slot".into();
