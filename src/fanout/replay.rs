@@ -366,7 +366,12 @@ impl ReplayBuffer {
     /// all seen by the snapshot, so the replay starts at the oldest held).
     pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<Option<EventId>, ResyncReason> {
         let Some(start) = self.horizons.history_start else {
-            return Err(ResyncReason::NoHistory);
+            // A snapshot of the old source's database says nothing here.
+            return Err(if self.horizons.source_changed {
+                ResyncReason::SourceChanged
+            } else {
+                ResyncReason::NoHistory
+            });
         };
         // S.xmin >= S0.xmax: S sees everything S0 sees.
         if xid_precedes(snapshot.xmin, start) {
@@ -662,6 +667,8 @@ mod tests {
         assert_eq!(buffer.check_since(id(1)), Err(ResyncReason::SourceChanged));
         assert_eq!(buffer.check_since(id(5)), Ok(()));
         assert_eq!(held(&buffer, Some(5)), vec![6]);
+        let s: Snapshot = "10:12:".parse().unwrap();
+        assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::SourceChanged));
     }
 
     /// A forged huge id is held at the top; neither eviction nor a history
