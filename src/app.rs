@@ -153,6 +153,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             );
         }
         let mut options = HubOptions::from_config(&config.fanout);
+        // Metric labels name only the tables this gateway follows.
+        options.tables = config.postgres.tables.clone();
         options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
         let hub = Hub::open(options, stop.clone())?;
         let (socket_layer, _io) = fanout::layer(&hub);

@@ -58,6 +58,13 @@ pub trait Sink: Send {
     /// Waits until everything sent is durable and returns that position
     /// (`None` if nothing ever became durable).
     fn drain(&mut self) -> impl Future<Output = Result<Option<Lsn>, Self::Error>> + Send;
+
+    /// The stream the next events belong to, `<system identifier>/<database>/<slot>`
+    /// (contract section 2, `x-walcast-source`): told once per replication
+    /// session, before its first event. Ignored by default.
+    fn set_source(&mut self, source: &str) {
+        let _ = source;
+    }
 }
 
 /// A [`Sink`] that counts into [`CaptureStats`] what it passes on to the
@@ -105,6 +112,10 @@ impl<S: Sink> Sink for Metered<'_, S> {
             self.stats.record_durable(position);
         }
         Ok(position)
+    }
+
+    fn set_source(&mut self, source: &str) {
+        self.inner.set_source(source);
     }
 }
 
@@ -345,6 +356,18 @@ impl Session<'_> {
         let options = self.options;
         let catalog = Catalog::connect(&options.pg).await?;
         let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
+        // Which stream the events belong to: a database restored onto a new
+        // cluster has another system identifier, and its ids are not
+        // comparable with the old ones (consumers restart their history).
+        let system = client.identify_system().await?;
+        let database = system
+            .dbname
+            .clone()
+            .or_else(|| options.pg.get_dbname().map(str::to_owned))
+            .unwrap_or_default();
+        let source = format!("{}/{}/{}", system.system_id, database, options.slot);
+        debug!(%source, "capture source");
+        sink.set_source(&source);
         if options.create_temporary_slot {
             client.create_slot(&options.slot, true).await?;
         }

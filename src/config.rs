@@ -151,6 +151,14 @@ pub struct RabbitConfig {
     pub tls_cert_file: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of `tls_cert_file`.
     pub tls_key_file: String,
+    /// Pins the gateway to one stream: the `x-walcast-source`
+    /// (`<system identifier>/<database>/<slot>`) it follows; messages from
+    /// any other source go to the dead letters. Empty: follow the newest
+    /// source (a change of source restarts the replay history).
+    pub source: String,
+    /// Dead-letter exchange and queue (both durable, the queue bound to the
+    /// fanout exchange) for messages the gateway cannot use.
+    pub dead_letter: String,
 }
 
 /// The type of the gateway's queue (`x-queue-type`). Declared explicitly,
@@ -202,6 +210,8 @@ impl Default for RabbitConfig {
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            source: String::new(),
+            dead_letter: "walcast.dead".into(),
         }
     }
 }
@@ -434,6 +444,8 @@ impl fmt::Debug for RabbitConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
+            .field("source", &self.source)
+            .field("dead_letter", &self.dead_letter)
             .finish()
     }
 }
@@ -711,6 +723,15 @@ impl Config {
                     u32::MAX
                 ),
             );
+        }
+        if !mq.source.is_empty() && (mq.source.len() > 1024 || mq.source.matches('/').count() < 2) {
+            problem(
+                "rabbitmq.source",
+                "must be empty (follow the newest source) or <system identifier>/<database>/<slot> as in the x-walcast-source header of a message (walcast dlq list shows it)".into(),
+            );
+        }
+        if mq.dead_letter.is_empty() || mq.dead_letter.len() > 255 {
+            problem("rabbitmq.dead_letter", "must be 1 to 255 characters".into());
         }
         if !(1..=10_000_000).contains(&self.fanout.replay_buffer) {
             problem(
@@ -1512,6 +1533,17 @@ mod tests {
             message.contains("empty.toml") && message.contains("slott"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_pinned_source_names_a_stream_and_dead_letters_have_a_name() {
+        let mut config = Config::default();
+        config.rabbitmq.source = "7412/shop/walcast".into();
+        assert_eq!(config.validate(), vec![]);
+        config.rabbitmq.source = "shop".into();
+        config.rabbitmq.dead_letter = String::new();
+        let fields: Vec<&str> = config.validate().iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["rabbitmq.source", "rabbitmq.dead_letter"]);
     }
 
     #[test]

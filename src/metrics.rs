@@ -36,7 +36,7 @@ use crate::api::{Health, RequestStats};
 use crate::capture::CaptureStats;
 use crate::catalog::{Catalog, SlotInfo};
 use crate::config::Config;
-use crate::consumer::ConsumerStatus;
+use crate::consumer::{ConsumerStatus, DeadReason};
 use crate::event::Lsn;
 use crate::fanout::FanoutStats;
 use crate::publisher::PublisherStats;
@@ -190,7 +190,7 @@ impl Metrics {
     ///   `walcast_slot_poll_failures_total{slot}`,
     ///   `walcast_slot_{confirmed_flush_lsn,retained_wal_bytes,safe_wal_size_bytes}{slot}`;
     /// - gateway: `walcast_consumer_{received,acked,rejected,redelivered,sessions}_total`,
-    ///   `walcast_consumer_consuming`,
+    ///   `walcast_consumer_dead_letters_total{reason}`, `walcast_consumer_consuming`,
     ///   `walcast_fanout_delivered_total{table,op}`,
     ///   `walcast_fanout_{duplicates,malformed,emitted,slow_disconnects,resyncs,connects_refused}_total`,
     ///   `walcast_fanout_disconnects_total{reason}`,
@@ -454,9 +454,22 @@ fn render_consumer(out: &mut Exposition, consumer: &ConsumerStatus) {
     );
     out.counter(
         "walcast_consumer_rejected_total",
-        "Deliveries rejected because their body was not a change event.",
+        "Deliveries not taken by the fan-out (dead-lettered, any reason).",
         consumer.rejected(),
     );
+    let dead = "walcast_consumer_dead_letters_total";
+    out.family(
+        dead,
+        Kind::Counter,
+        "Messages published to the dead-letter queue (rabbitmq.dead_letter), by x-walcast-reason.",
+    );
+    for reason in DeadReason::ALL {
+        out.sample(
+            dead,
+            &[("reason", reason.as_str())],
+            consumer.dead_letters(reason),
+        );
+    }
     out.counter(
         "walcast_consumer_redelivered_total",
         "Deliveries RabbitMQ flagged as redelivered.",
@@ -499,6 +512,11 @@ fn render_fanout(out: &mut Exposition, fanout: &FanoutStats) {
             "walcast_fanout_malformed_total",
             "RabbitMQ bodies that were not change events.",
             stats.malformed,
+        ),
+        (
+            "walcast_fanout_source_changes_total",
+            "Times the stream's x-walcast-source changed and the replay history restarted.",
+            stats.source_changes,
         ),
         (
             "walcast_fanout_emitted_total",

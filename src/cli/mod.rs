@@ -5,6 +5,7 @@
 //! `error: …` line; commands never print backtraces or panic on bad input.
 
 mod check;
+mod dlq;
 mod setup;
 mod slot;
 mod tail;
@@ -138,6 +139,12 @@ pub enum Command {
     /// The slot advances only past transactions written and flushed to
     /// stdout. Ctrl-C stops cleanly and reports the last flushed position.
     Tail(tail::TailArgs),
+    /// Show (without removing) or purge the gateway's dead letters: messages
+    /// it would not take, with the reason (rabbitmq.dead_letter).
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 /// Runs one command to completion.
@@ -156,6 +163,7 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => tail::run(&config, args, shutdown_on_signals()).await,
+        Command::Dlq { command } => dlq::run(&config, command).await,
     }
 }
 

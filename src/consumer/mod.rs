@@ -7,14 +7,29 @@
 //! and handed to [`Hub::deliver`]; the delivery is acked only after that
 //! returns, i.e. once the change is in the Socket.IO queues (deliveries that
 //! are already waiting are handed over first and acked together, with one
-//! `multiple` ack, instead of one awaited ack each). A body that is
-//! not a change event is logged, counted and rejected without requeue (it
-//! would fail the same way again; a dead-letter policy on the queue keeps
-//! it), so it never blocks the queue.
+//! `multiple` ack, instead of one awaited ack each).
 //!
-//! With a replay log, a change the hub cannot write to it is not acked: the
-//! session ends and the broker delivers it again after the reconnect (an
-//! unwritable disk becomes backpressure, never a hole in the history).
+//! # Dead letters
+//!
+//! Only messages with `app_id=walcast`, an `x-walcast-source` header and a
+//! change event for a body reach the hub (contract section 2). Anything
+//! else is published, unchanged (body, routing key, properties), to the
+//! dead-letter exchange `rabbitmq.dead_letter` (`walcast.dead`: fanout,
+//! durable, with a durable queue of the same name bound to it) with header
+//! `x-walcast-reason` = [`DeadReason`], and acked only once the broker has
+//! confirmed the dead letter (a channel in confirm mode), so it is never
+//! lost and never blocks the queue. With `rabbitmq.source` set, a message
+//! from any other source is dead-lettered too (`foreign_source`); unpinned,
+//! the hub follows the newest source (see `fanout::Hub`). Dead letters are
+//! counted by reason and logged at warn (at most one line a second, with
+//! how many were not logged). `walcast dlq list|purge` shows and clears the
+//! queue.
+//!
+//! With a replay log, a batch is acked only once the hub's log writer has
+//! written every change of it ([`Hub::wait_logged`]); a change the log
+//! cannot take is not acked: the session ends and the broker delivers it
+//! again after the reconnect (an unwritable disk becomes backpressure, never
+//! a hole in the history).
 //!
 //! # History start
 //!
@@ -68,11 +83,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Acker, Connection, Event};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    Acker, BasicProperties, Channel, Connection, Event, ExchangeKind,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -131,7 +150,46 @@ pub enum ConsumerError {
         "the gateway queue was (re)created but the replay history cannot record a restart: {0}"
     )]
     HistoryRestart(#[source] ReplayLogError),
+    #[error("cannot dead-letter a message to exchange {exchange:?}: {detail}; it is not acked (RabbitMQ delivers it again)")]
+    DeadLetter { exchange: String, detail: String },
 }
+
+/// Why a message went to the dead letters (`x-walcast-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// `app_id` is not `walcast`: not from walcast's capture.
+    ForeignAppId,
+    /// No `x-walcast-source` header: the stream cannot be told.
+    MissingSource,
+    /// A source other than the pinned `rabbitmq.source`.
+    ForeignSource,
+    /// The body is not a change event.
+    MalformedBody,
+}
+
+impl DeadReason {
+    pub const ALL: [DeadReason; 4] = [
+        DeadReason::ForeignAppId,
+        DeadReason::MissingSource,
+        DeadReason::ForeignSource,
+        DeadReason::MalformedBody,
+    ];
+
+    /// The `x-walcast-reason` header and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::ForeignAppId => "foreign_app_id",
+            DeadReason::MissingSource => "missing_source",
+            DeadReason::ForeignSource => "foreign_source",
+            DeadReason::MalformedBody => "malformed_body",
+        }
+    }
+}
+
+/// Header carrying the stream's source (contract section 2).
+pub const SOURCE_HEADER: &str = crate::publisher::encoder::SOURCE_HEADER;
+/// Header carrying why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-walcast-reason";
 
 /// Why the history start snapshot could not be taken; always retried.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +214,8 @@ struct Counters {
     redelivered: AtomicU64,
     /// Consuming a quorum queue as a waiting single active consumer.
     standby: AtomicBool,
+    /// Dead letters, by [`DeadReason::ALL`] index.
+    dead_letters: [AtomicU64; 4],
     /// Why the broker refused the last attempt to consume, while it does.
     refused: std::sync::Mutex<Option<String>>,
 }
@@ -185,7 +245,15 @@ impl ConsumerStatus {
     pub fn acked(&self) -> u64 {
         self.0.acked.load(Ordering::Relaxed)
     }
-    /// Malformed bodies rejected.
+    /// Messages dead-lettered for `reason`.
+    pub fn dead_letters(&self, reason: DeadReason) -> u64 {
+        let i = DeadReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.0.dead_letters[i].load(Ordering::Relaxed)
+    }
+    /// Deliveries not taken by the hub: dead-lettered (any reason).
     pub fn rejected(&self) -> u64 {
         self.0.rejected.load(Ordering::Relaxed)
     }
@@ -217,6 +285,8 @@ pub struct Consumer {
     status: ConsumerStatus,
     fault: Option<(u64, Fault)>,
     history_pg: Option<crate::pg::PgConfig>,
+    /// Dead letters not logged since the last warning, and when that was.
+    dead_log: (u64, Option<std::time::Instant>),
 }
 
 impl Consumer {
@@ -229,6 +299,7 @@ impl Consumer {
             status: ConsumerStatus::default(),
             fault: None,
             history_pg: None,
+            dead_log: (0, None),
         }
     }
 
@@ -394,6 +465,7 @@ impl Consumer {
             // this gateway: its history cannot reach across.
             self.hub
                 .restart_history()
+                .await
                 .map_err(|e| (ConsumerError::HistoryRestart(e), false))?;
             // The broker closed the channel on the 404.
             channel = connection.create_channel().await.map_err(setup)?;
@@ -417,6 +489,7 @@ impl Consumer {
             )
             .await
             .map_err(|source| declare("binding of queue", queue, source))?;
+        let dead_channel = self.declare_dead_letter(connection).await?;
         channel
             .basic_qos(self.config.prefetch.max(1), BasicQosOptions::default())
             .await
@@ -506,6 +579,13 @@ impl Consumer {
             let next = match ready {
                 Some(next) => next,
                 None => {
+                    if batch.len > 0 {
+                        // Acked only once the replay log holds them.
+                        self.hub
+                            .wait_logged()
+                            .await
+                            .map_err(|e| (e.into(), false))?;
+                    }
                     let acked = batch.flush().await.map_err(|e| (e, true))?;
                     self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
                     loop {
@@ -529,7 +609,7 @@ impl Consumer {
                     }
                 }
             };
-            let delivery = match next {
+            let mut delivery = match next {
                 None => return Err((ConsumerError::Cancelled, true)),
                 Some(Err(e)) => return Err(failed(e)),
                 Some(Ok(delivery)) => delivery,
@@ -539,52 +619,219 @@ impl Consumer {
             if delivery.redelivered {
                 self.status.0.redelivered.fetch_add(1, Ordering::Relaxed);
             }
-            let tag = delivery.delivery_tag;
-            match Change::parse(delivery.data) {
-                Ok(change) => {
-                    let id = change.id;
-                    // On error the delivery is not acked: the broker gets
-                    // it back when this session closes.
-                    match self.hub.deliver(change).map_err(|e| (e.into(), false))? {
-                        Delivered::Fanned { sockets } => {
-                            debug!(%id, sockets, "change fanned out");
-                        }
-                        Delivered::Duplicate => {
-                            debug!(%id, redelivered = delivery.redelivered, "duplicate change acked");
-                        }
-                    }
-                    match self.fault {
-                        Some((n, Fault::DropConnection)) if n == received => {
-                            self.fault = None;
-                            warn!(%id, "fault injection: dropping the connection before the ack");
-                            return Ok(SessionEnd::Fault);
-                        }
-                        Some((n, Fault::ExitProcess)) if n == received => {
-                            warn!(%id, "fault injection: ending the process before the ack");
-                            std::process::exit(137);
-                        }
-                        _ => {}
-                    }
-                    batch.push(delivery.acker);
+            let source = match classify(&delivery, &self.config.source) {
+                Ok(source) => source,
+                Err(reason) => {
+                    self.dead_letter(&dead_channel, delivery, reason, None, &mut batch)
+                        .await
+                        .map_err(|e| (e, true))?;
+                    continue;
                 }
-                Err(e) => {
+            };
+            let change = match Change::parse_or_return(std::mem::take(&mut delivery.data)) {
+                Ok(change) => change,
+                Err((e, body)) => {
                     self.hub.stats().record_malformed();
-                    warn!(
-                        delivery_tag = tag,
-                        routing_key = %delivery.routing_key,
-                        message_id = ?delivery.properties.message_id(),
-                        error = %e,
-                        "rejecting a message that is not a change event"
-                    );
-                    let reject = delivery.acker.reject(BasicRejectOptions { requeue: false });
-                    match tokio::time::timeout(IO_TIMEOUT, reject).await {
-                        Err(_) => return Err((ConsumerError::AckTimeout, true)),
-                        Ok(result) => result.map_err(failed)?,
-                    };
-                    self.status.0.rejected.fetch_add(1, Ordering::Relaxed);
+                    delivery.data = body;
+                    let error = e.to_string();
+                    self.dead_letter(
+                        &dead_channel,
+                        delivery,
+                        DeadReason::MalformedBody,
+                        Some(&error),
+                        &mut batch,
+                    )
+                    .await
+                    .map_err(|e| (e, true))?;
+                    continue;
+                }
+            };
+            let id = change.id;
+            // On error the delivery is not acked: the broker gets
+            // it back when this session closes.
+            match self
+                .hub
+                .deliver(change, &source)
+                .map_err(|e| (e.into(), false))?
+            {
+                Delivered::Fanned { sockets } => {
+                    debug!(%id, sockets, "change fanned out");
+                }
+                Delivered::Duplicate => {
+                    debug!(%id, redelivered = delivery.redelivered, "duplicate change acked");
                 }
             }
+            match self.fault {
+                Some((n, Fault::DropConnection)) if n == received => {
+                    self.fault = None;
+                    warn!(%id, "fault injection: dropping the connection before the ack");
+                    return Ok(SessionEnd::Fault);
+                }
+                Some((n, Fault::ExitProcess)) if n == received => {
+                    warn!(%id, "fault injection: ending the process before the ack");
+                    std::process::exit(137);
+                }
+                _ => {}
+            }
+            batch.push(delivery.acker);
         }
+    }
+
+    /// Declares the dead-letter exchange and queue (see the module doc) and
+    /// returns a channel in confirm mode to publish dead letters on.
+    async fn declare_dead_letter(
+        &self,
+        connection: &Connection,
+    ) -> Result<Channel, (ConsumerError, bool)> {
+        let setup = |e| (ConsumerError::Channel(e), false);
+        let name = self.config.dead_letter.as_str();
+        let channel = connection.create_channel().await.map_err(setup)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(setup)?;
+        channel
+            .exchange_declare(
+                ShortString::from(name),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("dead-letter exchange", name, source))?;
+        channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("dead-letter queue", name, source))?;
+        channel
+            .queue_bind(
+                ShortString::from(name),
+                ShortString::from(name),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| declare("binding of dead-letter queue", name, source))?;
+        Ok(channel)
+    }
+
+    /// Publishes `delivery` to the dead letters with its reason, waits for
+    /// the broker's confirm, then adds it to the ack batch. Any failure ends
+    /// the session without acking it.
+    async fn dead_letter(
+        &mut self,
+        channel: &Channel,
+        delivery: Delivery,
+        reason: DeadReason,
+        error: Option<&str>,
+        batch: &mut AckBatch,
+    ) -> Result<(), ConsumerError> {
+        let exchange = self.config.dead_letter.clone();
+        let failed = |detail: String| ConsumerError::DeadLetter {
+            exchange: exchange.clone(),
+            detail,
+        };
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(REASON_HEADER),
+            AMQPValue::LongString(LongString::from(reason.as_str())),
+        );
+        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+        let publish = async {
+            channel
+                .basic_publish(
+                    ShortString::from(exchange.as_str()),
+                    delivery.routing_key.clone(),
+                    // Returned if no queue is bound (someone deleted
+                    // walcast.dead): then it is not acked either.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = match tokio::time::timeout(IO_TIMEOUT, publish).await {
+            Err(_) => return Err(failed(format!("no confirm within {IO_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Ok(Ok(confirm)) => confirm,
+        };
+        if !confirm.is_ack() {
+            return Err(failed("the broker nacked it".into()));
+        }
+        if confirm.take_message().is_some() {
+            return Err(failed(
+                "no queue is bound to it (the gateway declares the queue again when it reconnects)"
+                    .into(),
+            ));
+        }
+        let i = DeadReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.status.0.dead_letters[i].fetch_add(1, Ordering::Relaxed);
+        self.status.0.rejected.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let (suppressed, last) = &mut self.dead_log;
+        if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            *suppressed += 1;
+        } else {
+            warn!(
+                reason = reason.as_str(),
+                message_id = ?delivery.properties.message_id().as_ref().map(|m| m.as_str()),
+                routing_key = %delivery.routing_key,
+                app_id = ?delivery.properties.app_id().as_ref().map(|a| a.as_str()),
+                source = ?source_header(&delivery.properties),
+                error,
+                dead_letter = %exchange,
+                not_logged_since_last = *suppressed,
+                "message dead-lettered: the gateway does not take it (see walcast dlq list)"
+            );
+            *suppressed = 0;
+            *last = Some(now);
+        }
+        batch.push(delivery.acker);
+        Ok(())
+    }
+}
+
+/// The source of a message the hub may take, or why it goes to the dead
+/// letters (all but a malformed body, which needs parsing).
+fn classify(delivery: &Delivery, pinned: &str) -> Result<String, DeadReason> {
+    let p = &delivery.properties;
+    if p.app_id().as_ref().map(|a| a.as_str()) != Some(crate::publisher::encoder::APP_ID) {
+        return Err(DeadReason::ForeignAppId);
+    }
+    let Some(source) = source_header(p).filter(|s| !s.is_empty()) else {
+        return Err(DeadReason::MissingSource);
+    };
+    if !pinned.is_empty() && source != pinned {
+        return Err(DeadReason::ForeignSource);
+    }
+    Ok(source)
+}
+
+/// The `x-walcast-source` header, if it is a string.
+pub fn source_header(properties: &BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(SOURCE_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
     }
 }
 

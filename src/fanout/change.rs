@@ -59,10 +59,23 @@ pub struct Change {
 impl Change {
     /// Parses a RabbitMQ body. The bytes are kept as they are.
     pub fn parse(body: Vec<u8>) -> Result<Change, MalformedChange> {
-        let text = String::from_utf8(body)?;
-        let raw = RawValue::from_string(text).map_err(MalformedChange::Json)?;
-        let header: EventHeader =
-            serde_json::from_str(raw.get()).map_err(MalformedChange::Header)?;
+        Change::parse_or_return(body).map_err(|(e, _)| e)
+    }
+
+    /// [`Change::parse`], handing the body back when it is not a change
+    /// event (the consumer dead-letters it unchanged).
+    pub fn parse_or_return(body: Vec<u8>) -> Result<Change, (MalformedChange, Vec<u8>)> {
+        let text = match String::from_utf8(body) {
+            Ok(text) => text,
+            Err(e) => {
+                let bytes = e.as_bytes().to_vec();
+                return Err((MalformedChange::Utf8(e), bytes));
+            }
+        };
+        let (header, raw) = match read_header(&text) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err((e, text.into_bytes())),
+        };
         let table = format!("{}.{}", header.schema, header.table);
         let row = match &header.key {
             None | Some(serde_json::Value::Null) => None,
@@ -70,7 +83,7 @@ impl Change {
                 table: table.clone(),
                 key: canonical_json(key),
             }),
-            Some(_) => return Err(MalformedChange::Key),
+            Some(_) => return Err((MalformedChange::Key, text.into_bytes())),
         };
         Ok(Change {
             id: header.id,
@@ -88,6 +101,15 @@ impl Change {
             + self.table.len()
             + self.row.as_ref().map_or(0, |r| r.table.len() + r.key.len())
     }
+}
+
+/// The header of a body, and the body as a raw value (a copy of `text`
+/// without surrounding whitespace), leaving `text` to the caller.
+fn read_header(text: &str) -> Result<(EventHeader, Box<RawValue>), MalformedChange> {
+    let borrowed: &RawValue = serde_json::from_str(text).map_err(MalformedChange::Json)?;
+    let header: EventHeader =
+        serde_json::from_str(borrowed.get()).map_err(MalformedChange::Header)?;
+    Ok((header, borrowed.to_owned()))
 }
 
 #[cfg(test)]
@@ -128,6 +150,8 @@ mod tests {
         ];
         for body in cases {
             assert!(Change::parse(body.to_vec()).is_err(), "{body:?}");
+            let (_, returned) = Change::parse_or_return(body.to_vec()).unwrap_err();
+            assert_eq!(returned, body, "the body comes back unchanged");
         }
     }
 }

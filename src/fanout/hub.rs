@@ -17,6 +17,34 @@
 //! disconnected when the token expires, by a timer that ends with the
 //! socket.
 //!
+//! # Which source the history follows
+//!
+//! Every change comes with its stream's source (`x-walcast-source`,
+//! `<system identifier>/<database>/<slot>`); ids are only comparable within
+//! one. The hub follows one source at a time and keeps it with its history
+//! (persisted in the replay log):
+//!
+//! - The first source a history sees (a fresh gateway, or a log from before
+//!   sources) is adopted.
+//! - A change from another source **restarts the history** for the new one
+//!   (contract section 2: "when the source changes … it restarts its
+//!   history"): nothing held, no horizon, so the new source's changes are
+//!   delivered however low their ids; every attached socket gets `resync`
+//!   (`source_changed`) and loses its cursor and snapshot filter; a `since`
+//!   from before gets `resync` (`source_changed`) too. The newest source
+//!   wins: a database restored onto a new cluster, or a capture moved to
+//!   another slot, takes over without an operator.
+//! - With `rabbitmq.source` set (a pin), the consumer dead-letters every
+//!   other source before it reaches the hub (`foreign_source`), so only the
+//!   pinned one can restart the history; pin it when several captures
+//!   publish to one exchange, or when publishers other than walcast's
+//!   capture may use `app_id=walcast`.
+//!
+//! Messages without `app_id=walcast` or without a source never reach the
+//! hub (the consumer dead-letters them), so they cannot poison the dedupe
+//! horizon (see `replay` for what a forged id of the followed source can
+//! and cannot do).
+//!
 //! It does not speak AMQP (the consumer calls [`Hub::deliver`]) and does not
 //! build the Socket.IO layer (see `layer`).
 
@@ -25,6 +53,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +69,7 @@ use super::budget::{drain_horizon, SendBudget};
 use super::change::Change;
 use super::emit::{Emit, EmitError};
 use super::handshake::StartAt;
+use super::log_writer::{wait_written, LogWriter, Op};
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
@@ -161,15 +191,14 @@ pub enum Delivered {
     Duplicate,
 }
 
-/// Why [`Hub::deliver`] did not take a change. The consumer must not ack
-/// it: the broker delivers it again.
+/// Why changes handed to the hub cannot be acked ([`Hub::wait_logged`]):
+/// the broker delivers them again.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("cannot append change {id} to the replay log in {dir}: {source}; not acking it (it is redelivered once the disk is writable again)")]
+    #[error("cannot write the replay log in {dir}: {source}; not acking the changes it lacks (they are redelivered once the disk is writable again)")]
     ReplayLog {
-        id: EventId,
         dir: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -184,12 +213,20 @@ struct Inner {
     stats: FanoutStats,
     options: HubOptions,
     shutdown: CancellationToken,
+    /// Rate limit of the horizon-duplicate warning (ms since `started`).
+    started: Instant,
+    horizon_warned_at: AtomicU64,
+    horizon_suppressed: AtomicU64,
 }
+
+/// At most one horizon-duplicate warning per interval.
+const HORIZON_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 struct State {
     buffer: ReplayBuffer,
-    /// The buffer's history on disk, when `replay_dir` is set.
-    log: Option<ReplayLog>,
+    /// The buffer's history on disk, when `replay_dir` is set: written by
+    /// a thread of its own, never under this lock.
+    log: Option<LogWriter>,
     clients: HashMap<Sid, Client>,
     index: Index,
     /// Reused target list, so a delivery does not allocate.
@@ -266,16 +303,28 @@ impl Hub {
     /// A hub whose replay history is loaded from and logged to
     /// `options.replay_dir` (in memory only when that is `None`).
     pub fn open(options: HubOptions, shutdown: CancellationToken) -> Result<Hub, ReplayLogError> {
-        let (log, mut buffer) = match &options.replay_dir {
-            None => (None, ReplayBuffer::new(options.replay_buffer)),
+        let stats = FanoutStats::for_tables(&options.tables);
+        let (log, buffer) = match &options.replay_dir {
+            None => {
+                let mut buffer = ReplayBuffer::new(options.replay_buffer);
+                buffer.set_max_bytes(options.replay_max_bytes);
+                (None, buffer)
+            }
             Some(dir) => {
-                let (log, buffer, _report) =
+                let (log, mut buffer, _report) =
                     ReplayLog::open(dir, options.replay_buffer, options.replay_fsync)?;
-                (Some(log), buffer)
+                buffer.set_max_bytes(options.replay_max_bytes);
+                let writer =
+                    LogWriter::spawn(log, buffer.clone(), stats.clone()).map_err(|source| {
+                        ReplayLogError::Io {
+                            action: "start the writer thread for",
+                            path: dir.clone(),
+                            source,
+                        }
+                    })?;
+                (Some(writer), buffer)
             }
         };
-        buffer.set_max_bytes(options.replay_max_bytes);
-        let stats = FanoutStats::for_tables(&options.tables);
         stats.set_buffer(buffer.len(), buffer.bytes());
         Ok(Hub {
             inner: Arc::new(Inner {
@@ -290,6 +339,9 @@ impl Hub {
                 stats,
                 options,
                 shutdown,
+                started: Instant::now(),
+                horizon_warned_at: AtomicU64::new(0),
+                horizon_suppressed: AtomicU64::new(0),
             }),
         })
     }
@@ -343,12 +395,12 @@ impl Hub {
             "history start set: snapshots from here on can be handed off"
         );
         if let Some(log) = &mut state.log {
-            // Not persisting it only costs resyncs after a crash (a later
-            // start is taken then), never a gap.
-            if let Err(e) = log.rewrite(&state.buffer) {
-                self.inner.stats.record_replay_log_error();
-                warn!(error = %e, dir = %log.dir().display(), "cannot record the history start in the replay log");
-            }
+            // Not waited for: not persisting it only costs resyncs after a
+            // crash (a later start is taken then), never a gap.
+            log.send(Op::OfferHistoryStart {
+                xmax: snapshot.xmax,
+                generation,
+            });
         }
         true
     }
@@ -360,27 +412,55 @@ impl Hub {
     /// Errors when the replay log cannot record it; the caller must not
     /// consume before this succeeds, or a crash could bring back a history
     /// with a hole in it.
-    pub fn restart_history(&self) -> Result<(), ReplayLogError> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        state.buffer.restart_history();
-        info!("replay history restarted: the gateway queue was (re)created");
-        if let Some(log) = &mut state.log {
-            if let Err(source) = log.rewrite(&state.buffer) {
-                self.inner.stats.record_replay_log_error();
-                return Err(ReplayLogError::Io {
+    pub async fn restart_history(&self) -> Result<(), ReplayLogError> {
+        let pending = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            state.buffer.restart_history();
+            info!("replay history restarted: the gateway queue was (re)created");
+            state.log.as_mut().map(|log| {
+                let n = log.send(Op::RestartHistory);
+                (log.progress(), n, log.dir().to_path_buf())
+            })
+        };
+        if let Some((progress, n, dir)) = pending {
+            wait_written(progress, n)
+                .await
+                .map_err(|e| ReplayLogError::Io {
                     action: "record a history restart in",
-                    path: log.dir().to_path_buf(),
-                    source,
-                });
-            }
+                    path: dir,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                })?;
         }
         Ok(())
     }
 
-    /// Bytes in the replay log file, if there is one (tests, metrics).
+    /// Waits until every change handed to [`Hub::deliver`] so far is in the
+    /// replay log (at once without one). The consumer acks only after this:
+    /// a change the log cannot hold is not acked.
+    pub async fn wait_logged(&self) -> Result<(), DeliverError> {
+        let pending = {
+            let state = self.lock();
+            state
+                .log
+                .as_ref()
+                .map(|log| (log.progress(), log.issued(), log.dir().to_path_buf()))
+        };
+        match pending {
+            None => Ok(()),
+            Some((progress, n, dir)) => wait_written(progress, n)
+                .await
+                .map_err(|source| DeliverError::ReplayLog { dir, source }),
+        }
+    }
+
+    /// Bytes in the replay log file, if there is one (tests, metrics), as
+    /// of the writer's last step.
     pub fn replay_log_len(&self) -> Option<u64> {
-        self.lock().log.as_ref().and_then(|log| log.file_len().ok())
+        self.lock()
+            .log
+            .as_ref()
+            .map(|log| log.progress().borrow().file_len)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -393,32 +473,47 @@ impl Hub {
     }
 
     /// Fans a change out and holds it for replay. When this returns `Ok`,
-    /// the change is in the replay log (if any) and in the queue of every
-    /// socket it is for (or that socket is being disconnected as too slow):
-    /// the consumer may ack it. On `Err` nothing was sent or held.
-    pub fn deliver(&self, change: Change) -> Result<Delivered, DeliverError> {
+    /// the change is in the queue of every socket it is for (or that socket
+    /// is being disconnected as too slow) and on its way to the replay log
+    /// (if any): the consumer may ack it once [`Hub::wait_logged`] says it
+    /// is written. (A client may see it before it is on disk; if the
+    /// gateway dies in between, the unacked delivery comes again and goes
+    /// into the history, and the client's `since` keeps it from seeing it
+    /// twice.) On `Err` nothing was sent or held.
+    ///
+    /// `source` is the change's `x-walcast-source`; a source other than the
+    /// followed one restarts the history first (module doc).
+    pub fn deliver(&self, change: Change, source: &str) -> Result<Delivered, DeliverError> {
         let stats = &self.inner.stats;
         let mut slow = Vec::new();
         let sockets;
         {
             let mut guard = self.lock();
             let state = &mut *guard;
+            if state.buffer.source() != Some(source) {
+                state.follow_source(source, change.id, stats)?;
+            }
             if state.buffer.is_duplicate(&change.id) {
                 stats.record_duplicate();
-                debug!(id = %change.id, "dropping duplicate change");
+                if !state.buffer.holds(&change.id) {
+                    // At or below the horizon, not held: a redelivery of an
+                    // evicted change (a capture restart resends a burst) or
+                    // a change this history can no longer place. Worth
+                    // seeing, unlike a redelivery of a held change.
+                    self.warn_horizon_duplicate(&change.id, &state.buffer);
+                } else {
+                    debug!(id = %change.id, "dropping duplicate change");
+                }
+                // A redelivery after a failed write: its ack must wait for
+                // the file to be repaired (see `log_writer`).
+                if let Some(log) = state.log.as_mut().filter(|log| log.stale()) {
+                    log.send(Op::Sync);
+                }
                 return Ok(Delivered::Duplicate);
             }
-            // Logged before anyone sees it: what a client got, a restarted
-            // gateway still has.
+            let change = Arc::new(change);
             if let Some(log) = &mut state.log {
-                if let Err(source) = log.append(&change, &state.buffer) {
-                    stats.record_replay_log_error();
-                    return Err(DeliverError::ReplayLog {
-                        id: change.id,
-                        dir: log.dir().to_path_buf(),
-                        source,
-                    });
-                }
+                log.send(Op::Append(Arc::clone(&change)));
             }
             let late = state.buffer.is_late(&change.id);
             if late {
@@ -466,17 +561,7 @@ impl Hub {
                 .filter_map(|(sid, reason)| Some((state.detach(*sid, stats)?, *reason)))
                 .collect();
             stats.record_delivered(&change.table, change.op);
-            state.buffer.push(change);
-            if let Some(log) = &mut state.log {
-                match log.maybe_compact(&state.buffer) {
-                    Ok(false) => {}
-                    Ok(true) => debug!("replay log compacted"),
-                    Err(e) => {
-                        stats.record_replay_log_error();
-                        warn!(error = %e, dir = %log.dir().display(), "cannot compact the replay log; it keeps growing until a retry succeeds");
-                    }
-                }
-            }
+            state.buffer.push_shared(change);
             stats.set_buffer(state.buffer.len(), state.buffer.bytes());
             stats.record_emitted(emitted);
             sockets = emitted as usize;
@@ -765,6 +850,31 @@ impl Hub {
         outcome
     }
 
+    /// Logs a dropped duplicate below everything held, at most once per
+    /// [`HORIZON_WARN_INTERVAL`] (a capture restart resends a burst).
+    fn warn_horizon_duplicate(&self, id: &EventId, buffer: &ReplayBuffer) {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let last = self.inner.horizon_warned_at.load(Ordering::Relaxed);
+        let suppressed = self
+            .inner
+            .horizon_suppressed
+            .fetch_add(1, Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < HORIZON_WARN_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        self.inner
+            .horizon_warned_at
+            .store(now.max(1), Ordering::Relaxed);
+        self.inner.horizon_suppressed.store(0, Ordering::Relaxed);
+        warn!(
+            %id,
+            horizon = ?buffer.horizons().max_evicted.map(|e| e.to_string()),
+            since_last_warning = suppressed,
+            source = ?buffer.source(),
+            "dropping a change at or below the eviction horizon as a duplicate (a redelivery of an evicted change); counted in walcast_fanout_duplicates_total"
+        );
+    }
+
     /// Disconnects a socket the hub detached, for `reason`.
     fn disconnect_slow(
         &self,
@@ -821,6 +931,47 @@ impl Hub {
 }
 
 impl State {
+    /// Makes `source` the followed one (see the module doc): adopted when
+    /// the history has none, else the history restarts for it; logged
+    /// before the change (the writer applies ops in order).
+    fn follow_source(
+        &mut self,
+        source: &str,
+        id: EventId,
+        stats: &FanoutStats,
+    ) -> Result<(), DeliverError> {
+        match self.buffer.source() {
+            None => {
+                info!(source, "following the stream's source");
+                self.buffer.adopt_source(source);
+                if let Some(log) = &mut self.log {
+                    log.send(Op::AdoptSource(source.to_owned()));
+                }
+            }
+            Some(old) => {
+                warn!(
+                    old_source = old,
+                    new_source = source,
+                    first_id = %id,
+                    "the stream's source changed (a restored or migrated database, or another slot); restarting the replay history, clients get resync (source_changed)"
+                );
+                stats.record_source_change();
+                self.buffer.restart_for_source(source);
+                if let Some(log) = &mut self.log {
+                    log.send(Op::RestartForSource(source.to_owned()));
+                }
+                stats.set_buffer(0, 0);
+                for client in self.clients.values_mut() {
+                    send_resync(&*client.socket, ResyncReason::SourceChanged, None, stats);
+                    client.phase = Phase::Live;
+                    client.floor = None;
+                    client.snapshot = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a socket from the registry and the index; returns it if it
     /// was attached.
     fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<Arc<dyn Emit>> {
@@ -908,6 +1059,8 @@ mod tests {
 
     /// A change event `n` (commit LSN `n`) on `public.<table>`, row `key`
     /// (`None`: a truncate), transaction `xid`.
+    const SOURCE: &str = "7412/shop/walcast";
+
     pub(super) fn change(n: u64, table: &str, key: Option<i64>, xid: u32) -> Change {
         let body = serde_json::json!({
             "id": id(n).to_string(),
@@ -946,13 +1099,13 @@ mod tests {
         let b = attach(&hub, 100, StartAt::Live);
         for n in 1..=3 {
             assert_eq!(
-                hub.deliver(change(n, "orders", Some(n as i64), 10))
+                hub.deliver(change(n, "orders", Some(n as i64), 10), SOURCE)
                     .unwrap(),
                 Delivered::Fanned { sockets: 2 }
             );
         }
         assert_eq!(
-            hub.deliver(change(2, "orders", Some(2), 10)).unwrap(),
+            hub.deliver(change(2, "orders", Some(2), 10), SOURCE).unwrap(),
             Delivered::Duplicate
         );
         let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
@@ -964,10 +1117,10 @@ mod tests {
     fn since_replays_what_is_held_then_goes_live_without_a_seam() {
         let hub = hub();
         for n in 1..=5 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
         }
         let socket = attach(&hub, 100, StartAt::Since(id(2)));
-        hub.deliver(change(6, "orders", Some(1), 10)).unwrap();
+        hub.deliver(change(6, "orders", Some(1), 10), SOURCE).unwrap();
         let ids: Vec<String> = (3..=6).map(|n| id(n).to_string()).collect();
         assert_eq!(socket.change_ids(), ids);
     }
@@ -979,7 +1132,7 @@ mod tests {
             ..HubOptions::default()
         });
         for n in 1..=5 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
         }
         let socket = attach(&hub, 100, StartAt::Since(id(1)));
         let sent = socket.sent();
@@ -994,10 +1147,10 @@ mod tests {
         let hub = hub();
         let slow = attach(&hub, 1, StartAt::Live);
         let fast = attach(&hub, 100, StartAt::Live);
-        hub.deliver(change(1, "orders", Some(1), 10)).unwrap();
+        hub.deliver(change(1, "orders", Some(1), 10), SOURCE).unwrap();
         // No room left in `slow`: detached, then its disconnect waits for
         // room, which the test gives it.
-        hub.deliver(change(2, "orders", Some(1), 10)).unwrap();
+        hub.deliver(change(2, "orders", Some(1), 10), SOURCE).unwrap();
         assert_eq!(hub.stats().snapshot().slow_disconnects, 1);
         assert_eq!(hub.stats().snapshot().connected_sockets, 1);
         assert_eq!(fast.change_ids().len(), 2);
@@ -1018,7 +1171,7 @@ mod tests {
         let gone = attach(&hub, 100, StartAt::Live);
         gone.close();
         assert_eq!(
-            hub.deliver(change(1, "orders", Some(1), 10)).unwrap(),
+            hub.deliver(change(1, "orders", Some(1), 10), SOURCE).unwrap(),
             Delivered::Fanned { sockets: 0 }
         );
         assert_eq!(hub.stats().snapshot().connected_sockets, 0);
@@ -1028,7 +1181,7 @@ mod tests {
     async fn a_long_replay_waits_for_room_and_finishes() {
         let hub = hub();
         for n in 1..=50 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
         }
         let socket = attach(&hub, 10, StartAt::Since(id(1)));
         let mut got = socket.change_ids();
@@ -1069,8 +1222,8 @@ mod tests {
             json!({"table": "public.items", "key": {"id": 7}}),
         )
         .unwrap();
-        hub.deliver(change(1, "orders", Some(8), 10)).unwrap();
-        hub.deliver(change(2, "orders", None, 11)).unwrap();
+        hub.deliver(change(1, "orders", Some(8), 10), SOURCE).unwrap();
+        hub.deliver(change(2, "orders", None, 11), SOURCE).unwrap();
         assert_eq!(row.change_ids(), vec![id(2).to_string()]);
         assert!(other_table.change_ids().is_empty());
 
@@ -1090,12 +1243,12 @@ mod tests {
         // The client's listing saw every transaction below 105.
         let client = attach(&hub, 100, StartAt::Snapshot("105:105:".parse().unwrap()));
         // Invisible to the snapshot: sent.
-        hub.deliver(change(10, "orders", Some(1), 106)).unwrap();
+        hub.deliver(change(10, "orders", Some(1), 106), SOURCE).unwrap();
         // A republish after a nack, overtaken by change 10: its transaction
         // (xid 104) is in the listing already, so it must not be sent.
-        hub.deliver(change(5, "orders", Some(2), 104)).unwrap();
+        hub.deliver(change(5, "orders", Some(2), 104), SOURCE).unwrap();
         // A late one the snapshot does not see is sent.
-        hub.deliver(change(6, "orders", Some(3), 107)).unwrap();
+        hub.deliver(change(6, "orders", Some(3), 107), SOURCE).unwrap();
         assert_eq!(
             client.change_ids(),
             vec![id(10).to_string(), id(6).to_string()]
@@ -1117,7 +1270,7 @@ mod tests {
         // Room for 1000 packets: only the bytes tell that it does not read.
         let stuck = attach(&hub, 1000, StartAt::Live);
         for n in 1..=11 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
         }
         assert_eq!(stuck.change_ids().len(), 10);
         let (reason, count) = hub.stats().disconnects()[1];
@@ -1138,7 +1291,7 @@ mod tests {
         });
         let reader = attach(&hub, 16, StartAt::Live);
         for n in 1..=200 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
             reader.drain(16);
         }
         assert_eq!(hub.stats().snapshot().connected_sockets, 1);
@@ -1149,7 +1302,7 @@ mod tests {
         let size = change(1, "orders", Some(1), 10).raw.get().len();
         let hub = budget_hub(size * 10);
         for n in 1..=100 {
-            hub.deliver(change(n, "orders", Some(1), 10)).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
         }
         let socket = attach(&hub, 1000, StartAt::Since(id(1)));
         let got = socket.change_ids();
@@ -1181,7 +1334,7 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("max_key_bytes"), "{err}");
         // Still in "everything" mode: the refused subscribe changed nothing.
-        hub.deliver(change(1, "items", Some(1), 10)).unwrap();
+        hub.deliver(change(1, "items", Some(1), 10), SOURCE).unwrap();
         assert_eq!(socket.change_ids().len(), 1);
         subscribe(&hub, &socket, json!({"table": "public.a"})).unwrap();
         subscribe(&hub, &socket, json!({"table": "public.b"})).unwrap();
@@ -1232,6 +1385,70 @@ mod tests {
         })
         .await
         .expect("every expiry timer ends when its socket is detached");
+    }
+
+    fn plain_change(n: u64) -> Change {
+        let body = format!(
+            r#"{{"id":"{}","op":"insert","schema":"public","table":"t","key":{{"id":{n}}},"xid":{n}}}"#,
+            id(n)
+        );
+        Change::parse(body.into_bytes()).unwrap()
+    }
+
+    /// The writer is stuck (a slow disk, a long fsync): deliveries and
+    /// everything else that takes the hub's lock go on; only the ack waits.
+    #[tokio::test]
+    async fn the_hub_lock_is_not_held_while_the_replay_log_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::open(
+            HubOptions {
+                replay_dir: Some(dir.path().to_path_buf()),
+                replay_buffer: 4,
+                ..HubOptions::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        hub.deliver(plain_change(1), "1/db/slot").unwrap();
+        hub.wait_logged().await.unwrap();
+
+        let (resume, paused) = std::sync::mpsc::channel::<()>();
+        hub.lock().log.as_mut().unwrap().send(Op::Pause(paused));
+        // 20 changes: several compactions' worth for a buffer of 4.
+        for n in 2..=21 {
+            assert_eq!(
+                hub.deliver(plain_change(n), "1/db/slot").unwrap(),
+                Delivered::Fanned { sockets: 0 }
+            );
+        }
+        assert_eq!(hub.latest_id(), Some(id(21)));
+        assert!(hub.history_start_needed().is_some());
+        {
+            let logged = hub.wait_logged();
+            tokio::pin!(logged);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), &mut logged)
+                    .await
+                    .is_err(),
+                "the ack must wait for the writer"
+            );
+            drop(resume);
+            logged.await.unwrap();
+        }
+        let len = hub.replay_log_len().unwrap();
+        drop(hub); // joins the writer, which closes the log
+
+        // Everything reached the file, compacted.
+        let bytes = std::fs::read(dir.path().join(super::super::LOG_FILE)).unwrap();
+        assert!(
+            len > 0 && len < bytes.len() as u64,
+            "plus the closed record"
+        );
+        let (loaded, report) = super::super::replay_log::load(&bytes, 4, None);
+        assert_eq!(report.dropped_bytes, 0);
+        assert_eq!(loaded.latest_id(), Some(id(21)));
+        assert_eq!(loaded.len(), 4);
+        assert_eq!(loaded.source(), Some("1/db/slot"));
     }
 
     #[test]

@@ -54,12 +54,18 @@
 //!   replay) takes it too. A socket therefore sees held changes in id order,
 //!   then live ones, with nothing missing or repeated where they meet. Live
 //!   changes come in id order too, except a late one (see **Dedupe**).
-//! - **Durability.** With `replay_dir`, a change is appended to the replay
-//!   log before it is emitted and before its delivery is acked; a change
-//!   the log cannot take is neither (the broker redelivers it). After a
-//!   crash the history is loaded back, and redeliveries of what was logged
-//!   but not acked are dropped as duplicates. See [`ReplayLog`] for torn
-//!   writes, compaction and machine crashes.
+//! - **Durability.** With `replay_dir`, every change is written to the
+//!   replay log by a writer thread of its own (never under the hub's lock)
+//!   and its delivery is acked only once the writer reports it written; a
+//!   change the log cannot take is not acked (the broker redelivers it).
+//!   After a crash the history is loaded back, and redeliveries of what was
+//!   logged but not acked are dropped as duplicates. See [`ReplayLog`] for
+//!   torn writes, oversize changes, compaction and machine crashes.
+//! - **Source.** Every change carries its stream's `x-walcast-source`; the
+//!   history follows one source, and another one restarts it (`resync`
+//!   `source_changed`; see `hub` for the rule and `rabbitmq.source`).
+//!   Messages without `app_id=walcast` or a source never get here: the
+//!   consumer dead-letters them.
 //! - **Dedupe.** A change whose id is held, or at or below the eviction
 //!   horizon (the largest evicted id), is a duplicate and goes nowhere. A
 //!   new id older than the newest (a publisher republish after a nack: the
@@ -113,6 +119,7 @@ mod emit;
 mod handshake;
 mod hub;
 mod layer;
+mod log_writer;
 mod replay;
 mod replay_log;
 mod snapshot;

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crate::event::EventId;
 
@@ -59,6 +60,9 @@ pub enum ResyncReason {
     /// Changes the client still needed were evicted while it was being
     /// replayed to (it read slower than changes arrived).
     ReplayOverrun,
+    /// The stream's source changed (a database restored onto a new
+    /// cluster, another slot): ids from before are not comparable.
+    SourceChanged,
 }
 
 impl ResyncReason {
@@ -69,6 +73,7 @@ impl ResyncReason {
             ResyncReason::SinceTooOld => "since_too_old",
             ResyncReason::SnapshotTooOld => "snapshot_too_old",
             ResyncReason::ReplayOverrun => "replay_overrun",
+            ResyncReason::SourceChanged => "source_changed",
         }
     }
 }
@@ -85,13 +90,19 @@ pub struct Horizons {
     pub xid_horizon: Option<u32>,
     /// `xmax` (low 32 bits) of the snapshot that starts this history.
     pub history_start: Option<u32>,
+    /// This history began because the source changed: a cursor it cannot
+    /// serve is most likely one from the old source.
+    pub source_changed: bool,
 }
 
 /// Recent changes by id, with the horizons described in the module doc.
-#[derive(Debug)]
+/// A clone shares the held changes.
+#[derive(Debug, Clone)]
 pub struct ReplayBuffer {
     capacity: usize,
-    changes: BTreeMap<EventId, Change>,
+    /// Shared with the replay log writer's copy of the buffer (see
+    /// `log_writer`), so the copy costs no body bytes.
+    changes: BTreeMap<EventId, Arc<Change>>,
     horizons: Horizons,
     /// Bumped when the history restarts, so a history start taken for an
     /// earlier history is not adopted by a later one.
@@ -99,6 +110,11 @@ pub struct ReplayBuffer {
     bytes: usize,
     /// 0: no cap.
     max_bytes: usize,
+    /// The source of this history (`None`: not known yet, or a log written
+    /// before sources existed).
+    source: Option<String>,
+    /// The change received last, in arrival order (see the module doc).
+    last_received: Option<EventId>,
 }
 
 impl ReplayBuffer {
@@ -115,7 +131,68 @@ impl ReplayBuffer {
             generation: 0,
             bytes: 0,
             max_bytes: 0,
+            source: None,
+            last_received: None,
         }
+    }
+
+    /// The source this history follows, if known.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Sets the source of a history that has none yet (the first change of
+    /// a gateway, or a log from before sources), keeping everything held.
+    pub fn adopt_source(&mut self, source: &str) {
+        self.source = Some(source.to_owned());
+    }
+
+    /// Starts a new, empty history for `source`: the old one's ids mean
+    /// nothing in the new stream, so nothing is held, nothing is a
+    /// duplicate, and every cursor and snapshot from before gets `resync`
+    /// (`source_changed`).
+    pub fn restart_for_source(&mut self, source: &str) {
+        let generation = self.generation + 1;
+        let max_bytes = self.max_bytes;
+        *self = ReplayBuffer::with_horizons(
+            self.capacity,
+            Horizons {
+                source_changed: true,
+                ..Horizons::default()
+            },
+        );
+        self.generation = generation;
+        self.max_bytes = max_bytes;
+        self.source = Some(source.to_owned());
+    }
+
+    /// Evicts every held change at or below `id` and raises the horizons
+    /// to it: the change `id` (with `xid`) belongs to the history but its
+    /// body is not available (too large for the replay log), so no cursor
+    /// below it can be served without a gap.
+    pub fn evict_through(&mut self, id: EventId, xid: u32) {
+        while let Some((&first, _)) = self.changes.first_key_value() {
+            if first > id {
+                break;
+            }
+            let (_, evicted) = self.changes.pop_first().expect("non-empty");
+            self.bytes -= evicted.heap_size();
+            self.raise_xid_horizon(evicted.xid);
+        }
+        let h = &mut self.horizons;
+        if h.first_received.is_none() {
+            h.first_received = Some(id);
+        }
+        h.max_evicted = Some(h.max_evicted.map_or(id, |e| e.max(id)));
+        self.raise_xid_horizon(xid);
+    }
+
+    fn raise_xid_horizon(&mut self, xid: u32) {
+        let h = &mut self.horizons;
+        h.xid_horizon = Some(match h.xid_horizon {
+            Some(horizon) => xid_max(horizon, xid),
+            None => xid,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -149,6 +226,11 @@ impl ReplayBuffer {
         self.changes.last_key_value().map(|(id, _)| *id)
     }
 
+    /// Whether this very change is held.
+    pub fn holds(&self, id: &EventId) -> bool {
+        self.changes.contains_key(id)
+    }
+
     /// Whether `id` was seen already: held, or at/below the id horizon.
     /// An id below the first change is not a duplicate (see the module doc).
     pub fn is_duplicate(&self, id: &EventId) -> bool {
@@ -168,11 +250,17 @@ impl ReplayBuffer {
     /// Holds a new change (the caller checked [`Self::is_duplicate`]),
     /// evicting the oldest beyond capacity or the byte cap.
     pub fn push(&mut self, change: Change) {
+        self.push_shared(Arc::new(change));
+    }
+
+    /// [`Self::push`] for a change shared with another buffer.
+    pub fn push_shared(&mut self, change: Arc<Change>) {
         debug_assert!(!self.is_duplicate(&change.id));
         let h = &mut self.horizons;
         if h.first_received.is_none() {
             h.first_received = Some(change.id);
         }
+        self.last_received = Some(change.id);
         self.bytes += change.heap_size();
         self.changes.insert(change.id, change);
         self.evict();
@@ -228,10 +316,14 @@ impl ReplayBuffer {
         self.horizons.first_received = None;
         self.horizons.history_start = None;
         // Held ids must stay duplicates and must not be replayed as if the
-        // history reached back to them.
-        if let Some(latest) = self.latest_id() {
+        // history reached back to them. The horizon rises to the change
+        // received last, not to the largest id held: a forged huge id held
+        // now must not make every later real change a duplicate (module
+        // doc). After a load the arrival order is gone and the largest held
+        // id stands in for it.
+        if let Some(last) = self.last_received.or(self.latest_id()) {
             let h = &mut self.horizons;
-            h.max_evicted = Some(h.max_evicted.map_or(latest, |e| e.max(latest)));
+            h.max_evicted = Some(h.max_evicted.map_or(last, |e| e.max(last)));
             for change in self.changes.values() {
                 h.xid_horizon = Some(match h.xid_horizon {
                     Some(horizon) => xid_max(horizon, change.xid),
@@ -245,15 +337,25 @@ impl ReplayBuffer {
     /// Whether a client whose cursor is `since` can be replayed to: every
     /// change after `since` this gateway received must still be held.
     pub fn check_since(&self, since: EventId) -> Result<(), ResyncReason> {
-        let Some(first) = self.horizons.first_received else {
-            return Err(ResyncReason::NoHistory);
+        let h = &self.horizons;
+        // In a history begun by a source change, a cursor beyond everything
+        // held is most likely from the old source (a restored database's ids
+        // usually start lower), and so is one below its first change while
+        // nothing was evicted yet.
+        let Some(first) = h.first_received else {
+            return Err(if h.source_changed {
+                ResyncReason::SourceChanged
+            } else {
+                ResyncReason::NoHistory
+            });
         };
-        if since < first
-            || self
-                .horizons
-                .max_evicted
-                .is_some_and(|evicted| evicted > since)
+        if h.source_changed
+            && (self.latest_id().is_some_and(|latest| since > latest)
+                || (since < first && h.max_evicted.is_none()))
         {
+            return Err(ResyncReason::SourceChanged);
+        }
+        if since < first || h.max_evicted.is_some_and(|evicted| evicted > since) {
             return Err(ResyncReason::SinceTooOld);
         }
         Ok(())
@@ -264,7 +366,12 @@ impl ReplayBuffer {
     /// all seen by the snapshot, so the replay starts at the oldest held).
     pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<Option<EventId>, ResyncReason> {
         let Some(start) = self.horizons.history_start else {
-            return Err(ResyncReason::NoHistory);
+            // A snapshot of the old source's database says nothing here.
+            return Err(if self.horizons.source_changed {
+                ResyncReason::SourceChanged
+            } else {
+                ResyncReason::NoHistory
+            });
         };
         // S.xmin >= S0.xmax: S sees everything S0 sees.
         if xid_precedes(snapshot.xmin, start) {
@@ -297,7 +404,7 @@ impl ReplayBuffer {
         };
         self.changes
             .range((lower, Bound::Unbounded))
-            .map(|(_, change)| change)
+            .map(|(_, change)| &**change)
     }
 }
 
@@ -535,5 +642,47 @@ mod tests {
         assert_eq!(buffer.len(), 2);
         assert!(buffer.bytes() >= one && buffer.bytes() <= 3 * one);
         assert!(!buffer.is_empty());
+    }
+
+    #[test]
+    fn a_new_source_restarts_the_history_with_its_lower_ids() {
+        let mut buffer = buffer_with(2, &[(100, 1), (200, 2), (300, 3)]);
+        buffer.adopt_source("1/db/slot");
+        assert!(buffer.is_duplicate(&id(5)), "below the old horizon");
+        buffer.restart_for_source("2/db/slot");
+        assert_eq!(buffer.source(), Some("2/db/slot"));
+        assert!(buffer.is_empty());
+        assert!(!buffer.is_duplicate(&id(5)), "the new source's ids are new");
+        // Old cursors: no history yet, then beyond everything held.
+        assert_eq!(
+            buffer.check_since(id(300)),
+            Err(ResyncReason::SourceChanged)
+        );
+        buffer.push(change(5, 10));
+        buffer.push(change(6, 11));
+        assert_eq!(
+            buffer.check_since(id(300)),
+            Err(ResyncReason::SourceChanged)
+        );
+        assert_eq!(buffer.check_since(id(1)), Err(ResyncReason::SourceChanged));
+        assert_eq!(buffer.check_since(id(5)), Ok(()));
+        assert_eq!(held(&buffer, Some(5)), vec![6]);
+        let s: Snapshot = "10:12:".parse().unwrap();
+        assert_eq!(buffer.check_snapshot(&s), Err(ResyncReason::SourceChanged));
+    }
+
+    /// A forged huge id is held at the top; neither eviction nor a history
+    /// restart makes it the horizon, so later real changes are not dropped.
+    #[test]
+    fn a_forged_high_id_never_turns_real_changes_into_duplicates() {
+        let mut buffer = buffer_with(3, &[(10, 1), (u64::MAX / 2, 2)]);
+        for n in 11..20 {
+            assert!(!buffer.is_duplicate(&id(n)), "{n}");
+            buffer.push(change(n, n as u32));
+        }
+        assert_eq!(buffer.latest_id(), Some(id(u64::MAX / 2)));
+        buffer.restart_history();
+        assert!(!buffer.is_duplicate(&id(20)), "after a restart too");
+        assert!(buffer.is_duplicate(&id(19)) && buffer.is_duplicate(&id(u64::MAX / 2)));
     }
 }

@@ -10,10 +10,19 @@
 //!   `[len: u32 LE][crc32: u32 LE][kind: u8][payload]`, `len` counting kind
 //!   and payload and the CRC covering both. The file starts with a header
 //!   (format version, the kernel boot id, whether records are fsynced) and
-//!   the horizons ([`Horizons`]), followed by change records
+//!   the horizons ([`Horizons`], and since sources exist the history's source:
+//!   optional fields behind flag bits, so a log written before has none and
+//!   loads as "source unknown"), followed by change records
 //!   (`[commit_lsn: u64 LE][ordinal: u32 LE][body]`; everything else, such as
 //!   the xid, is re-parsed from the body) and, after a clean close, a
 //!   `closed` record.
+//! - One size limit for writing and loading ([`MAX_RECORD`]): a change whose
+//!   record would be larger is never written. It is delivered live and held
+//!   in memory as usual, but the log gets an *oversize marker* instead
+//!   (`[commit_lsn][ordinal][xid]`, counted and logged at warn). Loading
+//!   treats the marker as an eviction of everything up to it: a cursor from
+//!   before it gets `resync` rather than a replay with a hole, and the
+//!   records after it load as usual.
 //!
 //! # Writing
 //!
@@ -48,8 +57,8 @@
 //! starts a new one and every `since`/`snapshot` from before gets `resync`.
 //! Without a boot id (not Linux) the log is trusted.
 //!
-//! Synchronous file I/O under the hub's lock: a record is a copy into the
-//! page cache. It does not decide what is a duplicate or what to evict (the
+//! Synchronous file I/O, run on the writer thread (`log_writer`), never
+//! under the hub's lock. It does not decide what is a duplicate or what to evict (the
 //! buffer does) and knows nothing of sockets or the broker.
 
 use std::fs::{self, File, OpenOptions};
@@ -69,15 +78,19 @@ pub const LOCK_FILE: &str = "LOCK";
 
 const MAGIC: &[u8; 18] = b"walcast-replay-log";
 const VERSION: u8 = 1;
-/// Larger than any change event the pipeline carries; a length above it is
-/// garbage, not a record.
-const MAX_RECORD: usize = 64 << 20;
+/// The largest record written, and read: a length above it is garbage, not
+/// a record. A change whose record would exceed it is logged as an oversize
+/// marker (module doc).
+pub const MAX_RECORD: usize = 64 << 20;
+/// Kind, commit LSN and ordinal in front of a change's body.
+const CHANGE_PREFIX: usize = 1 + 12;
 const FRAME_HEADER: usize = 8;
 
 const KIND_HEADER: u8 = 1;
 const KIND_HORIZONS: u8 = 2;
 const KIND_CHANGE: u8 = 3;
 const KIND_CLOSED: u8 = 4;
+const KIND_OVERSIZE: u8 = 5;
 
 /// Why the replay log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +125,8 @@ pub struct LoadReport {
     pub records: usize,
     /// Bytes dropped at the end: a torn or corrupt tail.
     pub dropped_bytes: u64,
+    /// Oversize markers read: changes the log could not hold (module doc).
+    pub oversize: usize,
     /// Why the whole history was thrown away, if it was.
     pub discarded: Option<&'static str>,
 }
@@ -132,6 +147,8 @@ pub struct ReplayLog {
     /// A write failed: the file may end in a partial record.
     broken: bool,
     scratch: Vec<u8>,
+    /// Changes written as oversize markers, since open.
+    oversize: u64,
 }
 
 impl ReplayLog {
@@ -205,6 +222,7 @@ impl ReplayLog {
             retry_compaction_at: 0,
             broken: false,
             scratch: Vec::new(),
+            oversize: 0,
         };
         Ok((log, buffer, report))
     }
@@ -220,7 +238,15 @@ impl ReplayLog {
             self.rewrite(buffer)?;
         }
         self.scratch.clear();
-        encode_change(&mut self.scratch, change.id, change.raw.get().as_bytes());
+        if !encode_change(&mut self.scratch, change) {
+            self.oversize += 1;
+            warn!(
+                id = %change.id,
+                bytes = change.raw.get().len(),
+                max_record = MAX_RECORD,
+                "change too large for the replay log; delivered live, logged as a marker (after a restart, cursors before it get resync)"
+            );
+        }
         let result = self.file.write_all(&self.scratch).and_then(|()| {
             if self.fsync {
                 self.file.sync_data()
@@ -257,6 +283,25 @@ impl ReplayLog {
         self.records = buffer.len();
         self.broken = false;
         Ok(())
+    }
+
+    /// Rewrites the file if a write failed since the last rewrite.
+    pub fn repair(&mut self, buffer: &ReplayBuffer) -> io::Result<()> {
+        if self.broken {
+            self.rewrite(buffer)?;
+        }
+        Ok(())
+    }
+
+    /// The file no longer matches the history in memory (a rewrite that
+    /// recorded a change of it failed): the next append rewrites it first.
+    pub fn mark_stale(&mut self) {
+        self.broken = true;
+    }
+
+    /// Changes written as oversize markers since open.
+    pub fn oversize(&self) -> u64 {
+        self.oversize
     }
 
     /// Bytes in the current file (for tests and metrics).
@@ -303,9 +348,13 @@ fn rewrite(
     header.push(boot.len().min(255) as u8);
     header.extend_from_slice(&boot[..boot.len().min(255)]);
     encode_frame(&mut out, KIND_HEADER, &header);
-    encode_frame(&mut out, KIND_HORIZONS, &encode_horizons(buffer.horizons()));
+    encode_frame(
+        &mut out,
+        KIND_HORIZONS,
+        &encode_horizons(buffer.horizons(), buffer.source()),
+    );
     for change in buffer.after(None) {
-        encode_change(&mut out, change.id, change.raw.get().as_bytes());
+        encode_change(&mut out, change);
     }
     let mut file = OpenOptions::new()
         .write(true)
@@ -351,8 +400,11 @@ pub fn load(bytes: &[u8], capacity: usize, boot_id: Option<&str>) -> (ReplayBuff
             },
             (0, _) => false,
             (1, KIND_HORIZONS) => match parse_horizons(payload) {
-                Some(h) => {
+                Some((h, source)) => {
                     buffer = ReplayBuffer::with_horizons(capacity, h);
+                    if let Some(source) = source {
+                        buffer.adopt_source(&source);
+                    }
                     true
                 }
                 None => false,
@@ -364,6 +416,14 @@ pub fn load(bytes: &[u8], capacity: usize, boot_id: Option<&str>) -> (ReplayBuff
                     if !buffer.is_duplicate(&change.id) {
                         buffer.push(change);
                     }
+                    true
+                }
+                None => false,
+            },
+            (_, KIND_OVERSIZE) => match parse_oversize(payload) {
+                Some((id, xid)) => {
+                    report.oversize += 1;
+                    buffer.evict_through(id, xid);
                     true
                 }
                 None => false,
@@ -433,16 +493,39 @@ fn encode_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn encode_change(out: &mut Vec<u8>, id: EventId, body: &[u8]) {
+/// Appends `change`'s record, or its oversize marker when the record would
+/// exceed [`MAX_RECORD`]; returns whether the whole change was written.
+fn encode_change(out: &mut Vec<u8>, change: &Change) -> bool {
+    let body = change.raw.get().as_bytes();
     let start = out.len();
-    out.extend_from_slice(&((1 + 12 + body.len()) as u32).to_le_bytes());
+    let whole = CHANGE_PREFIX + body.len() <= MAX_RECORD;
+    let len = if whole {
+        CHANGE_PREFIX + body.len()
+    } else {
+        CHANGE_PREFIX + 4
+    };
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.push(KIND_CHANGE);
-    out.extend_from_slice(&id.commit_lsn.0.to_le_bytes());
-    out.extend_from_slice(&id.ordinal.to_le_bytes());
-    out.extend_from_slice(body);
+    out.push(if whole { KIND_CHANGE } else { KIND_OVERSIZE });
+    out.extend_from_slice(&change.id.commit_lsn.0.to_le_bytes());
+    out.extend_from_slice(&change.id.ordinal.to_le_bytes());
+    if whole {
+        out.extend_from_slice(body);
+    } else {
+        out.extend_from_slice(&change.xid.to_le_bytes());
+    }
     let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    whole
+}
+
+fn parse_oversize(payload: &[u8]) -> Option<(EventId, u32)> {
+    let bytes: &[u8; 16] = payload.try_into().ok()?;
+    let id = EventId {
+        commit_lsn: Lsn(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
+        ordinal: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+    };
+    Some((id, u32::from_le_bytes(bytes[12..16].try_into().ok()?)))
 }
 
 fn parse_change(payload: &[u8]) -> Option<Change> {
@@ -473,8 +556,11 @@ const HAS_FIRST: u8 = 1;
 const HAS_EVICTED: u8 = 2;
 const HAS_XID_HORIZON: u8 = 4;
 const HAS_START: u8 = 8;
+const HAS_SOURCE_CHANGED: u8 = 16;
+/// Followed by `[len: u16 LE][source, UTF-8]`, after every other field.
+const HAS_SOURCE: u8 = 32;
 
-fn encode_horizons(h: Horizons) -> Vec<u8> {
+fn encode_horizons(h: Horizons, source: Option<&str>) -> Vec<u8> {
     let mut out = vec![0u8];
     let id = |out: &mut Vec<u8>, id: EventId| {
         out.extend_from_slice(&id.commit_lsn.0.to_le_bytes());
@@ -496,10 +582,20 @@ fn encode_horizons(h: Horizons) -> Vec<u8> {
         out[0] |= HAS_START;
         out.extend_from_slice(&xmax.to_le_bytes());
     }
+    if h.source_changed {
+        out[0] |= HAS_SOURCE_CHANGED;
+    }
+    // A source is `<u64>/<database>/<slot>`: far below 64 KiB; a longer one
+    // (never produced by walcast) is not persisted rather than cut.
+    if let Some(source) = source.filter(|s| s.len() <= usize::from(u16::MAX)) {
+        out[0] |= HAS_SOURCE;
+        out.extend_from_slice(&(source.len() as u16).to_le_bytes());
+        out.extend_from_slice(source.as_bytes());
+    }
     out
 }
 
-fn parse_horizons(payload: &[u8]) -> Option<Horizons> {
+fn parse_horizons(payload: &[u8]) -> Option<(Horizons, Option<String>)> {
     let (&flags, mut rest) = payload.split_first()?;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
@@ -526,12 +622,20 @@ fn parse_horizons(payload: &[u8]) -> Option<Horizons> {
     };
     let xid_horizon = xid(flags & HAS_XID_HORIZON != 0)?;
     let history_start = xid(flags & HAS_START != 0)?;
-    Some(Horizons {
+    let source = if flags & HAS_SOURCE != 0 {
+        let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
+        Some(String::from_utf8(take(usize::from(len))?.to_vec()).ok()?)
+    } else {
+        None
+    };
+    let horizons = Horizons {
         first_received,
         max_evicted,
         xid_horizon,
         history_start,
-    })
+        source_changed: flags & HAS_SOURCE_CHANGED != 0,
+    };
+    Some((horizons, source))
 }
 
 /// The kernel's id for this boot (Linux); a different one means the
@@ -679,7 +783,7 @@ mod tests {
         let (mut log, mut buffer, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
         let one_record = {
             let c = change(1);
-            (FRAME_HEADER + 1 + 12 + c.raw.get().len()) as u64
+            (FRAME_HEADER + CHANGE_PREFIX + c.raw.get().len()) as u64
         };
         let mut largest = 0;
         for n in 1..=100 {
@@ -723,5 +827,69 @@ mod tests {
         crash(log);
         let (_log, loaded, report) = ReplayLog::open(dir.path(), 10, false).unwrap();
         assert_eq!((held(&loaded), report.dropped_bytes), (vec![1, 2], 0));
+    }
+
+    /// A change too large for a record used to be written anyway, then read
+    /// back as a torn write: it and every change after it were lost.
+    #[test]
+    fn a_change_too_large_for_a_record_leaves_a_marker_and_loading_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut buffer, _) = ReplayLog::open(dir.path(), 100, false).unwrap();
+        buffer.adopt_source("7/db/slot");
+        log.rewrite(&buffer).unwrap();
+        deliver(&mut log, &mut buffer, 1);
+        let big = {
+            let body = format!(
+                r#"{{"id":"{}","op":"insert","schema":"public","table":"t","key":{{"id":2}},"xid":1002,"new":{{"blob":"{}"}}}}"#,
+                id(2),
+                "x".repeat(MAX_RECORD)
+            );
+            Change::parse(body.into_bytes()).unwrap()
+        };
+        log.append(&big, &buffer).unwrap();
+        buffer.push(big);
+        assert_eq!(log.oversize(), 1);
+        deliver(&mut log, &mut buffer, 3);
+        assert!(
+            log.file_len().unwrap() < MAX_RECORD as u64,
+            "no oversized record written"
+        );
+        crash(log);
+
+        let (_log, loaded, report) = ReplayLog::open(dir.path(), 100, false).unwrap();
+        assert_eq!(report.dropped_bytes, 0, "nothing is torn");
+        assert_eq!(report.oversize, 1);
+        assert_eq!(held(&loaded), vec![3], "the change after the marker loads");
+        assert_eq!(loaded.source(), Some("7/db/slot"));
+        // A cursor before the missing body cannot be served without a gap.
+        assert_eq!(
+            loaded.check_since(id(1)),
+            Err(super::super::replay::ResyncReason::SinceTooOld)
+        );
+        assert_eq!(loaded.check_since(id(2)), Ok(()));
+        assert!(loaded.is_duplicate(&id(2)));
+        assert_eq!(loaded.horizons().xid_horizon, Some(1002));
+    }
+
+    #[test]
+    fn the_source_is_persisted_and_a_log_without_one_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut buffer, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
+        deliver(&mut log, &mut buffer, 1);
+        crash(log);
+        // Written without a source, as every log before sources was.
+        let (log, loaded, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
+        assert_eq!((loaded.source(), held(&loaded)), (None, vec![1]));
+        drop(log);
+
+        let (mut log, mut buffer, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
+        buffer.restart_for_source("2/db/slot");
+        log.rewrite(&buffer).unwrap();
+        deliver(&mut log, &mut buffer, 1);
+        crash(log);
+        let (_log, loaded, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
+        assert_eq!(loaded.source(), Some("2/db/slot"));
+        assert!(loaded.horizons().source_changed);
+        assert_eq!(held(&loaded), vec![1]);
     }
 }

@@ -81,6 +81,7 @@ struct Counters {
     connected_sockets: AtomicU64,
     buffered_events: AtomicU64,
     buffered_bytes: AtomicU64,
+    source_changes: AtomicU64,
 }
 
 /// A cloneable handle on the fan-out's counters.
@@ -114,6 +115,8 @@ pub struct StatsSnapshot {
     pub buffered_events: u64,
     /// Approximate bytes held in the replay buffer.
     pub buffered_bytes: u64,
+    /// Times the stream's source changed and the history restarted.
+    pub source_changes: u64,
 }
 
 /// The ops in the order [`Counters::delivered_by_table`] counts them.
@@ -197,6 +200,7 @@ impl FanoutStats {
             connected_sockets: get(&c.connected_sockets),
             buffered_events: get(&c.buffered_events),
             buffered_bytes: get(&c.buffered_bytes),
+            source_changes: get(&c.source_changes),
         }
     }
 
@@ -251,6 +255,10 @@ impl FanoutStats {
 
     pub(crate) fn record_replay_log_error(&self) {
         self.0.replay_log_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_source_change(&self) {
+        self.0.source_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_connected_sockets(&self, n: usize) {

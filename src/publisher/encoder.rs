@@ -10,7 +10,7 @@
 //!
 //! It does not know about connections, channels or confirms.
 
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::BasicProperties;
 
 use crate::event::ChangeEvent;
@@ -22,6 +22,10 @@ pub const APP_ID: &str = "walcast";
 /// `delivery_mode` 2: the broker writes the message to disk before it
 /// confirms it (on a durable queue).
 pub const PERSISTENT: u8 = 2;
+
+/// Header naming the stream an event belongs to (contract section 2):
+/// `<system identifier>/<database>/<slot>`.
+pub const SOURCE_HEADER: &str = "x-walcast-source";
 
 /// One change event, ready to publish (and to republish, unchanged).
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +107,17 @@ fn message(event: &ChangeEvent, body: Vec<u8>) -> Encoded {
         body,
         properties,
     }
+}
+
+/// `properties` with the [`SOURCE_HEADER`] set to `source` (computed once
+/// per capture session, see `capture::Sink::set_source`); other headers kept.
+pub fn with_source(properties: BasicProperties, source: &str) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(SOURCE_HEADER),
+        AMQPValue::LongString(LongString::from(source)),
+    );
+    properties.with_headers(headers)
 }
 
 /// The AMQP timestamp: whole seconds since the Unix epoch (rounded down),
@@ -196,6 +211,18 @@ mod tests {
         // A small event keeps no stub.
         let small = encode_within(&super::tests::event(), 4096);
         assert!(small.stub.is_none() && small.oversize.is_none());
+    }
+
+    #[test]
+    fn the_source_header_names_the_stream() {
+        let p = with_source(encode(&event()).properties, "7412/shop/walcast");
+        let headers = p.headers().as_ref().unwrap();
+        let value = headers.inner().get(SOURCE_HEADER).unwrap();
+        assert_eq!(
+            value,
+            &AMQPValue::LongString(LongString::from("7412/shop/walcast"))
+        );
+        assert_eq!(p.app_id().as_ref().unwrap().as_str(), "walcast");
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Publisher {
     drain_timeout: Duration,
     stats: PublisherStats,
     task: Option<JoinHandle<()>>,
+    /// `x-walcast-source` of the events being sent (see [`Sink::set_source`]).
+    source: Option<String>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -189,6 +191,7 @@ impl Publisher {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stats,
             task: Some(task),
+            source: None,
         })
     }
 
@@ -255,8 +258,8 @@ impl Sink for Publisher {
 
     async fn send(&mut self, event: ChangeEvent) -> Result<(), PublishError> {
         let Prepared {
-            message,
-            stub,
+            mut message,
+            mut stub,
             oversize,
         } = encode_within(&event, self.max_event_bytes);
         if let Some(size) = oversize {
@@ -270,6 +273,12 @@ impl Sink for Publisher {
             self.stats.oversize(message.routing_key.as_str());
         }
         drop(event);
+        if let Some(source) = &self.source {
+            message.properties = encoder::with_source(message.properties, source);
+            if let Some(stub) = &mut stub {
+                stub.properties = encoder::with_source(stub.properties.clone(), source);
+            }
+        }
         let charge = self.window.charge(message.body.len());
         self.reserve(charge).await?;
         self.last_seq += 1;
@@ -314,6 +323,10 @@ impl Sink for Publisher {
                 return Err(self.failure());
             }
         }
+    }
+
+    fn set_source(&mut self, source: &str) {
+        self.source = Some(source.to_owned());
     }
 
     async fn drain(&mut self) -> Result<Option<Lsn>, PublishError> {

@@ -33,6 +33,10 @@ use walcast::fanout::{self, Hub, HubOptions};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The `x-walcast-source` the test publisher stamps on every message, as
+/// walcast's capture does (contract section 2).
+pub const TEST_SOURCE: &str = "7000000000000000001/walcast_test/walcast_test";
+
 pub fn amqp_url() -> String {
     std::env::var("WALCAST_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -97,6 +101,13 @@ pub struct GatewayOptions {
     pub queue_expires_ms: Option<u64>,
     /// `rabbitmq.queue_type`; walcast's default (classic) when `None`.
     pub queue_type: Option<walcast::config::QueueType>,
+    /// `rabbitmq.source` (a pinned source); unpinned when `None`.
+    pub pinned_source: Option<String>,
+}
+
+/// The dead-letter exchange and queue of a test gateway's queue.
+pub fn dead_letter_name(queue: &str) -> String {
+    format!("{queue}.dead")
 }
 
 /// Fresh, unique exchange and queue names for one test.
@@ -162,6 +173,12 @@ impl Publisher {
         if let Some(id) = message_id {
             properties = properties.with_message_id(ShortString::from(id));
         }
+        let properties = walcast::publisher::encoder::with_source(properties, TEST_SOURCE);
+        self.publish_with(routing_key, body, properties).await
+    }
+
+    /// Publishes with exactly these properties and waits for the confirm.
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
@@ -178,10 +195,25 @@ impl Publisher {
         assert!(confirm.is_ack(), "broker nacked a test publish");
     }
 
-    /// Deletes a test queue and this publisher's exchange.
+    /// Deletes a test queue, its dead letters and this publisher's exchange.
     pub async fn delete(&self, queue: &str) {
         self.channel
             .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await
+            .ok();
+        let dead = dead_letter_name(queue);
+        self.channel
+            .queue_delete(
+                ShortString::from(dead.as_str()),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .ok();
+        self.channel
+            .exchange_delete(
+                ShortString::from(dead.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
             .await
             .ok();
         self.channel
@@ -207,6 +239,8 @@ impl Gateway {
                 .queue_expires_ms
                 .unwrap_or(RabbitConfig::default().queue_expires_ms),
             queue_type: options.queue_type.unwrap_or_default(),
+            dead_letter: dead_letter_name(&queue),
+            source: options.pinned_source.clone().unwrap_or_default(),
             ..RabbitConfig::default()
         };
         let shutdown = CancellationToken::new();
