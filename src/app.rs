@@ -372,10 +372,12 @@ async fn capture_with_lease(
         application_name: config.postgres.application_name.clone(),
         slot: config.postgres.slot.clone(),
         publications: vec![config.postgres.publication.clone()],
+        tables: config.tables(),
         start: crate::event::Lsn::ZERO,
         advance_slot: true,
         create_temporary_slot: false,
         status_interval: Duration::from_millis(config.postgres.status_interval_ms),
+        feedback_interval: Duration::from_millis(config.postgres.feedback_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: Some(state_sender),
     };

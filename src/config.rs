@@ -79,6 +79,9 @@ pub struct PostgresConfig {
     pub max_backoff_ms: u64,
     /// `application_name` reported to Postgres (shows in pg_stat_replication).
     pub application_name: String,
+    /// A moved confirmed position is reported to Postgres within this many
+    /// milliseconds (bounds what a crash re-sends).
+    pub feedback_interval_ms: u64,
 }
 
 impl Default for PostgresConfig {
@@ -92,6 +95,7 @@ impl Default for PostgresConfig {
             connect_timeout_ms: 10_000,
             max_backoff_ms: 30_000,
             application_name: "walcast".into(),
+            feedback_interval_ms: 1_000,
         }
     }
 }
@@ -284,6 +288,7 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("application_name", &self.application_name)
+            .field("feedback_interval_ms", &self.feedback_interval_ms)
             .finish()
     }
 }
@@ -472,6 +477,12 @@ impl Config {
             problem(
                 "postgres.application_name",
                 "must be 1 to 63 characters".into(),
+            );
+        }
+        if !(100..=3_600_000).contains(&pg.feedback_interval_ms) {
+            problem(
+                "postgres.feedback_interval_ms",
+                format!("{} is out of range 100..=3600000", pg.feedback_interval_ms),
             );
         }
 
