@@ -421,7 +421,6 @@ impl Session<'_> {
     ) -> Result<(), CaptureError> {
         let options = self.options;
         let catalog = Catalog::connect(&options.pg).await?;
-        let status_interval = self.status_interval(&catalog).await?;
         let mut decoder = Decoder::new();
         decoder.set_tables(
             options
@@ -435,6 +434,7 @@ impl Session<'_> {
         let mut types_looked_up: HashSet<u32> = HashSet::new();
 
         let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
+        let status_interval = self.status_interval(&mut client).await?;
         if options.create_temporary_slot {
             client.create_slot(&options.slot, true).await?;
         }
@@ -567,11 +567,29 @@ impl Session<'_> {
         }
     }
 
-    /// The configured status interval, clamped below the server's
-    /// `wal_sender_timeout` (warned about once).
-    async fn status_interval(&mut self, catalog: &Catalog) -> Result<Duration, CaptureError> {
+    /// The configured status interval, clamped below the
+    /// `wal_sender_timeout` of this very walsender (warned about once).
+    async fn status_interval(
+        &mut self,
+        client: &mut ReplicationClient,
+    ) -> Result<Duration, CaptureError> {
         let configured = self.options.status_interval;
-        let timeout = catalog.wal_sender_timeout().await?;
+        // Asked on the replication connection itself: role, database and
+        // URL `options` settings all apply to it. pg_settings gives
+        // milliseconds whatever unit SHOW would print.
+        let rows = client
+            .simple_query("SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'")
+            .await?;
+        let millis = rows
+            .first()
+            .and_then(|row| row.first())
+            .and_then(|value| value.as_deref())
+            .and_then(|text| text.parse::<u64>().ok());
+        let Some(millis) = millis else {
+            warn!(rows = ?rows, "cannot read wal_sender_timeout; keeping postgres.status_interval_ms as configured");
+            return Ok(configured);
+        };
+        let timeout = Duration::from_millis(millis);
         let Some(clamped) = bounded_status_interval(configured, timeout) else {
             return Ok(configured);
         };
