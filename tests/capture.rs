@@ -147,6 +147,14 @@ async fn only_the_configured_tables_leave_through_tail_and_check_names_the_rest(
     assert!(finding.starts_with("FAIL"), "{finding}");
     assert!(finding.contains("public.users"), "{finding}");
     assert!(finding.contains("CREATE PUBLICATION"), "{finding}");
+    // The suggested fix, as given, makes the check pass.
+    let fix = finding
+        .split("recreate it in one transaction (the slot must never see it missing): ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fix in {finding}"));
+    db.psql(fix).await;
+    let (ok, stdout, _) = output(db.walcast(&["check"])).await;
+    assert!(ok, "check still fails after the fix:\n{stdout}");
 
     // A publication shared with users: the fix is ALTER PUBLICATION … SET TABLE.
     db.psql(&format!(

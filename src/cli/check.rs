@@ -344,7 +344,7 @@ fn publication_scope_finding(
         return (
             Level::Fail,
             format!(
-                "publication {publication:?} is FOR ALL TABLES: it sends {covers} over the replication connection (walcast filters them out, but only postgres.tables should leave the database); a FOR ALL TABLES publication cannot be narrowed, so recreate it: DROP PUBLICATION {quoted}; CREATE PUBLICATION {quoted} FOR TABLE {configured_list}"
+                "publication {publication:?} is FOR ALL TABLES: it sends {covers} over the replication connection (walcast filters them out, but only postgres.tables should leave the database); a FOR ALL TABLES publication cannot be narrowed, so recreate it in one transaction (the slot must never see it missing): BEGIN; DROP PUBLICATION {quoted}; CREATE PUBLICATION {quoted} FOR TABLE {configured_list}; COMMIT;"
             ),
         );
     }
@@ -435,7 +435,7 @@ mod tests {
         assert!(message.contains("FOR ALL TABLES"), "{message}");
         assert!(message.contains("public.users"), "{message}");
         assert!(
-            message.contains(r#"DROP PUBLICATION "walcast"; CREATE PUBLICATION "walcast" FOR TABLE "public"."orders""#),
+            message.contains(r#"BEGIN; DROP PUBLICATION "walcast"; CREATE PUBLICATION "walcast" FOR TABLE "public"."orders"; COMMIT;"#),
             "{message}"
         );
         // Even when today it holds only the configured tables.
