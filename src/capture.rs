@@ -380,11 +380,11 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
 /// is `wal_sender_timeout` (zero: disabled), or `None` when `configured`
 /// is fine as it is.
 ///
-/// An interval at or above the timeout would leave the server to drop the
-/// connection whenever its own keepalive requests go unanswered for a
-/// moment, so it is clamped to half the timeout (as Postgres's own
-/// walreceiver does with wal_receiver_status_interval) rather than refused:
-/// the operator gets a warning, not an outage.
+/// At or above the timeout, the connection would live only on the
+/// server's own keepalive requests (sent at half the timeout): one late
+/// reply and the server drops it. So the interval is clamped to half the
+/// timeout rather than refused: the operator gets a warning, not an
+/// outage.
 pub fn bounded_status_interval(
     configured: Duration,
     wal_sender_timeout: Duration,
