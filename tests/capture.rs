@@ -394,6 +394,9 @@ async fn status_interval_is_kept_below_wal_sender_timeout() {
     );
 }
 
+/// The fault tests restart the fault cluster: one at a time.
+static FAULT_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fault_cluster_url() -> String {
     std::env::var("WALCAST_TEST_PG_FAULT_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5434/postgres".into())
@@ -490,6 +493,7 @@ fn tail_on(db: &TestDb) -> (Tail, tokio::time::Instant) {
 /// Nothing is lost either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_re_sends_at_most_about_a_second_of_changes() {
+    let _serial = FAULT_CLUSTER.lock().await;
     const TRANSACTIONS: usize = 1_000;
     const ROWS: usize = 5;
     const MAX_REPEATS_PER_FAULT: usize = 300;
@@ -690,6 +694,7 @@ impl Deliveries {
 /// avoids re-sending from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fault_re_sends_at_most_about_a_second_of_changes_through_rabbitmq() {
+    let _serial = FAULT_CLUSTER.lock().await;
     const TRANSACTIONS: usize = 1_000;
     const ROWS: usize = 5;
     const MAX_REPEATS_PER_FAULT: usize = 300;
