@@ -395,6 +395,39 @@ pub fn bounded_status_interval(
     Some((wal_sender_timeout / 2).max(Duration::from_millis(1)))
 }
 
+/// Longest wait for a type named by the stream to become visible in the
+/// catalog.
+const TYPE_VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
+/// Tells the decoder the base type of `oid` if it is a domain (or an array
+/// of one). The stream can show a transaction's commit before that commit
+/// is visible to other sessions, so a type created by the transaction being
+/// decoded may not be in `pg_type` yet: wait briefly until it is.
+async fn resolve_type(
+    catalog: &Catalog,
+    decoder: &mut Decoder,
+    oid: u32,
+) -> Result<(), CaptureError> {
+    let deadline = tokio::time::Instant::now() + TYPE_VISIBILITY_WAIT;
+    loop {
+        let aliases = catalog.domain_base_types().await?;
+        let found = aliases.iter().any(|(alias, _)| *alias == oid);
+        decoder.set_type_aliases(aliases);
+        if found || catalog.type_exists(oid).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Dropped since (the stream is behind): its values stay text.
+            warn!(
+                oid,
+                "a type the stream names is not in pg_type; its values are written as text"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What outlives one connection.
 #[derive(Default)]
 struct Memory {
@@ -523,7 +556,7 @@ impl Session<'_> {
                                     // A domain created since we connected: Type
                                     // comes before the Relation that uses it.
                                     if types_looked_up.insert(oid) {
-                                        decoder.set_type_aliases(catalog.domain_base_types().await?);
+                                        resolve_type(&catalog, &mut decoder, oid).await?;
                                     }
                                 }
                                 Decoded::Other => {}

@@ -349,6 +349,15 @@ impl Catalog {
         Ok(aliases)
     }
 
+    /// Whether type `oid` is visible in `pg_type` to this session.
+    pub async fn type_exists(&self, oid: u32) -> Result<bool, CatalogError> {
+        let row = self
+            .client
+            .query_opt("SELECT 1 FROM pg_type WHERE oid = $1", &[&oid])
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Applies the shipped schema (idempotent: every statement is guarded).
     pub async fn apply_schema(&self, with_sample_data: bool) -> Result<(), CatalogError> {
         self.client.batch_execute(SCHEMA_SQL).await?;
