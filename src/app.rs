@@ -436,10 +436,19 @@ async fn capture_with_lease(
         application_name: config.postgres.application_name.clone(),
         slot: config.postgres.slot.clone(),
         publications: vec![config.postgres.publication.clone()],
-        start: crate::event::Lsn::ZERO,
+        tables: config.tables(),
+        // After a lost lease (e.g. Postgres restarted), resume from what
+        // RabbitMQ already confirmed: a restarted Postgres 15/16 may have
+        // moved the slot back to its last saved position, which would re-send
+        // everything since (the start never goes before the slot's own).
+        start: handles
+            .capture
+            .durable_lsn()
+            .unwrap_or(crate::event::Lsn::ZERO),
         advance_slot: true,
         create_temporary_slot: false,
         status_interval: Duration::from_millis(config.postgres.status_interval_ms),
+        feedback_interval: Duration::from_millis(config.postgres.feedback_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: Some(state_sender),
     };

@@ -13,11 +13,19 @@
 //! (missing slot, bad credentials, wal_level). It does not publish, print or
 //! decode anything itself.
 //!
+//! Only the configured tables leave the database: a publication may cover
+//! more (`FOR ALL TABLES`, or one shared with other tables), so the changes
+//! of any other table are filtered out here, counted, and logged once per
+//! table. At connect, and whenever the stream names a type it does not
+//! know, it reads from the catalog what the decoder cannot learn from the
+//! stream: primary keys, and the base types of domains. It keeps the status
+//! interval below the server's `wal_sender_timeout`.
+//!
 //! [`Metered`] wraps a sink to count what passes through it into
 //! [`CaptureStats`] (changes by table and op, commit-to-publish lag, the
 //! durable position) for `/metrics`, without touching the loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::decoder::{DecodeError, Decoded, Decoder};
+use crate::config::TableName;
+use crate::decoder::{DecodeError, Decoded, Decoder, RelationInfo};
 use crate::event::{ChangeEvent, Lsn, Op, PgTimestamp};
 use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::retry::Backoff;
@@ -65,6 +74,10 @@ pub trait Sink: Send {
     fn set_source(&mut self, source: &str) {
         let _ = source;
     }
+
+    /// A change of a table outside the configured tables was left out:
+    /// nothing to deliver. Wrappers count it.
+    fn filtered(&mut self, _op: Op) {}
 }
 
 /// A [`Sink`] that counts into [`CaptureStats`] what it passes on to the
@@ -117,6 +130,11 @@ impl<S: Sink> Sink for Metered<'_, S> {
     fn set_source(&mut self, source: &str) {
         self.inner.set_source(source);
     }
+
+    fn filtered(&mut self, op: Op) {
+        self.inner.filtered(op);
+        self.stats.record_filtered(op);
+    }
 }
 
 /// Capture counters for `/metrics`: a cloneable handle, cheap to update on
@@ -132,8 +150,11 @@ type ChangeKind = (Arc<str>, Arc<str>, Op);
 
 #[derive(Debug)]
 struct CaptureCounters {
-    /// Changes by kind. Bounded by the published tables × 4 ops.
+    /// Changes by kind. Bounded by the configured tables × 4 ops.
     decoded: Mutex<HashMap<ChangeKind, u64>>,
+    /// Changes of tables outside the configured ones, by op only: their
+    /// table names would make the label set as large as the database.
+    filtered: Mutex<HashMap<Op, u64>>,
     transactions: AtomicU64,
     /// Commit-to-publish lag of the last change, in microseconds.
     last_lag_micros: AtomicU64,
@@ -145,6 +166,7 @@ impl Default for CaptureCounters {
     fn default() -> Self {
         CaptureCounters {
             decoded: Mutex::default(),
+            filtered: Mutex::default(),
             transactions: AtomicU64::new(0),
             last_lag_micros: AtomicU64::new(NO_LAG),
             lag: Histogram::default(),
@@ -181,6 +203,15 @@ impl CaptureStats {
         out
     }
 
+    /// Changes of tables outside `postgres.tables` that were left out, by
+    /// op, ordered by op.
+    pub fn filtered(&self) -> Vec<(Op, u64)> {
+        let filtered = self.0.filtered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Op, u64)> = filtered.iter().map(|(op, n)| (*op, *n)).collect();
+        out.sort_by_key(|(op, _)| op.as_str());
+        out
+    }
+
     /// Transactions whose every change was handed to the sink.
     pub fn transactions(&self) -> u64 {
         self.0.transactions.load(Ordering::Relaxed)
@@ -212,6 +243,11 @@ impl CaptureStats {
         // Cloning the Arcs is a reference count, not a copy of the names.
         let key = (event.schema.clone(), event.table.clone(), event.op);
         *decoded.entry(key).or_default() += 1;
+    }
+
+    fn record_filtered(&self, op: Op) {
+        let mut filtered = self.0.filtered.lock().unwrap_or_else(|p| p.into_inner());
+        *filtered.entry(op).or_default() += 1;
     }
 
     fn record_handed_over(&self, commit_time: PgTimestamp, now: PgTimestamp) {
@@ -258,6 +294,9 @@ pub struct CaptureOptions {
     pub application_name: String,
     pub slot: String,
     pub publications: Vec<String>,
+    /// The tables whose changes leave the database (`postgres.tables`);
+    /// the publication's other tables are filtered out.
+    pub tables: Vec<TableName>,
     /// Where to start; `Lsn::ZERO` means the slot's confirmed position.
     pub start: Lsn,
     /// False for `--peek`: never move the slot.
@@ -265,7 +304,11 @@ pub struct CaptureOptions {
     /// Create `slot` as a temporary slot on the streaming connection. It
     /// vanishes with the connection, so a lost connection ends the capture.
     pub create_temporary_slot: bool,
+    /// Kept below the server's `wal_sender_timeout` (see
+    /// [`bounded_status_interval`]).
     pub status_interval: Duration,
+    /// A moved durable position is reported to Postgres within this long.
+    pub feedback_interval: Duration,
     pub max_backoff: Duration,
     /// Where the loop reports whether it is streaming (for `/readyz`).
     pub state: Option<tokio::sync::watch::Sender<StreamState>>,
@@ -301,16 +344,17 @@ pub async fn run<S: Sink>(
     sink: &mut S,
     shutdown: CancellationToken,
 ) -> Result<CaptureSummary, CaptureError> {
-    let mut flushed = None;
+    let mut memory = Memory::default();
     let mut attempt: u32 = 0;
     loop {
         let mut session = Session {
             options,
-            flushed: &mut flushed,
+            memory: &mut memory,
             made_progress: false,
         };
         let result = session.stream(sink, &shutdown).await;
         let made_progress = session.made_progress;
+        let flushed = memory.flushed;
         match result {
             Ok(()) => return Ok(CaptureSummary { flushed }),
             // A temporary slot died with its connection: resuming from a
@@ -340,10 +384,73 @@ pub fn reconnect_backoff(max: Duration) -> Backoff {
     Backoff::new(Duration::from_millis(200), max)
 }
 
+/// The status interval to use against a server whose `wal_sender_timeout`
+/// is `wal_sender_timeout` (zero: disabled), or `None` when `configured`
+/// is fine as it is.
+///
+/// At or above the timeout, the connection would live only on the
+/// server's own keepalive requests (sent at half the timeout): one late
+/// reply and the server drops it. So the interval is clamped to half the
+/// timeout rather than refused: the operator gets a warning, not an
+/// outage.
+pub fn bounded_status_interval(
+    configured: Duration,
+    wal_sender_timeout: Duration,
+) -> Option<Duration> {
+    if wal_sender_timeout.is_zero() || configured < wal_sender_timeout {
+        return None;
+    }
+    Some((wal_sender_timeout / 2).max(Duration::from_millis(1)))
+}
+
+/// Longest wait for a type named by the stream to become visible in the
+/// catalog.
+const TYPE_VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
+/// Tells the decoder the base type of `oid` if it is a domain (or an array
+/// of one). The stream can show a transaction's commit before that commit
+/// is visible to other sessions, so a type created by the transaction being
+/// decoded may not be in `pg_type` yet: wait briefly until it is.
+async fn resolve_type(
+    catalog: &Catalog,
+    decoder: &mut Decoder,
+    oid: u32,
+) -> Result<(), CaptureError> {
+    let deadline = tokio::time::Instant::now() + TYPE_VISIBILITY_WAIT;
+    loop {
+        let aliases = catalog.domain_base_types().await?;
+        let found = aliases.iter().any(|(alias, _)| *alias == oid);
+        decoder.set_type_aliases(aliases);
+        if found || catalog.type_exists(oid).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Dropped since (the stream is behind): its values stay text.
+            warn!(
+                oid,
+                "a type the stream names is not in pg_type; its values are written as text"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What outlives one connection.
+#[derive(Default)]
+struct Memory {
+    /// The last position reported to Postgres as flushed.
+    flushed: Option<Lsn>,
+    /// Tables whose changes were filtered out, already logged at info.
+    filtered_tables: HashSet<(Arc<str>, Arc<str>)>,
+    /// The status-interval clamp was already logged at warn.
+    clamp_warned: bool,
+}
+
 /// One connection's worth of streaming.
 struct Session<'a> {
     options: &'a CaptureOptions,
-    flushed: &'a mut Option<Lsn>,
+    memory: &'a mut Memory,
     made_progress: bool,
 }
 
@@ -355,6 +462,18 @@ impl Session<'_> {
     ) -> Result<(), CaptureError> {
         let options = self.options;
         let catalog = Catalog::connect(&options.pg).await?;
+        let mut decoder = Decoder::new();
+        decoder.set_tables(
+            options
+                .tables
+                .iter()
+                .map(|t| (t.schema.clone(), t.table.clone())),
+        );
+        decoder.set_type_aliases(catalog.domain_base_types().await?);
+        // Type oids already looked up in this session: a Type message is
+        // sent again with every Relation message that uses the type.
+        let mut types_looked_up: HashSet<u32> = HashSet::new();
+
         let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
         // Which stream the events belong to: a database restored onto a new
         // cluster has another system identifier, and its ids are not
@@ -368,26 +487,27 @@ impl Session<'_> {
         let source = format!("{}/{}/{}", system.system_id, database, options.slot);
         debug!(%source, "capture source");
         sink.set_source(&source);
+        let status_interval = self.status_interval(&mut client).await?;
         if options.create_temporary_slot {
             client.create_slot(&options.slot, true).await?;
         }
         let mut stream = client
             .start_replication(StartOptions {
                 slot: options.slot.clone(),
-                start: options.start.max(self.flushed.unwrap_or(Lsn::ZERO)),
+                start: options.start.max(self.memory.flushed.unwrap_or(Lsn::ZERO)),
                 publications: options.publications.clone(),
-                status_interval: options.status_interval,
+                status_interval,
+                feedback_interval: options.feedback_interval.min(status_interval),
             })
             .await?;
         info!(slot = %options.slot, "streaming changes");
         options.report(StreamState::Streaming);
-        if let Some(lsn) = *self.flushed {
+        if let Some(lsn) = self.memory.flushed {
             if options.advance_slot {
                 stream.set_durable(lsn);
             }
         }
 
-        let mut decoder = Decoder::new();
         let mut in_transaction = false;
         // End of the last transaction handed to the sink, and whether the
         // sink has made it durable: when both hold and no transaction is
@@ -395,7 +515,7 @@ impl Session<'_> {
         // it was either sent to us or touched none of our tables), which
         // keeps an idle slot from retaining WAL forever.
         let mut last_end: Option<Lsn> = None;
-        let mut durable: Option<Lsn> = *self.flushed;
+        let mut durable: Option<Lsn> = self.memory.flushed;
 
         let result: Result<(), CaptureError> = loop {
             tokio::select! {
@@ -423,11 +543,15 @@ impl Session<'_> {
                                 Decoded::Change(event) => {
                                     sink.send(event).await.map_err(|e| CaptureError::Sink(Box::new(e)))?;
                                 }
-                                Decoded::Truncate(events) => {
+                                Decoded::Truncate { events, filtered } => {
                                     for event in events {
                                         sink.send(event).await.map_err(|e| CaptureError::Sink(Box::new(e)))?;
                                     }
+                                    for _ in filtered {
+                                        sink.filtered(Op::Truncate);
+                                    }
                                 }
+                                Decoded::Filtered { op, .. } => sink.filtered(op),
                                 Decoded::Commit(commit) => {
                                     in_transaction = false;
                                     last_end = Some(commit.end_lsn);
@@ -437,10 +561,22 @@ impl Session<'_> {
                                         .map_err(|e| CaptureError::Sink(Box::new(e)))?;
                                 }
                                 Decoded::Relation(relation) => {
+                                    let table = format!("{}.{}", relation.schema, relation.table);
+                                    if !relation.captured {
+                                        self.note_filtered(&relation, &table);
+                                        continue;
+                                    }
+                                    // Every time: the primary key may have been
+                                    // dropped or changed since the last one.
                                     let key = catalog.primary_key(relation.oid).await?;
-                                    debug!(table = %format!("{}.{}", relation.schema, relation.table), key = ?key, "relation");
-                                    if !key.is_empty() {
-                                        decoder.set_key_columns(relation.oid, key);
+                                    debug!(table, replica_identity = %relation.replica_identity, primary_key = ?key, "relation");
+                                    decoder.set_key_columns(relation.oid, key);
+                                }
+                                Decoded::Type { oid } => {
+                                    // A domain created since we connected: Type
+                                    // comes before the Relation that uses it.
+                                    if types_looked_up.insert(oid) {
+                                        resolve_type(&catalog, &mut decoder, oid).await?;
                                     }
                                 }
                                 Decoded::Other => {}
@@ -478,9 +614,66 @@ impl Session<'_> {
         if !self.options.advance_slot {
             return;
         }
-        if self.flushed.is_none_or(|f| position > f) {
+        if self.memory.flushed.is_none_or(|f| position > f) {
             stream.set_durable(position);
-            *self.flushed = Some(position);
+            self.memory.flushed = Some(position);
+        }
+    }
+
+    /// The configured status interval, clamped below the
+    /// `wal_sender_timeout` of this very walsender (warned about once).
+    async fn status_interval(
+        &mut self,
+        client: &mut ReplicationClient,
+    ) -> Result<Duration, CaptureError> {
+        let configured = self.options.status_interval;
+        // Asked on the replication connection itself: role, database and
+        // URL `options` settings all apply to it. pg_settings gives
+        // milliseconds whatever unit SHOW would print.
+        let rows = client
+            .simple_query("SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'")
+            .await?;
+        let millis = rows
+            .first()
+            .and_then(|row| row.first())
+            .and_then(|value| value.as_deref())
+            .and_then(|text| text.parse::<u64>().ok());
+        let Some(millis) = millis else {
+            warn!(rows = ?rows, "cannot read wal_sender_timeout; keeping postgres.status_interval_ms as configured");
+            return Ok(configured);
+        };
+        let timeout = Duration::from_millis(millis);
+        let Some(clamped) = bounded_status_interval(configured, timeout) else {
+            return Ok(configured);
+        };
+        if !std::mem::replace(&mut self.memory.clamp_warned, true) {
+            warn!(
+                status_interval_ms = configured.as_millis() as u64,
+                wal_sender_timeout_ms = timeout.as_millis() as u64,
+                using_ms = clamped.as_millis() as u64,
+                "postgres.status_interval_ms is not below the server's wal_sender_timeout; \
+                 using half the timeout instead (set postgres.status_interval_ms lower to silence this)"
+            );
+        }
+        Ok(clamped)
+    }
+
+    /// Logs a table outside `postgres.tables` once per process at info
+    /// (again at debug on later Relation messages).
+    fn note_filtered(&mut self, relation: &RelationInfo, table: &str) {
+        let name = (relation.schema.clone(), relation.table.clone());
+        if self.memory.filtered_tables.insert(name) {
+            info!(
+                table,
+                publications = ?self.options.publications,
+                "the publication sends changes of a table outside postgres.tables; \
+                 they are filtered out (narrow the publication to stop sending them: see `walcast check`)"
+            );
+        } else {
+            debug!(
+                table,
+                "filtering changes of a table outside postgres.tables"
+            );
         }
     }
 }
@@ -569,6 +762,42 @@ mod tests {
         let lag = stats.commit_to_publish_lag();
         assert_eq!(lag.count, 3);
         assert!(lag.sum_seconds >= 4.0, "{lag:?}");
+    }
+
+    #[test]
+    fn status_interval_stays_below_wal_sender_timeout() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(bounded_status_interval(ten, Duration::from_secs(60)), None);
+        assert_eq!(
+            bounded_status_interval(ten, Duration::ZERO),
+            None,
+            "disabled"
+        );
+        assert_eq!(
+            bounded_status_interval(ten, ten),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            bounded_status_interval(ten, Duration::from_secs(4)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            bounded_status_interval(ten, Duration::from_millis(1)),
+            Some(Duration::from_millis(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn metered_sink_counts_filtered_changes_by_op() {
+        let stats = CaptureStats::default();
+        let mut inner = Immediate::default();
+        let mut sink = Metered::new(&mut inner, stats.clone());
+        sink.filtered(Op::Insert);
+        sink.filtered(Op::Insert);
+        sink.filtered(Op::Truncate);
+        assert_eq!(stats.filtered(), [(Op::Insert, 2), (Op::Truncate, 1)]);
+        assert!(inner.sent.is_empty());
+        assert!(stats.decoded().is_empty());
     }
 
     #[test]

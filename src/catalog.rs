@@ -1,11 +1,12 @@
 //! Ordinary SQL against the captured database: the catalog questions the
-//! other stages ask (primary keys, slots, publications, server settings) and
-//! the idempotent setup of schema, publication and slot.
+//! other stages ask (primary keys, domains, slots, publications, server
+//! settings) and the idempotent setup of schema, publication and slot.
 //!
 //! This is a plain `tokio-postgres` connection, never the replication
 //! connection (`wal`), and it holds no state beyond the connection.
 
 use std::fmt;
+use std::time::Duration;
 
 use tokio_postgres::Client;
 use tracing::warn;
@@ -246,6 +247,85 @@ impl Catalog {
                 })
                 .collect(),
         ))
+    }
+
+    /// Whether a publication is `FOR ALL TABLES` (`None` when it does not
+    /// exist). Such a publication sends every table, today's and future
+    /// ones, and cannot be narrowed with ALTER PUBLICATION.
+    pub async fn publication_is_for_all_tables(
+        &self,
+        publication: &str,
+    ) -> Result<Option<bool>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// The server's `wal_sender_timeout` as this session sees it (role and
+    /// database settings included, as for the replication connection);
+    /// zero means disabled.
+    pub async fn wal_sender_timeout(&self) -> Result<Duration, CatalogError> {
+        // pg_settings gives the value in its base unit (ms), whatever unit
+        // SHOW would print it in.
+        let row = self
+            .client
+            .query_one(
+                "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                &[],
+            )
+            .await?;
+        let millis: i64 = row.get(0);
+        Ok(Duration::from_millis(u64::try_from(millis).unwrap_or(0)))
+    }
+
+    /// Every domain, and every array of a domain, paired with the type
+    /// whose values it holds: its base type (through domains over domains),
+    /// or the base type's array type. pgoutput names a column's domain, not
+    /// its base type, so the decoder needs this to type the values.
+    pub async fn domain_base_types(&self) -> Result<Vec<(u32, u32)>, CatalogError> {
+        let rows = self
+            .client
+            .query(
+                "WITH RECURSIVE chain(domain, base, depth) AS ( \
+                     SELECT oid, typbasetype, 1 FROM pg_type WHERE typtype = 'd' \
+                   UNION ALL \
+                     SELECT chain.domain, t.typbasetype, chain.depth + 1 \
+                     FROM chain JOIN pg_type t ON t.oid = chain.base \
+                     WHERE t.typtype = 'd' AND chain.depth < 64) \
+                 SELECT d.oid, b.oid, d.typarray, b.typarray \
+                 FROM chain \
+                 JOIN pg_type d ON d.oid = chain.domain \
+                 JOIN pg_type b ON b.oid = chain.base \
+                 WHERE b.typtype <> 'd'",
+                &[],
+            )
+            .await?;
+        let mut aliases = Vec::with_capacity(rows.len() * 2);
+        for row in rows {
+            let (domain, base, domain_array, base_array): (u32, u32, u32, u32) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            aliases.push((domain, base));
+            // 0: no array type (a domain over an array has none of its own
+            // base array to map to).
+            if domain_array != 0 && base_array != 0 {
+                aliases.push((domain_array, base_array));
+            }
+        }
+        Ok(aliases)
+    }
+
+    /// Whether type `oid` is visible in `pg_type` to this session.
+    pub async fn type_exists(&self, oid: u32) -> Result<bool, CatalogError> {
+        let row = self
+            .client
+            .query_opt("SELECT 1 FROM pg_type WHERE oid = $1", &[&oid])
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Applies the shipped schema (idempotent: every statement is guarded).

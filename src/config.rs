@@ -90,6 +90,9 @@ pub struct PostgresConfig {
     pub sslcert: String,
     /// PEM file of the client certificate's private key.
     pub sslkey: String,
+    /// A moved confirmed position is reported to Postgres within this many
+    /// milliseconds (bounds what a crash re-sends).
+    pub feedback_interval_ms: u64,
 }
 
 impl Default for PostgresConfig {
@@ -107,6 +110,7 @@ impl Default for PostgresConfig {
             sslrootcert: String::new(),
             sslcert: String::new(),
             sslkey: String::new(),
+            feedback_interval_ms: 1_000,
         }
     }
 }
@@ -424,6 +428,7 @@ impl fmt::Debug for PostgresConfig {
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)
             .field("sslkey", &self.sslkey)
+            .field("feedback_interval_ms", &self.feedback_interval_ms)
             .finish()
     }
 }
@@ -630,6 +635,12 @@ impl Config {
             problem(
                 "postgres.application_name",
                 "must be 1 to 63 characters".into(),
+            );
+        }
+        if !(100..=3_600_000).contains(&pg.feedback_interval_ms) {
+            problem(
+                "postgres.feedback_interval_ms",
+                format!("{} is out of range 100..=3600000", pg.feedback_interval_ms),
             );
         }
 

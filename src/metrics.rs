@@ -181,6 +181,7 @@ impl Metrics {
     ///   `walcast_capture_commit_to_publish_lag_seconds` (histogram),
     ///   `walcast_capture_last_commit_to_publish_lag_seconds`,
     ///   `walcast_capture_durable_lsn`,
+    ///   `walcast_capture_changes_filtered_total{op}`,
     ///   `walcast_publisher_{published,confirmed}_total{table,op}`,
     ///   `walcast_publisher_oversize_total{table,op}`,
     ///   `walcast_publisher_{nacks,republished,returned,refused,reconnects}_total`,
@@ -305,6 +306,15 @@ fn render_capture(out: &mut Exposition, capture: &CaptureStats) {
             "WAL position (bytes) up to which RabbitMQ confirmed every change; reported to Postgres as flushed.",
             lsn.0,
         );
+    }
+    let name = "walcast_capture_changes_filtered_total";
+    out.family(
+        name,
+        Kind::Counter,
+        "Changes of tables outside postgres.tables that the publication sent and walcast left out, by op.",
+    );
+    for (op, count) in capture.filtered() {
+        out.sample(name, &[("op", op.as_str())], count);
     }
 }
 

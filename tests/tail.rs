@@ -178,7 +178,7 @@ async fn every_type_family_maps_to_the_documented_json() {
             ARRAY['2026-11-22 05:01:00'::timestamp, 'infinity'])"#,
     )
     .await;
-    let mut tail = db.tail(&[]);
+    let mut tail = db.tail(&["--tables", "public.orders,public.types"]);
     // One event is one line, even with newlines inside a json value.
     let line = tail.try_next_line(WAIT).await.expect("an event line");
     let event: Value = serde_json::from_str(&line)
@@ -292,7 +292,7 @@ async fn unchanged_toast_values_are_listed_and_filled_from_the_old_row() {
     let body = db.psql("SELECT body FROM docs_full WHERE id = 1").await;
     assert!(body.len() > 8 * 1024);
 
-    let mut tail = db.tail(&[]);
+    let mut tail = db.tail(&["--tables", "public.docs_full,public.docs_default"]);
     let events = tail.events(4, WAIT).await;
     let full = &events[2];
     assert_eq!(full["table"], "docs_full");

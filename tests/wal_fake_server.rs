@@ -137,6 +137,7 @@ async fn start(
             start: Lsn::ZERO,
             publications: vec!["p".into()],
             status_interval: Duration::from_secs(60),
+            feedback_interval: Duration::from_secs(60),
         }),
     )
     .await

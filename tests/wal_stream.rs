@@ -193,6 +193,9 @@ fn start_options(slot: &str, status_interval: Duration) -> StartOptions {
         start: Lsn::ZERO,
         publications: vec![PUBLICATION.into()],
         status_interval,
+        // Only the status clock, as the tests of it expect; the feedback
+        // clock has its own test.
+        feedback_interval: status_interval,
     }
 }
 
@@ -426,6 +429,54 @@ async fn streams_a_transaction_and_moves_the_slot_exactly_to_the_durable_positio
         slot_state(&sql, &slot).await.unwrap().confirmed_flush,
         end_lsn
     );
+}
+
+/// The feedback clock: a durable position that moved reaches the slot in
+/// about `feedback_interval`, although the status clock (an hour here)
+/// would not send anything before the test ends. What Postgres has been
+/// told is what it resends after a crash, so this bounds duplicates.
+#[tokio::test]
+async fn a_moved_durable_position_is_reported_within_the_feedback_interval() {
+    let db = TestDb::create().await;
+    let sql = create_table_and_publication(&db).await;
+    let slot = unique("slot");
+    let mut client = db.replication().await;
+    client.create_slot(&slot, false).await.unwrap();
+    let options = StartOptions {
+        feedback_interval: Duration::from_millis(200),
+        ..start_options(&slot, Duration::from_secs(3600))
+    };
+    let mut stream = within("starting replication", client.start_replication(options))
+        .await
+        .unwrap();
+    // Well inside the server's keepalive clock (wal_sender_timeout / 2, 30 s
+    // by default), whose replies would also carry the position; ten times
+    // the feedback interval for a loaded machine.
+    const REPORTED_WITHIN: Duration = Duration::from_secs(10);
+    for round in 0..3 {
+        sql.batch_execute(&format!("INSERT INTO items VALUES ({round}, 'x')"))
+            .await
+            .unwrap();
+        let transaction = next_transaction(&mut stream).await;
+        let end_lsn = commit_end_lsn(transaction.last().unwrap());
+        stream.set_durable(end_lsn);
+        let reached = timeout(REPORTED_WITHIN, async {
+            loop {
+                let state = slot_state(&sql, &slot).await.unwrap();
+                if state.confirmed_flush >= end_lsn {
+                    return state.confirmed_flush;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert_eq!(
+            reached.ok(),
+            Some(end_lsn),
+            "round {round}: the slot did not reach the durable position within {REPORTED_WITHIN:?}"
+        );
+    }
+    within("shutting down", stream.shutdown()).await.unwrap();
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(Decoded::Change(event)) => {
                 event.to_json();
             }
-            Ok(Decoded::Truncate(events)) => {
+            Ok(Decoded::Truncate { events, .. }) => {
                 for event in events {
                     event.to_json();
                 }

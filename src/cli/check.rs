@@ -2,7 +2,9 @@
 //! fix it, before anything streams.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use crate::capture::bounded_status_interval;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{quote_identifier, Config, TableName};
 use crate::pg::{PgConfig, SslMode};
@@ -282,6 +284,8 @@ async fn checks(
     let keep = catalog.setting("max_slot_wal_keep_size").await?;
     let (level, message) = wal_keep_finding(&keep);
     report.add(level, message);
+
+    capture_findings(config, catalog, report).await?;
     Ok(())
 }
 
@@ -371,6 +375,122 @@ fn encryption_finding(remote_hosts: &[String], mode: SslMode, encrypted: bool) -
     }
 }
 
+/// What the capture itself depends on: that the publication sends no table
+/// beyond `postgres.tables`, and that the status interval is below the
+/// server's `wal_sender_timeout`.
+async fn capture_findings(
+    config: &Config,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<(), CatalogError> {
+    let pg = &config.postgres;
+    if let (Some(all_tables), Some(published)) = (
+        catalog
+            .publication_is_for_all_tables(&pg.publication)
+            .await?,
+        catalog.publication_tables(&pg.publication).await?,
+    ) {
+        let (level, message) =
+            publication_scope_finding(&pg.publication, all_tables, &published, &config.tables());
+        report.add(level, message);
+    }
+    let timeout = catalog.wal_sender_timeout().await?;
+    let (level, message) = status_interval_finding(pg.status_interval_ms, timeout);
+    report.add(level, message);
+    Ok(())
+}
+
+/// Fails when the publication covers tables outside the configured ones:
+/// walcast filters them out, but their rows still leave the database on
+/// the replication connection, and a publication is the place to say what
+/// may leave. Pure, for the tests.
+fn publication_scope_finding(
+    publication: &str,
+    all_tables: bool,
+    published: &[TableName],
+    configured: &[TableName],
+) -> (Level, String) {
+    let extra: Vec<String> = published
+        .iter()
+        .filter(|table| !configured.contains(table))
+        .map(ToString::to_string)
+        .collect();
+    let configured_list = configured
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let quoted = quote_identifier(publication);
+    let shown = |tables: &[String]| {
+        const SHOWN: usize = 10;
+        let mut text = tables
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if tables.len() > SHOWN {
+            text.push_str(&format!(" and {} more", tables.len() - SHOWN));
+        }
+        text
+    };
+    if all_tables {
+        let covers = if extra.is_empty() {
+            "every table, including those created later".to_owned()
+        } else {
+            format!("every table, including {}", shown(&extra))
+        };
+        return (
+            Level::Fail,
+            format!(
+                "publication {publication:?} is FOR ALL TABLES: it sends {covers} over the replication connection (walcast filters them out, but only postgres.tables should leave the database); a FOR ALL TABLES publication cannot be narrowed, so recreate it in one transaction (the slot must never see it missing): BEGIN; DROP PUBLICATION {quoted}; CREATE PUBLICATION {quoted} FOR TABLE {configured_list}; COMMIT;"
+            ),
+        );
+    }
+    if extra.is_empty() {
+        return (
+            Level::Ok,
+            format!("publication {publication} covers no table beyond postgres.tables"),
+        );
+    }
+    (
+        Level::Fail,
+        format!(
+            "publication {publication:?} also covers {} (not in postgres.tables): their changes leave the database over the replication connection (walcast filters them out); run ALTER PUBLICATION {quoted} SET TABLE {configured_list}, or add them to postgres.tables if walcast should publish them",
+            shown(&extra)
+        ),
+    )
+}
+
+/// Warns when `postgres.status_interval_ms` is not below the server's
+/// `wal_sender_timeout` (zero: disabled), since the capture then uses half
+/// the timeout instead. Pure, for the tests.
+fn status_interval_finding(
+    status_interval_ms: u64,
+    wal_sender_timeout: Duration,
+) -> (Level, String) {
+    let configured = Duration::from_millis(status_interval_ms);
+    let timeout_ms = wal_sender_timeout.as_millis();
+    match bounded_status_interval(configured, wal_sender_timeout) {
+        None if wal_sender_timeout.is_zero() => (
+            Level::Ok,
+            format!("postgres.status_interval_ms is {status_interval_ms} (wal_sender_timeout is disabled)"),
+        ),
+        None => (
+            Level::Ok,
+            format!("postgres.status_interval_ms ({status_interval_ms}) is below wal_sender_timeout ({timeout_ms} ms)"),
+        ),
+        Some(clamped) => (
+            Level::Warn,
+            format!(
+                "postgres.status_interval_ms ({status_interval_ms}) is not below the server's wal_sender_timeout ({timeout_ms} ms): walcast will send status updates every {} ms instead; set postgres.status_interval_ms below {timeout_ms} (e.g. {}), or raise wal_sender_timeout",
+                clamped.as_millis(),
+                clamped.as_millis()
+            ),
+        ),
+    }
+}
+
 /// The finding for `max_slot_wal_keep_size` as `SHOW` prints it (`-1` when
 /// unset, otherwise a size such as `4GB`). Pure, so the unset case is
 /// tested without a server configured that way.
@@ -388,6 +508,63 @@ fn wal_keep_finding(keep: &str) -> (Level, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tables(names: &[&str]) -> Vec<TableName> {
+        names.iter().map(|n| TableName::parse(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_publication_beyond_the_configured_tables_fails_with_the_fix() {
+        let configured = tables(&["public.orders"]);
+        let (level, message) =
+            publication_scope_finding("walcast", false, &tables(&["public.orders"]), &configured);
+        assert_eq!(level, Level::Ok, "{message}");
+
+        let shared = tables(&["public.orders", "public.users", "shop.items"]);
+        let (level, message) = publication_scope_finding("walcast", false, &shared, &configured);
+        assert_eq!(level, Level::Fail);
+        assert!(message.contains("public.users, shop.items"), "{message}");
+        assert!(
+            message.contains(r#"ALTER PUBLICATION "walcast" SET TABLE "public"."orders""#),
+            "{message}"
+        );
+
+        let (level, message) = publication_scope_finding("walcast", true, &shared, &configured);
+        assert_eq!(level, Level::Fail);
+        assert!(message.contains("FOR ALL TABLES"), "{message}");
+        assert!(message.contains("public.users"), "{message}");
+        assert!(
+            message.contains(r#"BEGIN; DROP PUBLICATION "walcast"; CREATE PUBLICATION "walcast" FOR TABLE "public"."orders"; COMMIT;"#),
+            "{message}"
+        );
+        // Even when today it holds only the configured tables.
+        let (level, _) = publication_scope_finding("walcast", true, &configured, &configured);
+        assert_eq!(level, Level::Fail);
+
+        let many: Vec<TableName> = (0..25)
+            .map(|i| TableName::parse(&format!("t{i:02}")).unwrap())
+            .collect();
+        let (_, message) = publication_scope_finding("walcast", false, &many, &configured);
+        assert!(message.contains("and 15 more"), "{message}");
+    }
+
+    #[test]
+    fn a_status_interval_at_or_above_wal_sender_timeout_warns() {
+        let (level, message) = status_interval_finding(10_000, Duration::from_secs(60));
+        assert_eq!(level, Level::Ok, "{message}");
+        let (level, _) = status_interval_finding(10_000, Duration::ZERO);
+        assert_eq!(level, Level::Ok);
+        for timeout in [Duration::from_secs(10), Duration::from_secs(5)] {
+            let (level, message) = status_interval_finding(10_000, timeout);
+            assert_eq!(level, Level::Warn);
+            let half = timeout.as_millis() / 2;
+            assert!(message.contains(&format!("every {half} ms")), "{message}");
+            assert!(
+                message.contains(&format!("below {}", timeout.as_millis())),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn plain_connections_off_this_machine_warn_with_the_fix() {

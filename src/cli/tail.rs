@@ -50,10 +50,12 @@ pub async fn run(
         application_name: config.postgres.application_name.clone(),
         slot: slot.clone(),
         publications: vec![config.postgres.publication.clone()],
+        tables: config.tables(),
         start: args.from.unwrap_or(Lsn::ZERO),
         advance_slot: !args.peek,
         create_temporary_slot: args.temporary,
         status_interval: Duration::from_millis(config.postgres.status_interval_ms),
+        feedback_interval: Duration::from_millis(config.postgres.feedback_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: None,
     };

@@ -52,6 +52,9 @@ pub(crate) struct RelationMessage<'a> {
     /// Empty for `pg_catalog`, as the protocol sends it.
     pub namespace: &'a str,
     pub name: &'a str,
+    /// `relreplident`: `d` default (primary key), `n` nothing, `f` full,
+    /// `i` index.
+    pub replica_identity: u8,
     pub columns: Vec<RelationColumn<'a>>,
 }
 
@@ -316,7 +319,7 @@ fn parse_relation<'a>(cursor: &mut Cursor<'a>) -> Result<RelationMessage<'a>, De
     let oid = cursor.u32("relation oid")?;
     let namespace = cursor.cstr("namespace")?;
     let name = cursor.cstr("relation name")?;
-    cursor.u8("replica identity")?;
+    let replica_identity = cursor.u8("replica identity")?;
     let count = cursor.i16("column count")?;
     let count = usize::try_from(count)
         .map_err(|_| cursor.error("column count", format!("negative ({count})")))?;
@@ -338,6 +341,7 @@ fn parse_relation<'a>(cursor: &mut Cursor<'a>) -> Result<RelationMessage<'a>, De
         oid,
         namespace,
         name,
+        replica_identity,
         columns,
     })
 }

@@ -9,6 +9,13 @@
 //! custom type cache (Type messages) and the current transaction, which
 //! gives every change its `xid`, commit LSN, commit time and ordinal.
 //!
+//! Three things the protocol does not say come from the caller, who reads
+//! them from the catalog: which tables to capture ([`Decoder::set_tables`];
+//! the changes of any other table come back as [`Decoded::Filtered`], never
+//! decoded), the primary key ([`Decoder::set_key_columns`]), and the base
+//! type of a domain ([`Decoder::set_type_aliases`]; pgoutput names only the
+//! domain).
+//!
 //! It never does I/O and never panics on input: anything malformed, truncated
 //! or inconsistent with the cached relation is a [`DecodeError`]. It does not
 //! know about replication connections, slots or feedback (that is `wal`), nor
@@ -30,7 +37,7 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -100,6 +107,11 @@ pub struct RelationInfo {
     pub oid: u32,
     pub schema: Arc<str>,
     pub table: Arc<str>,
+    /// `relreplident` as the Relation message sent it: `d` default, `n`
+    /// nothing, `f` full, `i` index.
+    pub replica_identity: char,
+    /// Whether its changes are decoded (see [`Decoder::set_tables`]).
+    pub captured: bool,
 }
 
 /// What one pgoutput message meant for the caller.
@@ -107,11 +119,31 @@ pub struct RelationInfo {
 pub enum Decoded {
     Begin(Begin),
     Change(ChangeEvent),
-    /// One event per truncated relation.
-    Truncate(Vec<ChangeEvent>),
+    /// One event per truncated relation that is captured; the relations
+    /// outside the captured set that the same statement truncated are
+    /// listed in `filtered` (they took their ordinals all the same).
+    Truncate {
+        events: Vec<ChangeEvent>,
+        filtered: Vec<RelationInfo>,
+    },
+    /// An insert, update or delete of a relation outside the captured set:
+    /// not decoded, no event. It took an ordinal, so the ids of the other
+    /// changes of its transaction do not depend on which tables are
+    /// captured.
+    Filtered {
+        relation: RelationInfo,
+        op: Op,
+    },
     Commit(Commit),
     Relation(RelationInfo),
-    /// Origin, Type, logical Message: nothing for the caller.
+    /// A Type message described `oid`, which is neither built in nor a
+    /// known domain: the caller may look up whether it is a domain
+    /// ([`Decoder::set_type_aliases`]) before the Relation that uses it.
+    Type {
+        oid: u32,
+    },
+    /// Origin, logical Message, or a Type message for a type already
+    /// known: nothing for the caller.
     Other,
 }
 
@@ -124,6 +156,10 @@ pub struct Decoder {
     key_columns: HashMap<u32, Vec<String>>,
     /// Custom types from Type messages: oid → type name.
     type_names: HashMap<u32, Arc<str>>,
+    /// Domains (and arrays of domains) → the type whose JSON they take.
+    type_aliases: HashMap<u32, u32>,
+    /// `(schema, table)` of the captured tables; `None` captures every one.
+    tables: Option<HashSet<(String, String)>>,
     transaction: Option<Transaction>,
 }
 
@@ -191,11 +227,21 @@ impl Decoder {
             }
             Message::Relation(relation) => Ok(Decoded::Relation(self.cache_relation(relation))),
             Message::Type(type_message) => {
+                let oid = type_message.oid;
                 self.cache_type(type_message);
-                Ok(Decoded::Other)
+                let known =
+                    ValueKind::builtin(oid).is_some() || self.type_aliases.contains_key(&oid);
+                Ok(if known {
+                    Decoded::Other
+                } else {
+                    Decoded::Type { oid }
+                })
             }
             Message::Insert { relation_oid, new } => {
                 let change = self.begin_change("Insert", relation_oid)?;
+                if !change.relation.info.captured {
+                    return change.filtered(Op::Insert);
+                }
                 let event = change.upsert(Op::Insert, wal_start, None, new)?;
                 Ok(Decoded::Change(event))
             }
@@ -205,11 +251,17 @@ impl Decoder {
                 new,
             } => {
                 let change = self.begin_change("Update", relation_oid)?;
+                if !change.relation.info.captured {
+                    return change.filtered(Op::Update);
+                }
                 let event = change.upsert(Op::Update, wal_start, old, new)?;
                 Ok(Decoded::Change(event))
             }
             Message::Delete { relation_oid, old } => {
                 let change = self.begin_change("Delete", relation_oid)?;
+                if !change.relation.info.captured {
+                    return change.filtered(Op::Delete);
+                }
                 Ok(Decoded::Change(change.delete(wal_start, old)?))
             }
             Message::Truncate { relation_oids } => {
@@ -233,28 +285,73 @@ impl Decoder {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut events = Vec::with_capacity(relation_oids.len());
+                let mut filtered = Vec::new();
                 for relation in relations {
-                    let change = Change {
+                    let mut change = Change {
                         message: "Truncate",
                         transaction: &mut *transaction,
                         relation,
                     };
-                    events.push(change.event(Op::Truncate, wal_start, RowParts::default())?);
+                    if relation.info.captured {
+                        events.push(change.event(Op::Truncate, wal_start, RowParts::default())?);
+                    } else {
+                        change.take_ordinal()?;
+                        filtered.push(relation.info.clone());
+                    }
                 }
-                Ok(Decoded::Truncate(events))
+                Ok(Decoded::Truncate { events, filtered })
             }
             Message::Origin | Message::Logical => Ok(Decoded::Other),
         }
     }
 
-    /// Sets the columns that form `key` for relation `oid` (its primary key),
-    /// overriding the replica-identity flags (which cover every column under
-    /// REPLICA IDENTITY FULL).
+    /// Captures only these `(schema, table)` pairs: the changes of every
+    /// other relation come back as [`Decoded::Filtered`] (or in a
+    /// truncate's `filtered` list) without being decoded. Applies to
+    /// Relation messages from now on; set it before streaming.
+    pub fn set_tables<S: Into<String>>(&mut self, tables: impl IntoIterator<Item = (S, S)>) {
+        self.tables = Some(
+            tables
+                .into_iter()
+                .map(|(schema, table)| (schema.into(), table.into()))
+                .collect(),
+        );
+    }
+
+    /// Tells the decoder that type `oid` takes the JSON of type `base`: a
+    /// domain decodes as its base type (a domain over int4 is a number),
+    /// an array of domains as an array of the base type. pgoutput names
+    /// only the domain, so the caller resolves it from the catalog
+    /// (`pg_type.typbasetype`, through domains over domains). Applies to
+    /// relations already cached too. Later calls add to earlier ones.
+    pub fn set_type_aliases(&mut self, aliases: impl IntoIterator<Item = (u32, u32)>) {
+        for (oid, base) in aliases {
+            // An alias to itself would mean nothing; built-in oids keep
+            // their own kind.
+            if oid == base || ValueKind::builtin(oid).is_some() {
+                continue;
+            }
+            if self.type_aliases.insert(oid, base) != Some(base) {
+                self.refresh_column_kinds(oid);
+            }
+        }
+    }
+
+    /// Sets the columns that form `key` for relation `oid` (its primary key).
     ///
-    /// The override outlives later Relation messages for the same oid (an
-    /// ALTER TABLE rarely changes the primary key; call again if it did).
-    /// Names the relation does not have are ignored; an empty list removes
-    /// the override, so the replica-identity flags apply again.
+    /// They are the key only while the replica identity Postgres flags in
+    /// the Relation message contains them all (REPLICA IDENTITY DEFAULT or
+    /// FULL, or an index that includes them), or flags no column at all
+    /// (NOTHING: then only inserts are sent, and the new row holds them);
+    /// otherwise the flagged columns are the key, because a delete's old
+    /// tuple carries only those. So `key` follows what Postgres sends when
+    /// the primary key is dropped or the replica identity moves to another
+    /// index.
+    ///
+    /// The setting outlives later Relation messages for the same oid: call
+    /// again on every Relation message (an empty list removes it, after a
+    /// primary key was dropped). Names the relation does not have are
+    /// ignored.
     pub fn set_key_columns(&mut self, oid: u32, columns: Vec<String>) {
         if columns.is_empty() {
             self.key_columns.remove(&oid);
@@ -296,10 +393,18 @@ impl Decoder {
             })
             .collect();
         mark_key_columns(&mut columns, self.key_columns.get(&message.oid));
+        let captured = self.tables.as_ref().is_none_or(|tables| {
+            // Borrowed lookup without building two Strings per message.
+            tables
+                .iter()
+                .any(|(s, t)| s.as_str() == schema && t.as_str() == message.name)
+        });
         let info = RelationInfo {
             oid: message.oid,
             schema: Arc::from(schema),
             table: Arc::from(message.name),
+            replica_identity: char::from(message.replica_identity),
+            captured,
         };
         let json_keys_len = columns.iter().map(|column| column.json_key.len()).sum();
         self.relations.insert(
@@ -314,28 +419,38 @@ impl Decoder {
     }
 
     fn cache_type(&mut self, message: TypeMessage<'_>) {
-        let name: Arc<str> = Arc::from(message.name);
-        let kind = ValueKind::custom(&name);
-        self.type_names.insert(message.oid, name);
-        if ValueKind::builtin(message.oid).is_some() {
-            // Built-in kinds win, as in `value_kind`.
-            return;
-        }
+        self.type_names.insert(message.oid, Arc::from(message.name));
         // Postgres sends Type before the Relation that uses it, but a type
         // redefined later must still reach relations cached earlier.
+        self.refresh_column_kinds(message.oid);
+    }
+
+    /// Recomputes the kind of every cached column of type `type_oid`.
+    fn refresh_column_kinds(&mut self, type_oid: u32) {
+        let kind = self.value_kind(type_oid);
         for relation in self.relations.values_mut() {
             for column in &mut relation.columns {
-                if column.type_oid == message.oid {
+                if column.type_oid == type_oid {
                     column.kind = kind;
                 }
             }
         }
     }
 
+    /// Built-in kinds win; a domain takes its base type's kind; other
+    /// custom types go by their name (`_name` is an array), else text.
     fn value_kind(&self, type_oid: u32) -> ValueKind {
-        ValueKind::builtin(type_oid).unwrap_or_else(|| match self.type_names.get(&type_oid) {
-            Some(name) => ValueKind::custom(name),
-            None => ValueKind::Scalar(Scalar::Text),
+        let resolved = self.type_aliases.get(&type_oid).copied();
+        let builtin =
+            ValueKind::builtin(type_oid).or_else(|| resolved.and_then(ValueKind::builtin));
+        builtin.unwrap_or_else(|| {
+            let name = resolved
+                .and_then(|base| self.type_names.get(&base))
+                .or_else(|| self.type_names.get(&type_oid));
+            match name {
+                Some(name) => ValueKind::custom(name),
+                None => ValueKind::Scalar(Scalar::Text),
+            }
         })
     }
 
@@ -363,12 +478,23 @@ impl Decoder {
     }
 }
 
-/// `key` is the overriding column list if there is one, else the replica
-/// identity; kept in table order either way.
+/// `key` is the primary key set with `set_key_columns` while the replica
+/// identity covers it (or flags nothing), else the replica identity as
+/// flagged; kept in table order either way.
 fn mark_key_columns(columns: &mut [Column], key_columns: Option<&Vec<String>>) {
-    for column in columns {
-        column.is_key = match key_columns {
-            Some(names) => names.iter().any(|name| **name == *column.name),
+    let in_key =
+        |names: &Vec<String>, column: &Column| names.iter().any(|name| **name == *column.name);
+    let primary_key = key_columns.filter(|names| {
+        let no_identity = columns.iter().all(|column| !column.is_identity);
+        no_identity
+            || columns
+                .iter()
+                .filter(|column| in_key(names, column))
+                .all(|column| column.is_identity)
+    });
+    for column in columns.iter_mut() {
+        column.is_key = match primary_key {
+            Some(names) => in_key(names, column),
             None => column.is_identity,
         };
     }
@@ -521,18 +647,34 @@ impl Change<'_> {
         RowWriter::with_capacity(64)
     }
 
-    /// Numbers the change inside its transaction; only a change that decoded
-    /// completely takes an ordinal.
-    fn event(self, op: Op, lsn: Lsn, rows: RowParts) -> Result<ChangeEvent, DecodeError> {
-        let begin = self.transaction.begin;
+    /// A change of a relation outside the captured set: it takes its
+    /// ordinal and nothing else is decoded.
+    fn filtered(mut self, op: Op) -> Result<Decoded, DecodeError> {
+        self.take_ordinal()?;
+        Ok(Decoded::Filtered {
+            relation: self.relation.info.clone(),
+            op,
+        })
+    }
+
+    /// The next ordinal of the transaction.
+    fn take_ordinal(&mut self) -> Result<u32, DecodeError> {
         let ordinal = self.transaction.next_ordinal;
         self.transaction.next_ordinal = ordinal.checked_add(1).ok_or_else(|| {
             DecodeError::Unsupported(format!(
                 "more than {} changes in transaction {}",
                 u32::MAX,
-                begin.xid
+                self.transaction.begin.xid
             ))
         })?;
+        Ok(ordinal)
+    }
+
+    /// Numbers the change inside its transaction; only a change that decoded
+    /// completely takes an ordinal.
+    fn event(mut self, op: Op, lsn: Lsn, rows: RowParts) -> Result<ChangeEvent, DecodeError> {
+        let begin = self.transaction.begin;
+        let ordinal = self.take_ordinal()?;
         let info = &self.relation.info;
         Ok(ChangeEvent {
             id: EventId {

@@ -95,6 +95,8 @@ fn update_event_json_matches_the_contract_example() {
             oid: ORDERS,
             schema: Arc::from("public"),
             table: Arc::from("orders"),
+            replica_identity: 'd',
+            captured: true,
         })
     );
     // REPLICA IDENTITY FULL flags every column; the caller knows the PK.
@@ -210,10 +212,12 @@ fn begin_is_returned_and_ids_follow_the_transaction() {
         decode(&mut decoder, &wire::logical_message("app", b"hello")),
         Decoded::Other
     );
-    let Decoded::Truncate(events) = decode(&mut decoder, &wire::truncate(&[ORDERS, ITEMS], 1))
+    let Decoded::Truncate { events, filtered } =
+        decode(&mut decoder, &wire::truncate(&[ORDERS, ITEMS], 1))
     else {
         panic!("expected a truncate");
     };
+    assert_eq!(filtered, []);
     for event in &events {
         assert_eq!(event.op, Op::Truncate);
         assert_eq!((&event.key, &event.new, &event.old), (&None, &None, &None));
@@ -584,7 +588,7 @@ fn custom_types_from_type_messages() {
     let mut decoder = Decoder::new();
     assert_eq!(
         decode(&mut decoder, &wire::type_message(70_000, "public", "mood")),
-        Decoded::Other
+        Decoded::Type { oid: 70_000 }
     );
     decode(&mut decoder, &wire::type_message(70_001, "public", "_mood"));
     let columns = [
@@ -664,6 +668,273 @@ fn changes_for_unknown_relations_are_errors() {
         &wire::insert(ORDERS, &[t("1"), t("a"), t("b"), t("c")]),
     );
     assert_eq!(event.id.ordinal, 0);
+}
+
+/// `public.orders` is captured, `public.users` is not: its changes come
+/// back as `Filtered` (not decoded: a tuple that does not even match its
+/// relation is no error), a truncate of both keeps only orders, and the
+/// filtered changes take their ordinals, so the ids of the captured ones
+/// are those an unfiltered decoder would give.
+#[test]
+fn changes_of_tables_outside_the_captured_set_are_filtered() {
+    const USERS: u32 = 16_400;
+    let mut decoder = Decoder::new();
+    decoder.set_tables([("public", "orders")]);
+    let Decoded::Relation(orders) = decode(&mut decoder, &orders_relation(DEFAULT_IDENTITY)) else {
+        panic!("expected a relation");
+    };
+    assert!(orders.captured);
+    let users_relation = wire::relation(
+        USERS,
+        "public",
+        "users",
+        &[(true, "id", 23), (false, "password_hash", 25)],
+    );
+    let Decoded::Relation(users) = decode(&mut decoder, &users_relation) else {
+        panic!("expected a relation");
+    };
+    assert!(!users.captured);
+    // Same name, other schema: not captured either.
+    let Decoded::Relation(other) = decode(
+        &mut decoder,
+        &wire::relation(ITEMS, "shop", "orders", &[(true, "id", 23)]),
+    ) else {
+        panic!("expected a relation");
+    };
+    assert!(!other.captured);
+
+    decode(&mut decoder, &wire::begin(FINAL_LSN, commit_time(), XID));
+    let secret = [t("1"), t("$argon2id$secret")];
+    assert_eq!(
+        decode(&mut decoder, &wire::insert(USERS, &secret)),
+        Decoded::Filtered {
+            relation: users.clone(),
+            op: Op::Insert
+        }
+    );
+    let row = [t("1"), t("a"), t("b"), t("c")];
+    let insert = change(&mut decoder, &wire::insert(ORDERS, &row));
+    assert_eq!(insert.id.ordinal, 1);
+    // Three values for a two-column relation: never looked at.
+    let bad = [t("1"), t("x"), t("y")];
+    assert!(matches!(
+        decode(&mut decoder, &wire::update(USERS, None, &bad)),
+        Decoded::Filtered { op: Op::Update, .. }
+    ));
+    assert!(matches!(
+        decode(&mut decoder, &wire::delete(USERS, b'K', &[t("1"), Null])),
+        Decoded::Filtered { op: Op::Delete, .. }
+    ));
+    let Decoded::Truncate { events, filtered } =
+        decode(&mut decoder, &wire::truncate(&[USERS, ORDERS, ITEMS], 0))
+    else {
+        panic!("expected a truncate");
+    };
+    assert_eq!(filtered, [users, other]);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].qualified_table(), "public.orders");
+    assert_eq!(events[0].id.ordinal, 5);
+    let json = String::from_utf8(insert.to_json()).unwrap();
+    assert!(!json.contains("argon2"), "{json}");
+    let after = change(&mut decoder, &wire::insert(ORDERS, &row));
+    assert_eq!(after.id.ordinal, 7);
+
+    // A table added to the set is captured from its next Relation message.
+    decoder.set_tables([("public", "orders"), ("public", "users")]);
+    let Decoded::Relation(users) = decode(&mut decoder, &users_relation) else {
+        panic!("expected a relation");
+    };
+    assert!(users.captured);
+    let event = change(&mut decoder, &wire::insert(USERS, &secret));
+    assert_eq!(event.id.ordinal, 8);
+}
+
+/// pgoutput names a domain (with a Type message), never its base type; the
+/// caller resolves domains from the catalog and the values get the base
+/// type's JSON: a domain over int4 is a number, over text a string, over
+/// numeric an exact string, over a domain over int8 a number, and an array
+/// of domains an array of the base type.
+#[test]
+fn domains_decode_as_their_base_type() {
+    const POSINT: u32 = 70_100;
+    const POSINT_ARRAY: u32 = 70_101;
+    const EMAIL: u32 = 70_102;
+    const PRICE: u32 = 70_103;
+    const BIG_ID: u32 = 70_104;
+    const LATE: u32 = 70_105;
+    let mut decoder = Decoder::new();
+    // Unknown until the caller says what it is.
+    assert_eq!(
+        decode(
+            &mut decoder,
+            &wire::type_message(POSINT, "public", "posint")
+        ),
+        Decoded::Type { oid: POSINT }
+    );
+    decoder.set_type_aliases([
+        (POSINT, 23),
+        (POSINT_ARRAY, 1007),
+        (EMAIL, 25),
+        (PRICE, 1700),
+        (BIG_ID, 20),
+    ]);
+    // Known now: nothing more to look up.
+    assert_eq!(
+        decode(
+            &mut decoder,
+            &wire::type_message(POSINT, "public", "posint")
+        ),
+        Decoded::Other
+    );
+    for (oid, name) in [
+        (POSINT_ARRAY, "_posint"),
+        (EMAIL, "email"),
+        (PRICE, "price"),
+        (BIG_ID, "big_id"),
+        (LATE, "late"),
+    ] {
+        decode(&mut decoder, &wire::type_message(oid, "public", name));
+    }
+    decode(
+        &mut decoder,
+        &wire::relation(
+            ORDERS,
+            "public",
+            "orders",
+            &[
+                (true, "n", POSINT),
+                (false, "ns", POSINT_ARRAY),
+                (false, "email", EMAIL),
+                (false, "price", PRICE),
+                (false, "big", BIG_ID),
+                (false, "late", LATE),
+            ],
+        ),
+    );
+    // Resolved after the relation was cached: applies all the same.
+    decoder.set_type_aliases([(LATE, 16)]);
+    decode(&mut decoder, &wire::begin(FINAL_LSN, commit_time(), XID));
+    let event = change(
+        &mut decoder,
+        &wire::insert(
+            ORDERS,
+            &[
+                t("42"),
+                t("{1,NULL,3}"),
+                t("a@example.com"),
+                t("12.50"),
+                t("9007199254740993"),
+                t("t"),
+            ],
+        ),
+    );
+    assert_eq!(
+        json(&event.new),
+        r#"{"n":42,"ns":[1,null,3],"email":"a@example.com","price":"12.50","big":9007199254740993,"late":true}"#
+    );
+    assert_eq!(json(&event.key), r#"{"n":42}"#);
+}
+
+/// `key` follows the replica identity Postgres flags once the primary key
+/// no longer covers it: after the primary key is dropped under REPLICA
+/// IDENTITY FULL (the caller then passes an empty list), and under REPLICA
+/// IDENTITY USING INDEX on other columns (a delete's key tuple holds only
+/// those).
+#[test]
+fn key_follows_the_replica_identity_when_the_primary_key_does_not_cover_it() {
+    let mut decoder = decoder_in_transaction(FULL_IDENTITY);
+    decoder.set_key_columns(ORDERS, vec!["id".into()]);
+    let row = [t("7"), t("Ann"), t("new"), Null];
+    assert_eq!(
+        json(&change(&mut decoder, &wire::insert(ORDERS, &row)).key),
+        r#"{"id":7}"#
+    );
+
+    // ALTER TABLE orders DROP CONSTRAINT orders_pkey: a new Relation
+    // message, and the catalog has no primary key any more.
+    decode(
+        &mut decoder,
+        &wire::relation_with_identity(
+            ORDERS,
+            "public",
+            "orders",
+            b'f',
+            &[
+                (true, "id", 23),
+                (true, "customer_name", 25),
+                (true, "status", 25),
+                (true, "note", 25),
+            ],
+        ),
+    );
+    decoder.set_key_columns(ORDERS, vec![]);
+    let event = change(
+        &mut decoder,
+        &wire::update(
+            ORDERS,
+            Some((b'O', &row)),
+            &[t("7"), t("Ann"), t("paid"), Null],
+        ),
+    );
+    assert_eq!(
+        json(&event.key),
+        r#"{"id":7,"customer_name":"Ann","status":"paid","note":null}"#
+    );
+
+    // REPLICA IDENTITY USING INDEX on (customer_name), primary key back on
+    // id: the index is what Postgres flags, and what a delete carries.
+    let Decoded::Relation(info) = decode(
+        &mut decoder,
+        &wire::relation_with_identity(
+            ORDERS,
+            "public",
+            "orders",
+            b'i',
+            &[
+                (false, "id", 23),
+                (true, "customer_name", 25),
+                (false, "status", 25),
+                (false, "note", 25),
+            ],
+        ),
+    ) else {
+        panic!("expected a relation");
+    };
+    assert_eq!(info.replica_identity, 'i');
+    decoder.set_key_columns(ORDERS, vec!["id".into()]);
+    let event = change(
+        &mut decoder,
+        &wire::update(ORDERS, None, &[t("7"), t("Ann"), t("shipped"), Null]),
+    );
+    assert_eq!(json(&event.key), r#"{"customer_name":"Ann"}"#);
+    let event = change(
+        &mut decoder,
+        &wire::delete(ORDERS, b'K', &[Null, t("Ann"), Null, Null]),
+    );
+    assert_eq!(json(&event.key), r#"{"customer_name":"Ann"}"#);
+
+    // REPLICA IDENTITY NOTHING flags nothing (only inserts are sent): the
+    // primary key, taken from the new row, is still the key.
+    decode(
+        &mut decoder,
+        &wire::relation_with_identity(
+            ORDERS,
+            "public",
+            "orders",
+            b'n',
+            &[
+                (false, "id", 23),
+                (false, "customer_name", 25),
+                (false, "status", 25),
+                (false, "note", 25),
+            ],
+        ),
+    );
+    decoder.set_key_columns(ORDERS, vec!["id".into()]);
+    assert_eq!(
+        json(&change(&mut decoder, &wire::insert(ORDERS, &row)).key),
+        r#"{"id":7}"#
+    );
 }
 
 #[test]
@@ -847,7 +1118,7 @@ fn random_and_mutated_messages_never_panic() {
                 decoded_ok += 1;
                 assert!(!event.to_json().is_empty());
             }
-            Ok(Decoded::Truncate(events)) => {
+            Ok(Decoded::Truncate { events, .. }) => {
                 decoded_ok += 1;
                 events
                     .iter()

@@ -59,11 +59,22 @@ pub fn commit(commit_lsn: u64, end_lsn: u64, commit_time: i64) -> Vec<u8> {
 
 /// Columns are (part of the replica identity, name, type oid).
 pub fn relation(oid: u32, namespace: &str, name: &str, columns: &[(bool, &str, u32)]) -> Vec<u8> {
+    relation_with_identity(oid, namespace, name, b'd', columns)
+}
+
+/// `identity` is the replica identity setting: `d`, `n`, `f` or `i`.
+pub fn relation_with_identity(
+    oid: u32,
+    namespace: &str,
+    name: &str,
+    identity: u8,
+    columns: &[(bool, &str, u32)],
+) -> Vec<u8> {
     let mut out = vec![b'R'];
     out.extend_from_slice(&oid.to_be_bytes());
     cstr(&mut out, namespace);
     cstr(&mut out, name);
-    out.push(b'd');
+    out.push(identity);
     out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
     for &(is_key, name, type_oid) in columns {
         out.push(u8::from(is_key));

@@ -415,6 +415,7 @@ mod tests {
             start: Lsn(0x1_0000_00AB),
             publications: vec!["plain".into(), "It's, \"odd\"".into()],
             status_interval: Duration::from_secs(10),
+            feedback_interval: Duration::from_secs(1),
         };
         assert_eq!(
             start_replication_command(&options),

@@ -59,7 +59,14 @@ pub struct StartOptions {
     pub slot: String,
     pub start: Lsn,
     pub publications: Vec<String>,
+    /// How often a standby status update is sent whatever moved (and how
+    /// long the server may stay silent, times four, before the stream is
+    /// declared dead).
     pub status_interval: std::time::Duration,
+    /// A durable position that moved is reported within this long of the
+    /// previous status update (at once after a quieter spell). Bounds what
+    /// Postgres resends after a crash.
+    pub feedback_interval: std::time::Duration,
 }
 
 /// One message of the replication stream.

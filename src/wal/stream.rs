@@ -4,9 +4,17 @@
 //! frames XLogData and keepalives off the read half and is cancel-safe, so
 //! it can sit in a `tokio::select!` beside a shutdown branch. A writer task
 //! owns the write half and sends standby status updates: every
-//! `status_interval`, at once when a keepalive asks for a reply, and a last
-//! one at shutdown. Keeping writes out of `next()` means a cancelled `next()`
-//! can never leave half a message on the wire.
+//! `status_interval`, at once when a keepalive asks for a reply, within
+//! `feedback_interval` of the durable position moving, and a last one at
+//! shutdown. Keeping writes out of `next()` means a cancelled `next()` can
+//! never leave half a message on the wire.
+//!
+//! The feedback clock is what bounds duplicates: after a crash Postgres
+//! resends everything after the last position it was told, so reporting a
+//! moved position within about a second (rather than on the 10 s status
+//! clock) keeps a crash from re-sending more than about a second of
+//! changes. It is rate-limited, so a busy stream costs at most one status
+//! update per `feedback_interval`.
 //!
 //! Status updates report only what the caller declared with
 //! [`ReplicationStream::set_durable`] (write = flush = apply); before any
@@ -25,7 +33,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, trace, warn, Instrument, Span};
 
@@ -55,6 +63,8 @@ struct Shared {
     reported: AtomicU64,
     /// Wakes the writer to answer a keepalive that requested a reply.
     reply_wanted: Notify,
+    /// Wakes the writer when `durable` moved forward.
+    durable_moved: Notify,
 }
 
 /// What the writer hands back when it stops cleanly: the write half (for
@@ -104,6 +114,7 @@ impl ReplicationStream {
             durable: AtomicU64::new(Lsn::ZERO.0),
             reported: AtomicU64::new(Lsn::ZERO.0),
             reply_wanted: Notify::new(),
+            durable_moved: Notify::new(),
         });
         let (stop_writer, stop) = oneshot::channel();
         let task = tokio::spawn(
@@ -111,7 +122,10 @@ impl ReplicationStream {
                 writer,
                 Arc::clone(&shared),
                 Arc::clone(&liveness),
-                options.status_interval,
+                Clocks {
+                    status: options.status_interval,
+                    feedback: options.feedback_interval,
+                },
                 stop,
             )
             .instrument(span.clone()),
@@ -269,7 +283,9 @@ impl ReplicationStream {
     /// backwards.
     pub fn set_durable(&self, lsn: Lsn) {
         let previous = self.shared.durable.fetch_max(lsn.0, Ordering::AcqRel);
-        if lsn.0 < previous {
+        if lsn.0 > previous {
+            self.shared.durable_moved.notify_one();
+        } else if lsn.0 < previous {
             self.span.in_scope(|| {
                 debug!(lsn = %lsn, durable = %Lsn(previous), "ignoring durable position behind the current one")
             });
@@ -379,18 +395,31 @@ async fn drain_until_ready(reader: &mut BackendReader) -> Result<(), WalError> {
     }
 }
 
+/// The writer's two clocks.
+struct Clocks {
+    /// Every this long, a status update whatever moved (it doubles as a
+    /// liveness probe).
+    status: Duration,
+    /// A moved durable position is reported at most this long after the
+    /// previous status update.
+    feedback: Duration,
+}
+
 /// The writer task: sends standby status updates until told to stop, then a
 /// last one and CopyDone.
 async fn run_writer(
     mut io: WriteHalf,
     shared: Arc<Shared>,
     liveness: Arc<Liveness>,
-    status_interval: Duration,
+    clocks: Clocks,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<WriterExit, WalError> {
-    let mut ticker = tokio::time::interval(status_interval);
+    let mut ticker = tokio::time::interval(clocks.status);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut buf = BytesMut::with_capacity(64);
+    let mut last_sent: Option<Instant> = None;
+    // When the durable position moved since the last update: when to report it.
+    let mut feedback_due: Option<Instant> = None;
     loop {
         let reply_requested = tokio::select! {
             biased;
@@ -404,9 +433,28 @@ async fn run_writer(
             _ = shared.reply_wanted.notified() => false,
             // A quiet server is asked to answer, so a dead connection shows
             // up as silence that `next()` turns into an error.
-            _ = ticker.tick() => liveness.silent_for() >= status_interval,
+            _ = ticker.tick() => liveness.silent_for() >= clocks.status,
+            _ = shared.durable_moved.notified(), if feedback_due.is_none() => {
+                // At once after a quiet spell, else one feedback interval
+                // after the last update: at most one per interval.
+                let now = Instant::now();
+                feedback_due = Some(last_sent.map_or(now, |sent| (sent + clocks.feedback).max(now)));
+                continue;
+            }
+            _ = tokio::time::sleep_until(feedback_due.unwrap_or_else(Instant::now)),
+                if feedback_due.is_some() =>
+            {
+                feedback_due = None;
+                if shared.durable.load(Ordering::Acquire) == shared.reported.load(Ordering::Acquire) {
+                    continue;
+                }
+                false
+            }
         };
         send_status(&mut io, &mut buf, &shared, reply_requested).await?;
+        last_sent = Some(Instant::now());
+        // That update carried the durable position as of now.
+        feedback_due = None;
     }
     let reported = send_status(&mut io, &mut buf, &shared, false).await?;
     buf.clear();
