@@ -20,8 +20,9 @@
 use libfuzzer_sys::fuzz_target;
 
 // The decoder and the event type are compiled in directly (see Cargo.toml).
-#[allow(dead_code)]
-#[path = "../../src/event.rs"]
+// `event` re-exports types this target never names, hence `unused_imports`.
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/event/mod.rs"]
 mod event;
 
 #[allow(dead_code)]

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use utoipa::ToSchema;
 
+use super::orders::field_of_constraint;
 use crate::catalog::describe;
 
 /// The body of every error response.
@@ -333,17 +334,6 @@ fn is_connection_trouble(error: &tokio_postgres::Error) -> bool {
     error.is_closed() || KINDS.iter().any(|kind| text.starts_with(kind))
 }
 
-/// `orders_customer_name_check` → `customer_name`, `orders_pkey` → `id`.
-fn field_of_constraint(constraint: &str) -> Option<String> {
-    match constraint {
-        "orders_pkey" => Some("id".into()),
-        "orders_status_check" => Some("status".into()),
-        "orders_customer_name_check" => Some("customer_name".into()),
-        "orders_product_name_check" => Some("product_name".into()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,15 +374,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(body["error"]["field"], "customer_name");
-    }
-
-    #[test]
-    fn constraint_names_map_to_fields() {
-        assert_eq!(field_of_constraint("orders_pkey").as_deref(), Some("id"));
-        assert_eq!(
-            field_of_constraint("orders_product_name_check").as_deref(),
-            Some("product_name")
-        );
-        assert_eq!(field_of_constraint("something_else"), None);
     }
 }
