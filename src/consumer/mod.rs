@@ -47,13 +47,17 @@
 //!
 //! # One consumer per queue
 //!
-//! The consumer is **exclusive** (`basic.consume` with `exclusive`): two
-//! gateways on one queue would each get half of the changes and neither
-//! would notice (the default queue name is per hostname, so two gateways
-//! on one host share it unless `rabbitmq.queue` is set). A gateway whose
-//! queue is taken does not consume at all: the broker's refusal becomes
-//! [`ConsumerError::QueueInUse`], which is logged as an error naming the
-//! fix, shown on `/readyz` ([`ConsumerStatus::refused`]) and retried with
+//! On a classic queue the consumer is **exclusive** (`basic.consume` with
+//! `exclusive`); a quorum queue, which ignores exclusivity, is declared with
+//! `x-single-active-consumer` instead, and a second gateway on it waits as a
+//! standby. Two gateways on one queue would otherwise each get half of the
+//! changes and neither would notice (the default queue name is per hostname,
+//! so two gateways on one host share it unless `rabbitmq.queue` is set). A
+//! gateway whose classic queue is taken does not consume at all: the
+//! broker's refusal becomes [`ConsumerError::QueueInUse`], which is logged
+//! as an error naming the fix, shown on `/readyz` as the state
+//! `queue_in_use` (the text, [`ConsumerStatus::refused`], goes to the log
+//! only) and retried with
 //! backoff, so a gateway started while its predecessor is still stopping
 //! (a rolling restart) takes the queue over once the predecessor's
 //! connection is gone. An exclusive consumer dies with its connection, so a

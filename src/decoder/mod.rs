@@ -3,7 +3,7 @@
 //! [`Decoder::decode`] takes the payload of one XLogData message (a pgoutput
 //! protocol version 1 message) and returns what it meant: a transaction
 //! boundary, a relation description, or a typed [`ChangeEvent`] in the
-//! contract's shape (`../shared/contract.md` section 1). The decoder keeps
+//! contract's shape (`docs/protocol.md` section 1). The decoder keeps
 //! the state the protocol relies on: the relation cache (Relation messages
 //! are sent once per table per session and again after ALTER TABLE), the
 //! custom type cache (Type messages) and the current transaction, which

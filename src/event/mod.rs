@@ -1,7 +1,7 @@
 //! The change event: the one type every stage after the decoder speaks.
 //!
 //! A [`ChangeEvent`] is one committed row change (or one truncated table).
-//! It has exactly one JSON encoding, the one in `../shared/contract.md`
+//! It has exactly one JSON encoding, the one in `docs/protocol.md`
 //! section 1, produced by [`ChangeEvent::to_json`]; every hop (stdout of
 //! `walcast tail`, the RabbitMQ body, the Socket.IO payload) carries those same
 //! bytes. An event too large to publish goes out as its `oversize` stub

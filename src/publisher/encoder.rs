@@ -4,7 +4,7 @@
 //! same message, which is what makes republishing after a reconnect safe
 //! (consumers dedupe by `message_id`). The body is serialized exactly once,
 //! with [`ChangeEvent::write_json`], so it is byte for byte the contract's
-//! event (`../shared/contract.md` section 2). An event whose encoding
+//! event (`docs/protocol.md` section 2). An event whose encoding
 //! exceeds `rabbitmq.max_event_bytes` is encoded as its `oversize` stub
 //! instead ([`encode_within`]), which is still the contract's event.
 //!
