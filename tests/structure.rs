@@ -286,7 +286,10 @@ fn no_production_file_is_over_600_lines_before_its_tests() {
         println!("  {lines:>5}  {path}");
     }
     let over: Vec<_> = sizes.iter().filter(|(n, _)| *n > MAX_FILE_LINES).collect();
-    assert!(over.is_empty(), "files over {MAX_FILE_LINES} lines: {over:?}");
+    assert!(
+        over.is_empty(),
+        "files over {MAX_FILE_LINES} lines: {over:?}"
+    );
 }
 
 #[test]
@@ -297,26 +300,42 @@ fn no_function_is_over_120_lines() {
             all.push((len, format!("{}:{line} {name}", source.path)));
         }
     }
-    assert!(all.len() > 100, "the function scan found too little: {}", all.len());
+    assert!(
+        all.len() > 100,
+        "the function scan found too little: {}",
+        all.len()
+    );
     all.sort_by(|a, b| b.cmp(a));
     println!("longest functions:");
     for (len, at) in all.iter().take(10) {
         println!("  {len:>5}  {at}");
     }
     let over: Vec<_> = all.iter().filter(|(n, _)| *n > MAX_FN_LINES).collect();
-    assert!(over.is_empty(), "functions over {MAX_FN_LINES} lines: {over:?}");
+    assert!(
+        over.is_empty(),
+        "functions over {MAX_FN_LINES} lines: {over:?}"
+    );
 }
 
 #[test]
 fn top_level_modules_have_no_import_cycle() {
     let graph = module_graph(&sources());
-    assert!(graph.len() > 5, "the module scan found too little: {graph:?}");
+    assert!(
+        graph.len() > 5,
+        "the module scan found too little: {graph:?}"
+    );
     println!("top-level module imports:");
     for (from, to) in &graph {
-        println!("  {from} -> {}", to.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "  {from} -> {}",
+            to.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     let found = cycles(&graph);
-    assert!(found.is_empty(), "import cycles between top-level modules: {found:?}");
+    assert!(
+        found.is_empty(),
+        "import cycles between top-level modules: {found:?}"
+    );
 }
 
 #[test]

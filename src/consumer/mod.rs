@@ -93,9 +93,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    Acker, BasicProperties, Channel, Connection, Event, ExchangeKind,
-};
+use lapin::{Acker, BasicProperties, Channel, Connection, Event, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 

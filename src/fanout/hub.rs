@@ -1105,7 +1105,8 @@ mod tests {
             );
         }
         assert_eq!(
-            hub.deliver(change(2, "orders", Some(2), 10), SOURCE).unwrap(),
+            hub.deliver(change(2, "orders", Some(2), 10), SOURCE)
+                .unwrap(),
             Delivered::Duplicate
         );
         let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
@@ -1117,10 +1118,12 @@ mod tests {
     fn since_replays_what_is_held_then_goes_live_without_a_seam() {
         let hub = hub();
         for n in 1..=5 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
         }
         let socket = attach(&hub, 100, StartAt::Since(id(2)));
-        hub.deliver(change(6, "orders", Some(1), 10), SOURCE).unwrap();
+        hub.deliver(change(6, "orders", Some(1), 10), SOURCE)
+            .unwrap();
         let ids: Vec<String> = (3..=6).map(|n| id(n).to_string()).collect();
         assert_eq!(socket.change_ids(), ids);
     }
@@ -1132,7 +1135,8 @@ mod tests {
             ..HubOptions::default()
         });
         for n in 1..=5 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
         }
         let socket = attach(&hub, 100, StartAt::Since(id(1)));
         let sent = socket.sent();
@@ -1147,10 +1151,12 @@ mod tests {
         let hub = hub();
         let slow = attach(&hub, 1, StartAt::Live);
         let fast = attach(&hub, 100, StartAt::Live);
-        hub.deliver(change(1, "orders", Some(1), 10), SOURCE).unwrap();
+        hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
+            .unwrap();
         // No room left in `slow`: detached, then its disconnect waits for
         // room, which the test gives it.
-        hub.deliver(change(2, "orders", Some(1), 10), SOURCE).unwrap();
+        hub.deliver(change(2, "orders", Some(1), 10), SOURCE)
+            .unwrap();
         assert_eq!(hub.stats().snapshot().slow_disconnects, 1);
         assert_eq!(hub.stats().snapshot().connected_sockets, 1);
         assert_eq!(fast.change_ids().len(), 2);
@@ -1171,7 +1177,8 @@ mod tests {
         let gone = attach(&hub, 100, StartAt::Live);
         gone.close();
         assert_eq!(
-            hub.deliver(change(1, "orders", Some(1), 10), SOURCE).unwrap(),
+            hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
+                .unwrap(),
             Delivered::Fanned { sockets: 0 }
         );
         assert_eq!(hub.stats().snapshot().connected_sockets, 0);
@@ -1181,7 +1188,8 @@ mod tests {
     async fn a_long_replay_waits_for_room_and_finishes() {
         let hub = hub();
         for n in 1..=50 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
         }
         let socket = attach(&hub, 10, StartAt::Since(id(1)));
         let mut got = socket.change_ids();
@@ -1222,7 +1230,8 @@ mod tests {
             json!({"table": "public.items", "key": {"id": 7}}),
         )
         .unwrap();
-        hub.deliver(change(1, "orders", Some(8), 10), SOURCE).unwrap();
+        hub.deliver(change(1, "orders", Some(8), 10), SOURCE)
+            .unwrap();
         hub.deliver(change(2, "orders", None, 11), SOURCE).unwrap();
         assert_eq!(row.change_ids(), vec![id(2).to_string()]);
         assert!(other_table.change_ids().is_empty());
@@ -1243,12 +1252,15 @@ mod tests {
         // The client's listing saw every transaction below 105.
         let client = attach(&hub, 100, StartAt::Snapshot("105:105:".parse().unwrap()));
         // Invisible to the snapshot: sent.
-        hub.deliver(change(10, "orders", Some(1), 106), SOURCE).unwrap();
+        hub.deliver(change(10, "orders", Some(1), 106), SOURCE)
+            .unwrap();
         // A republish after a nack, overtaken by change 10: its transaction
         // (xid 104) is in the listing already, so it must not be sent.
-        hub.deliver(change(5, "orders", Some(2), 104), SOURCE).unwrap();
+        hub.deliver(change(5, "orders", Some(2), 104), SOURCE)
+            .unwrap();
         // A late one the snapshot does not see is sent.
-        hub.deliver(change(6, "orders", Some(3), 107), SOURCE).unwrap();
+        hub.deliver(change(6, "orders", Some(3), 107), SOURCE)
+            .unwrap();
         assert_eq!(
             client.change_ids(),
             vec![id(10).to_string(), id(6).to_string()]
@@ -1270,7 +1282,8 @@ mod tests {
         // Room for 1000 packets: only the bytes tell that it does not read.
         let stuck = attach(&hub, 1000, StartAt::Live);
         for n in 1..=11 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
         }
         assert_eq!(stuck.change_ids().len(), 10);
         let (reason, count) = hub.stats().disconnects()[1];
@@ -1291,7 +1304,8 @@ mod tests {
         });
         let reader = attach(&hub, 16, StartAt::Live);
         for n in 1..=200 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
             reader.drain(16);
         }
         assert_eq!(hub.stats().snapshot().connected_sockets, 1);
@@ -1302,7 +1316,8 @@ mod tests {
         let size = change(1, "orders", Some(1), 10).raw.get().len();
         let hub = budget_hub(size * 10);
         for n in 1..=100 {
-            hub.deliver(change(n, "orders", Some(1), 10), SOURCE).unwrap();
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
         }
         let socket = attach(&hub, 1000, StartAt::Since(id(1)));
         let got = socket.change_ids();
@@ -1334,7 +1349,8 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("max_key_bytes"), "{err}");
         // Still in "everything" mode: the refused subscribe changed nothing.
-        hub.deliver(change(1, "items", Some(1), 10), SOURCE).unwrap();
+        hub.deliver(change(1, "items", Some(1), 10), SOURCE)
+            .unwrap();
         assert_eq!(socket.change_ids().len(), 1);
         subscribe(&hub, &socket, json!({"table": "public.a"})).unwrap();
         subscribe(&hub, &socket, json!({"table": "public.b"})).unwrap();
