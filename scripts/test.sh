@@ -54,7 +54,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
-# The fuzz target compiles src/decoder and src/event.rs on its own (a
+# The fuzz target compiles src/decoder and src/event/ on its own (a
 # separate workspace, fuzz/); checking it on stable keeps it from rotting.
 # Running it needs nightly: see README, "Development".
 log "cargo check fuzz/ (fuzz target)"

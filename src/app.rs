@@ -260,7 +260,11 @@ fn check_exposure(config: &Config, roles: &Roles) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "http.listen is {address}, which is reachable from other machines, and auth is off:          anyone who reaches it could write orders and read every change. Turn auth on          (auth.enabled = true with auth.tokens or auth.jwt_secret), listen on 127.0.0.1, or          set auth.allow_anonymous = true (WALCAST_AUTH_ALLOW_ANONYMOUS=true) to allow          anonymous access explicitly"
+        "http.listen is {address}, which is reachable from other machines, and auth is off: \
+         anyone who reaches it could write orders and read every change. Turn auth on \
+         (auth.enabled = true with auth.tokens or auth.jwt_secret), listen on 127.0.0.1, or \
+         set auth.allow_anonymous = true (WALCAST_AUTH_ALLOW_ANONYMOUS=true) to allow \
+         anonymous access explicitly"
     ))
 }
 

@@ -116,6 +116,9 @@ async fn a_non_loopback_listener_with_auth_off_is_refused_unless_allowed_explici
             && text.contains("WALCAST_AUTH_ALLOW_ANONYMOUS=true"),
         "{text}"
     );
+    // One readable sentence: no runs of blanks from a broken line continuation.
+    let refusal = text.lines().find(|l| l.contains("http.listen is")).unwrap();
+    assert!(!refusal.contains("  "), "{refusal}");
 
     // Allowed explicitly: it serves, on every interface.
     let port = stack::free_port();

@@ -540,3 +540,39 @@ async fn temporary_tail_sees_new_changes_and_leaves_no_slot() {
         .await;
     assert_eq!(left, "0");
 }
+
+/// An event over `rabbitmq.max_event_bytes` is the same `oversize` stub on
+/// stdout as on RabbitMQ (an event is identical wherever it goes); the
+/// changes around it are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_size_limit_is_written_as_its_oversize_stub() {
+    let db = TestDb::create("tail_oversize").await;
+    // Room for a 5,000-character name (the table allows 200).
+    db.psql("ALTER TABLE orders DROP CONSTRAINT orders_product_name_check")
+        .await;
+    let mut cmd = db.walcast(&["tail"]);
+    cmd.env("WALCAST_RABBITMQ_MAX_EVENT_BYTES", "4096");
+    let mut tail = pgtest::Tail::spawn(cmd);
+    db.psql("INSERT INTO orders (customer_name, product_name) VALUES ('Ada', 'Pen')")
+        .await;
+    db.psql(&format!(
+        "UPDATE orders SET product_name = '{}' WHERE customer_name = 'Ada'",
+        "z".repeat(5000)
+    ))
+    .await;
+    db.psql("INSERT INTO orders (customer_name, product_name) VALUES ('Cy', 'Ink')")
+        .await;
+    let events = tail.events(3, WAIT).await;
+    let big = &events[1];
+    assert_eq!(big["op"], "update");
+    assert_eq!(big["oversize"], json!(true), "{big}");
+    assert!(big["new"].is_null() && big["old"].is_null(), "{big}");
+    assert_eq!(big["key"], json!({"id": events[0]["key"]["id"]}), "{big}");
+    assert_id_shape(big);
+    for event in [&events[0], &events[2]] {
+        assert!(event.get("oversize").is_none(), "{event}");
+        assert!(event["new"].is_object(), "{event}");
+    }
+    tail.interrupt();
+    tail.wait(WAIT).await;
+}

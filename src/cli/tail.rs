@@ -59,7 +59,7 @@ pub async fn run(
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: None,
     };
-    let mut sink = StdoutSink::new();
+    let mut sink = StdoutSink::new(config.rabbitmq.max_event_bytes);
     let summary = capture::run(&options, &mut sink, shutdown).await?;
     match (summary.flushed, args.peek) {
         (_, true) => eprintln!("walcast tail: stopped (peek: slot not advanced)"),
@@ -70,19 +70,23 @@ pub async fn run(
 }
 
 /// Writes events as JSON lines; a transaction is durable once stdout is
-/// flushed after its last event.
+/// flushed after its last event. An event over `rabbitmq.max_event_bytes`
+/// is written as its `oversize` stub, the same bytes RabbitMQ carries
+/// (an event is identical wherever it goes).
 struct StdoutSink {
     out: BufWriter<Stdout>,
     line: Vec<u8>,
+    max_event_bytes: usize,
     durable: Option<Lsn>,
     reported: Option<Lsn>,
 }
 
 impl StdoutSink {
-    fn new() -> Self {
+    fn new(max_event_bytes: usize) -> Self {
         StdoutSink {
             out: BufWriter::with_capacity(64 * 1024, tokio::io::stdout()),
             line: Vec::with_capacity(1024),
+            max_event_bytes,
             durable: None,
             reported: None,
         }
@@ -95,6 +99,16 @@ impl Sink for StdoutSink {
     async fn send(&mut self, event: ChangeEvent) -> Result<(), Self::Error> {
         self.line.clear();
         event.write_json(&mut self.line);
+        if self.line.len() > self.max_event_bytes {
+            tracing::warn!(
+                id = %event.id,
+                size = self.line.len(),
+                max_event_bytes = self.max_event_bytes,
+                "event exceeds rabbitmq.max_event_bytes; writing its oversize stub"
+            );
+            self.line.clear();
+            event.write_oversize_json(&mut self.line);
+        }
         self.line.push(b'\n');
         self.out.write_all(&self.line).await
     }
