@@ -670,7 +670,10 @@ impl Consumer {
                     return Ok(SessionEnd::Fault);
                 }
                 Some((n, Fault::ExitProcess)) if n == received => {
-                    warn!(%id, "fault injection: ending the process before the ack");
+                    // Between the log and the ack: the change is on disk
+                    // (the writer thread said so), the broker still has it.
+                    let _ = self.hub.wait_logged().await;
+                    warn!(%id, "fault injection: ending the process after the log, before the ack");
                     std::process::exit(137);
                 }
                 _ => {}
