@@ -707,6 +707,14 @@ impl Consumer {
             )
             .await
             .map_err(|source| declare("dead-letter exchange", name, source))?;
+        // As replicated as the gateway's own queue: a classic dead-letter
+        // queue lives on one node, and while that node is down it cannot
+        // even be declared, which would stop every gateway of a cluster.
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from(self.config.queue_type.as_str())),
+        );
         channel
             .queue_declare(
                 ShortString::from(name),
@@ -714,7 +722,7 @@ impl Consumer {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await
             .map_err(|source| declare("dead-letter queue", name, source))?;
