@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 
 use serde::Deserialize;
 
-use super::{check_ranges, Problem};
+use super::{check_ranges, Problem, Redacted};
 
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -18,9 +18,9 @@ pub struct AuthConfig {
     /// `Authorization: Bearer <token>`; reads stay open.
     pub enabled: bool,
     /// Static bearer tokens, each at least 16 characters.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Redacted<String>>,
     /// Shared secret for HS256 JWTs (at least 32 bytes); empty: no JWTs.
-    pub jwt_secret: String,
+    pub jwt_secret: Redacted<String>,
     /// With auth off, `walcast run` refuses to listen on a non-loopback
     /// address unless this is true: anyone who reaches it may then write
     /// and subscribe.
@@ -44,7 +44,7 @@ impl Default for AuthConfig {
         AuthConfig {
             enabled: false,
             tokens: Vec::new(),
-            jwt_secret: String::new(),
+            jwt_secret: Redacted::default(),
             jwt_audience: String::new(),
             jwt_issuer: String::new(),
             jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
@@ -61,21 +61,11 @@ pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Secrets: only how many and whether set, never the values.
+        // The secrets redact themselves; the tokens show only how many.
         f.debug_struct("AuthConfig")
             .field("enabled", &self.enabled)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
-            .field(
-                "jwt_secret",
-                &format_args!(
-                    "{}",
-                    if self.jwt_secret.is_empty() {
-                        "(unset)"
-                    } else {
-                        "***"
-                    }
-                ),
-            )
+            .field("jwt_secret", &self.jwt_secret)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_issuer", &self.jwt_issuer)
@@ -95,6 +85,7 @@ impl AuthConfig {
         }
         // Token values never appear in these messages, only their position.
         for (index, token) in self.tokens.iter().enumerate() {
+            let token = token.expose();
             if token.chars().count() < MIN_TOKEN_LEN {
                 problems.push(Problem::new(
                     "auth.tokens",
@@ -133,7 +124,7 @@ impl AuthConfig {
                 JWT_LEEWAY_SECS,
             )],
         );
-        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < MIN_JWT_SECRET_LEN {
+        if !self.jwt_secret.is_empty() && self.jwt_secret.expose().len() < MIN_JWT_SECRET_LEN {
             problems.push(Problem::new(
                 "auth.jwt_secret",
                 format!(

@@ -25,6 +25,7 @@ mod http;
 mod log;
 mod postgres;
 mod rabbitmq;
+mod redacted;
 
 pub use self::auth::{AuthConfig, DEFAULT_JWT_LEEWAY_SECS, MIN_JWT_SECRET_LEN, MIN_TOKEN_LEN};
 pub use self::fanout::{
@@ -37,6 +38,7 @@ pub use self::rabbitmq::{
     QueueType, RabbitConfig, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PUBLISH_WINDOW_BYTES,
     RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE,
 };
+pub use self::redacted::Redacted;
 // Table names live with the catalog; these paths stay for existing callers.
 pub use crate::catalog::{quote_identifier, TableName};
 
