@@ -9,7 +9,14 @@
 //!
 //! Secrets: URLs may carry passwords. Anything that prints a URL goes through
 //! [`redact_url`]; `Debug` of [`Config`] redacts too, and shows `[auth]`
-//! tokens and the JWT secret only as a count and a set/unset mark.
+//! tokens and the JWT secret only as a count and a set/unset mark (the
+//! secrets are [`Redacted`]).
+//!
+//! Layout: this file loads, layers and validates; each section
+//! (`postgres`, `rabbitmq`, `http`, `fanout`, `auth`, `log`) has its own
+//! file with its struct, its defaults as named constants, its `Debug` and
+//! its own `validate`, whose numeric settings are a table of named ranges
+//! checked by `check_ranges`. Table names live in `catalog`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,6 +82,7 @@ impl fmt::Display for Problem {
 
 /// All of walcast's settings. See `config.toml` for each one's meaning.
 impl Problem {
+    /// A problem with `field` (`section.key`).
     pub fn new(field: &'static str, message: impl Into<String>) -> Problem {
         Problem {
             field,

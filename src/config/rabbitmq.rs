@@ -135,28 +135,6 @@ impl Default for RabbitConfig {
     }
 }
 
-impl RabbitConfig {
-    /// The broker URLs, in the order they are tried: `url` may list
-    /// several, comma-separated (the nodes of a cluster).
-    pub fn urls(&self) -> impl Iterator<Item = &str> {
-        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
-    }
-
-    /// The gateway queue name, with the hostname default filled in.
-    pub fn queue_name(&self) -> String {
-        if !self.queue.is_empty() {
-            return self.queue.clone();
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "local".into());
-        format!("walcast.gateway.{host}")
-    }
-}
-
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitConfig")
@@ -180,6 +158,26 @@ impl fmt::Debug for RabbitConfig {
 }
 
 impl RabbitConfig {
+    /// The broker URLs, in the order they are tried: `url` may list
+    /// several, comma-separated (the nodes of a cluster).
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    /// The gateway queue name, with the hostname default filled in.
+    pub fn queue_name(&self) -> String {
+        if !self.queue.is_empty() {
+            return self.queue.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "local".into());
+        format!("walcast.gateway.{host}")
+    }
+
     /// Adds every problem of `[rabbitmq]` to `problems`.
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
         self.validate_urls(problems);
