@@ -11,9 +11,12 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use crate::config::{quote_identifier, TableName};
 use crate::event::Lsn;
 use crate::pg::PgConfig;
+
+mod name;
+pub(crate) use name::check_identifier;
+pub use name::{quote_identifier, TableName};
 
 /// The schema, publication and sample data shipped in `sql/`.
 pub const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");

@@ -142,8 +142,9 @@ impl Authenticator {
             issuer: set(&auth.jwt_issuer),
             leeway_secs: auth.jwt_leeway_secs,
         };
+        let tokens: Vec<String> = auth.tokens.iter().map(|t| t.expose().clone()).collect();
         auth.enabled
-            .then(|| Authenticator::with_rules(&auth.tokens, &auth.jwt_secret, &rules))
+            .then(|| Authenticator::with_rules(&tokens, auth.jwt_secret.expose(), &rules))
     }
 
     /// Accepts `token` if it is one of the static tokens or a valid JWT;

@@ -9,17 +9,47 @@
 //!
 //! Secrets: URLs may carry passwords. Anything that prints a URL goes through
 //! [`redact_url`]; `Debug` of [`Config`] redacts too, and shows `[auth]`
-//! tokens and the JWT secret only as a count and a set/unset mark.
+//! tokens and the JWT secret only as a count and a set/unset mark (the
+//! secrets are [`Redacted`]).
+//!
+//! Layout: this file loads, layers and validates; each section
+//! (`postgres`, `rabbitmq`, `http`, `fanout`, `auth`, `log`) has its own
+//! file with its struct, its defaults as named constants, its `Debug` and
+//! its own `validate`, whose numeric settings are a table of named ranges
+//! checked by `check_ranges`. Table names live in `catalog`.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pg::{PgConfig, SslMode, TlsSettings};
+mod auth;
+mod fanout;
+mod http;
+mod log;
+mod postgres;
+mod rabbitmq;
+mod redacted;
+
+pub use self::auth::{AuthConfig, DEFAULT_JWT_LEEWAY_SECS, MIN_JWT_SECRET_LEN, MIN_TOKEN_LEN};
+pub use self::fanout::{
+    FanoutConfig, DEFAULT_REPLAY_MAX_BYTES, DEFAULT_SOCKET_BUFFER_BYTES, MIN_REPLAY_MAX_BYTES,
+};
+pub use self::http::HttpConfig;
+pub use self::log::LogConfig;
+pub use self::postgres::PostgresConfig;
+pub use self::rabbitmq::{
+    QueueType, RabbitConfig, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PUBLISH_WINDOW_BYTES,
+    RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE,
+};
+pub use self::redacted::Redacted;
+// Table names live with the catalog; these paths stay for existing callers.
+pub use crate::catalog::{quote_identifier, TableName};
+
+use crate::pg::{PgConfig, TlsSettings};
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +81,33 @@ impl fmt::Display for Problem {
 }
 
 /// All of walcast's settings. See `config.toml` for each one's meaning.
+impl Problem {
+    /// A problem with `field` (`section.key`).
+    pub fn new(field: &'static str, message: impl Into<String>) -> Problem {
+        Problem {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks each `(field, value, range)` of a section's table of numeric
+/// settings, with the same message for every one that is out of range.
+fn check_ranges(problems: &mut Vec<Problem>, checks: &[(&'static str, u64, RangeInclusive<u64>)]) {
+    for (field, value, range) in checks {
+        if !range.contains(value) {
+            problems.push(Problem::new(
+                field,
+                format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+    }
+}
+
 #[derive(Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -62,344 +119,6 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    /// Connection URL of the database whose changes are captured.
-    pub url: String,
-    /// Logical replication slot walcast reads from.
-    pub slot: String,
-    /// Publication that names the captured tables.
-    pub publication: String,
-    /// Captured tables, `schema.table` (schema defaults to `public`).
-    pub tables: Vec<String>,
-    /// How often a standby status update is sent, in milliseconds.
-    pub status_interval_ms: u64,
-    /// Connect timeout, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Longest wait between reconnect attempts, in milliseconds.
-    pub max_backoff_ms: u64,
-    /// `application_name` reported to Postgres (shows in pg_stat_replication).
-    pub application_name: String,
-    /// libpq's sslmode: disable, prefer, require, verify-ca, verify-full.
-    /// The URL's own `?sslmode=` wins over this (as over PGSSLMODE).
-    pub sslmode: String,
-    /// PEM file of the CA the server's certificate must lead to.
-    pub sslrootcert: String,
-    /// PEM file of a client certificate, for servers that ask for one.
-    pub sslcert: String,
-    /// PEM file of the client certificate's private key.
-    pub sslkey: String,
-    /// A moved confirmed position is reported to Postgres within this many
-    /// milliseconds (bounds what a crash re-sends).
-    pub feedback_interval_ms: u64,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig {
-            url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-            slot: "walcast".into(),
-            publication: "walcast".into(),
-            tables: vec!["public.orders".into()],
-            status_interval_ms: 10_000,
-            connect_timeout_ms: 10_000,
-            max_backoff_ms: 30_000,
-            application_name: "walcast".into(),
-            sslmode: "prefer".into(),
-            sslrootcert: String::new(),
-            sslcert: String::new(),
-            sslkey: String::new(),
-            feedback_interval_ms: 1_000,
-        }
-    }
-}
-
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RabbitConfig {
-    /// AMQP URL of the broker.
-    pub url: String,
-    /// Topic exchange events are published to.
-    pub exchange: String,
-    /// This gateway's own durable queue, bound to the exchange. Every gateway
-    /// instance needs its own; empty means `walcast.gateway.<hostname>`.
-    pub queue: String,
-    /// Deliveries the broker may push to this gateway before it acks (basic.qos).
-    pub prefetch: u16,
-    /// Published but unconfirmed messages the publisher allows in flight.
-    pub publish_window: usize,
-    /// Longest wait between reconnect attempts, in milliseconds.
-    pub max_backoff_ms: u64,
-    /// The gateway queue is deleted by the broker after it has had no
-    /// consumer for this long (`x-expires`), so a gateway that is gone for
-    /// good does not pile up every event on the broker's disk. 0 keeps it
-    /// forever.
-    pub queue_expires_ms: u64,
-    /// An event whose JSON encoding is larger than this many bytes is
-    /// published as its `oversize` stub (`new`/`old` null). Must stay below
-    /// the broker's `max_message_size` (128 MiB by default in RabbitMQ 3.10).
-    pub max_event_bytes: usize,
-    /// Bytes of published but unconfirmed messages the publisher allows in
-    /// flight, besides `publish_window` messages; one larger event may
-    /// still go alone.
-    pub publish_window_bytes: usize,
-    /// `x-queue-type` of the gateway queue: classic, or quorum (replicated,
-    /// then consumed as a single active consumer).
-    pub queue_type: QueueType,
-    /// PEM file of the CA(s) that sign the broker's certificate (amqps://),
-    /// trusted besides the built-in public roots; empty: public roots only.
-    pub tls_ca_file: String,
-    /// PEM client certificate (chain) for brokers that ask for one; needs
-    /// `tls_key_file`.
-    pub tls_cert_file: String,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of `tls_cert_file`.
-    pub tls_key_file: String,
-    /// Pins the gateway to one stream: the `x-walcast-source`
-    /// (`<system identifier>/<database>/<slot>`) it follows; messages from
-    /// any other source go to the dead letters. Empty: follow the newest
-    /// source (a change of source restarts the replay history).
-    pub source: String,
-    /// Dead-letter exchange and queue (both durable, the queue bound to the
-    /// fanout exchange) for messages the gateway cannot use.
-    pub dead_letter: String,
-}
-
-/// The type of the gateway's queue (`x-queue-type`). Declared explicitly,
-/// because brokers differ in what they create by default (Amazon MQ and
-/// RabbitMQ 4.x can make new queues quorum).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// A single-node queue; one gateway holds it with an exclusive consumer.
-    #[default]
-    Classic,
-    /// A replicated (Raft) queue; one gateway holds it as its single active
-    /// consumer, others wait as standbys.
-    Quorum,
-}
-
-impl QueueType {
-    /// The value of `x-queue-type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        }
-    }
-}
-
-/// 16 MiB: an eighth of RabbitMQ's default `max_message_size` (128 MiB),
-/// so a broker left at its default never refuses an event; and larger than
-/// any row a browser client can sensibly take in one `change` message.
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
-/// RabbitMQ 3.10's default (and walcast's upper bound) for `max_event_bytes`.
-pub const RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
-/// 64 MiB: four largest events, or a full count window of 64 KiB events.
-pub const DEFAULT_PUBLISH_WINDOW_BYTES: usize = 64 * 1024 * 1024;
-
-impl Default for RabbitConfig {
-    fn default() -> Self {
-        RabbitConfig {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            exchange: "walcast.changes".into(),
-            queue: String::new(),
-            prefetch: 1000,
-            publish_window: 1024,
-            max_backoff_ms: 30_000,
-            queue_expires_ms: 1_800_000,
-            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
-            publish_window_bytes: DEFAULT_PUBLISH_WINDOW_BYTES,
-            queue_type: QueueType::Classic,
-            tls_ca_file: String::new(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
-            source: String::new(),
-            dead_letter: "walcast.dead".into(),
-        }
-    }
-}
-
-impl RabbitConfig {
-    /// The broker URLs, in the order they are tried: `url` may list
-    /// several, comma-separated (the nodes of a cluster).
-    pub fn urls(&self) -> impl Iterator<Item = &str> {
-        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
-    }
-
-    /// The gateway queue name, with the hostname default filled in.
-    pub fn queue_name(&self) -> String {
-        if !self.queue.is_empty() {
-            return self.queue.clone();
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "local".into());
-        format!("walcast.gateway.{host}")
-    }
-}
-
-/// 256 MiB: 10,000 held events of up to ~26 KiB each before the cap bites.
-pub const DEFAULT_REPLAY_MAX_BYTES: usize = 256 * 1024 * 1024;
-/// The smallest byte cap: a few ordinary events.
-pub const MIN_REPLAY_MAX_BYTES: usize = 64 * 1024;
-/// 8 MiB queued per socket: 4,096 (`socket_buffer`) events of 2 KiB.
-pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FanoutConfig {
-    /// Recent events held for `since` replay and snapshot hand-off.
-    pub replay_buffer: usize,
-    /// Bytes the held events may take at most (0: no cap); the oldest go
-    /// first, as when `replay_buffer` is reached.
-    pub replay_max_bytes: usize,
-    /// Events queued per socket before it counts as too slow and is
-    /// disconnected (it reconnects with `since` and loses nothing).
-    pub socket_buffer: usize,
-    /// Directory of the replay log, so the history survives a crash; empty
-    /// keeps it in memory only.
-    pub replay_dir: String,
-    /// fdatasync every replay log record before the delivery is acked.
-    pub replay_fsync: bool,
-    /// Engine.IO heartbeat interval, in milliseconds.
-    pub ping_interval_ms: u64,
-    /// How long a client may leave a ping unanswered, in milliseconds.
-    pub ping_timeout_ms: u64,
-    /// A replay that cannot queue anything for a socket this long (in
-    /// milliseconds) disconnects it as too slow.
-    pub replay_stall_timeout_ms: u64,
-    /// Bytes that may be queued for one socket; past it the socket is
-    /// disconnected as too slow (it reconnects with `since`).
-    pub socket_buffer_bytes: usize,
-    /// Subscriptions one socket may hold.
-    pub max_subscriptions: usize,
-    /// Largest `key` of a subscription, in bytes of its canonical JSON.
-    pub max_key_bytes: usize,
-    /// Bytes all of one socket's subscriptions may take together.
-    pub max_subscription_bytes: usize,
-    /// Largest packet (WebSocket message, polling request body) a client
-    /// may send; a larger one closes that client's connection.
-    pub max_packet_bytes: usize,
-}
-
-impl Default for FanoutConfig {
-    fn default() -> Self {
-        FanoutConfig {
-            replay_buffer: 10_000,
-            replay_max_bytes: DEFAULT_REPLAY_MAX_BYTES,
-            socket_buffer: 4096,
-            replay_dir: String::new(),
-            replay_fsync: false,
-            ping_interval_ms: 25_000,
-            ping_timeout_ms: 20_000,
-            replay_stall_timeout_ms: 10_000,
-            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
-            max_subscriptions: 1024,
-            max_key_bytes: 1024,
-            max_subscription_bytes: 256 * 1024,
-            max_packet_bytes: 64 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address the HTTP API, dashboard and Socket.IO listen on.
-    pub listen: String,
-    /// Largest request body the API reads; larger ones get 413.
-    pub body_limit_bytes: usize,
-    /// Connections the API's own Postgres pool may hold.
-    pub pool_size: usize,
-    /// Longest wait for a pooled connection (including connecting), in
-    /// milliseconds; past it a request gets 503.
-    pub pool_timeout_ms: u64,
-    /// Longest a single API statement may run, in milliseconds (Postgres
-    /// `statement_timeout`); past it the request gets 503.
-    pub statement_timeout_ms: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "127.0.0.1:8080".into(),
-            body_limit_bytes: 64 * 1024,
-            pool_size: 16,
-            pool_timeout_ms: 5_000,
-            statement_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// Who may write through the HTTP API and connect over Socket.IO.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Off by default. When on, API writes (POST, PUT, PATCH, DELETE) need
-    /// `Authorization: Bearer <token>`; reads stay open.
-    pub enabled: bool,
-    /// Static bearer tokens, each at least 16 characters.
-    pub tokens: Vec<String>,
-    /// Shared secret for HS256 JWTs (at least 32 bytes); empty: no JWTs.
-    pub jwt_secret: String,
-    /// With auth off, `walcast run` refuses to listen on a non-loopback
-    /// address unless this is true: anyone who reaches it may then write
-    /// and subscribe.
-    pub allow_anonymous: bool,
-    /// When set, a JWT's `aud` must name it.
-    pub jwt_audience: String,
-    /// When set, a JWT's `iss` must equal it.
-    pub jwt_issuer: String,
-    /// Clock skew tolerated for a JWT's `exp` and `nbf`, in seconds; a
-    /// socket admitted with a JWT is disconnected this long after `exp`.
-    pub jwt_leeway_secs: u64,
-}
-
-/// The leeway `auth.jwt_leeway_secs` has by default.
-pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 60;
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            enabled: false,
-            tokens: Vec::new(),
-            jwt_secret: String::new(),
-            jwt_audience: String::new(),
-            jwt_issuer: String::new(),
-            jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
-            allow_anonymous: false,
-        }
-    }
-}
-
-/// Shortest static token and JWT secret accepted. 32 bytes for HS256 is
-/// RFC 7518's minimum key size (3.2); 16 characters keeps guessable
-/// tokens out.
-pub const MIN_TOKEN_LEN: usize = 16;
-pub const MIN_JWT_SECRET_LEN: usize = 32;
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: "text".into(),
-        }
-    }
-}
-
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -409,73 +128,6 @@ impl fmt::Debug for Config {
             .field("fanout", &self.fanout)
             .field("log", &self.log)
             .field("auth", &self.auth)
-            .finish()
-    }
-}
-
-impl fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(&self.url))
-            .field("slot", &self.slot)
-            .field("publication", &self.publication)
-            .field("tables", &self.tables)
-            .field("status_interval_ms", &self.status_interval_ms)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("max_backoff_ms", &self.max_backoff_ms)
-            .field("application_name", &self.application_name)
-            .field("sslmode", &self.sslmode)
-            .field("sslrootcert", &self.sslrootcert)
-            .field("sslcert", &self.sslcert)
-            .field("sslkey", &self.sslkey)
-            .field("feedback_interval_ms", &self.feedback_interval_ms)
-            .finish()
-    }
-}
-
-impl fmt::Debug for RabbitConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitConfig")
-            .field("url", &redact_url(&self.url))
-            .field("exchange", &self.exchange)
-            .field("queue", &self.queue)
-            .field("prefetch", &self.prefetch)
-            .field("publish_window", &self.publish_window)
-            .field("max_backoff_ms", &self.max_backoff_ms)
-            .field("queue_expires_ms", &self.queue_expires_ms)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("publish_window_bytes", &self.publish_window_bytes)
-            .field("queue_type", &self.queue_type)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .field("tls_cert_file", &self.tls_cert_file)
-            .field("tls_key_file", &self.tls_key_file)
-            .field("source", &self.source)
-            .field("dead_letter", &self.dead_letter)
-            .finish()
-    }
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Secrets: only how many and whether set, never the values.
-        f.debug_struct("AuthConfig")
-            .field("enabled", &self.enabled)
-            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
-            .field(
-                "jwt_secret",
-                &format_args!(
-                    "{}",
-                    if self.jwt_secret.is_empty() {
-                        "(unset)"
-                    } else {
-                        "***"
-                    }
-                ),
-            )
-            .field("allow_anonymous", &self.allow_anonymous)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .finish()
     }
 }
@@ -571,377 +223,12 @@ impl Config {
     /// Every problem with these settings, each with its field. Pure.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut problem = |field: &'static str, message: String| {
-            problems.push(Problem { field, message });
-        };
-
-        let pg = &self.postgres;
-        if let Err(message) = SslMode::parse(&pg.sslmode) {
-            problem("postgres.sslmode", message);
-        }
-        match PgConfig::parse(&pg.url, &self.tls_defaults()) {
-            Ok(parsed) => {
-                if parsed.get_hosts().is_empty() {
-                    problem("postgres.url", "names no host".into());
-                }
-                for message in parsed.tls().problems() {
-                    problem("postgres.url", message);
-                }
-            }
-            Err(e) => problem(
-                "postgres.url",
-                format!(
-                    "{:?} is not a valid Postgres URL ({e}); expected postgres://user:password@host:port/database",
-                    redact_url(&pg.url)
-                ),
-            ),
-        }
-        if let Err(message) = check_slot_name(&pg.slot) {
-            problem("postgres.slot", message);
-        }
-        if let Err(message) = check_identifier(&pg.publication) {
-            problem("postgres.publication", message);
-        }
-        if pg.tables.is_empty() {
-            problem(
-                "postgres.tables",
-                "is empty; name at least one table, e.g. [\"public.orders\"]".into(),
-            );
-        }
-        for table in &pg.tables {
-            if let Err(message) = TableName::parse(table) {
-                problem("postgres.tables", message);
-            }
-        }
-        if !(100..=3_600_000).contains(&pg.status_interval_ms) {
-            problem(
-                "postgres.status_interval_ms",
-                format!("{} is out of range 100..=3600000", pg.status_interval_ms),
-            );
-        }
-        if !(100..=600_000).contains(&pg.connect_timeout_ms) {
-            problem(
-                "postgres.connect_timeout_ms",
-                format!("{} is out of range 100..=600000", pg.connect_timeout_ms),
-            );
-        }
-        if !(100..=3_600_000).contains(&pg.max_backoff_ms) {
-            problem(
-                "postgres.max_backoff_ms",
-                format!("{} is out of range 100..=3600000", pg.max_backoff_ms),
-            );
-        }
-        if pg.application_name.is_empty() || pg.application_name.len() > 63 {
-            problem(
-                "postgres.application_name",
-                "must be 1 to 63 characters".into(),
-            );
-        }
-        if !(100..=3_600_000).contains(&pg.feedback_interval_ms) {
-            problem(
-                "postgres.feedback_interval_ms",
-                format!("{} is out of range 100..=3600000", pg.feedback_interval_ms),
-            );
-        }
-
-        let mq = &self.rabbitmq;
-        if mq.urls().next().is_none() {
-            problem(
-                "rabbitmq.url",
-                "is empty; expected amqp://user:password@host:5672/%2f".into(),
-            );
-        }
-        for url in mq.urls() {
-            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                problem(
-                    "rabbitmq.url",
-                    format!(
-                        "{:?} is not an AMQP URL; expected amqp://user:password@host:5672/%2f (several, comma-separated, are tried in order)",
-                        redact_url(url)
-                    ),
-                );
-            }
-        }
-        let tls_files = [&mq.tls_ca_file, &mq.tls_cert_file, &mq.tls_key_file];
-        if tls_files.iter().any(|f| !f.is_empty()) {
-            for url in mq.urls().filter(|u| u.starts_with("amqp://")) {
-                problem(
-                    "rabbitmq.url",
-                    format!(
-                        "{:?} is plain amqp:// but rabbitmq.tls_* is set; use amqps:// (port 5671) so the certificates are used, or unset rabbitmq.tls_*",
-                        redact_url(url)
-                    ),
-                );
-            }
-        }
-        if mq.tls_cert_file.is_empty() != mq.tls_key_file.is_empty() {
-            problem(
-                if mq.tls_cert_file.is_empty() {
-                    "rabbitmq.tls_cert_file"
-                } else {
-                    "rabbitmq.tls_key_file"
-                },
-                "a client certificate needs both rabbitmq.tls_cert_file and rabbitmq.tls_key_file"
-                    .into(),
-            );
-        }
-        if mq.exchange.is_empty() || mq.exchange.len() > 255 {
-            problem("rabbitmq.exchange", "must be 1 to 255 characters".into());
-        }
-        if mq.queue.len() > 255 {
-            problem("rabbitmq.queue", "must be at most 255 characters".into());
-        }
-        if mq.prefetch == 0 {
-            problem("rabbitmq.prefetch", "must be at least 1".into());
-        }
-        if !(1..=65_535).contains(&mq.publish_window) {
-            problem(
-                "rabbitmq.publish_window",
-                format!("{} is out of range 1..=65535", mq.publish_window),
-            );
-        }
-        if !(100..=3_600_000).contains(&mq.max_backoff_ms) {
-            problem(
-                "rabbitmq.max_backoff_ms",
-                format!("{} is out of range 100..=3600000", mq.max_backoff_ms),
-            );
-        }
-        if mq.queue_expires_ms != 0 && !(10_000..=u32::MAX as u64).contains(&mq.queue_expires_ms) {
-            problem(
-                "rabbitmq.queue_expires_ms",
-                format!(
-                    "{} must be 0 (never) or in 10000..={}",
-                    mq.queue_expires_ms,
-                    u32::MAX
-                ),
-            );
-        }
-        if !(1024..=RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE).contains(&mq.max_event_bytes) {
-            problem(
-                "rabbitmq.max_event_bytes",
-                format!(
-                    "{} is out of range 1024..={RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE}; keep it below the broker's max_message_size (128 MiB by default)",
-                    mq.max_event_bytes
-                ),
-            );
-        }
-        if !(65_536..=u32::MAX as usize).contains(&mq.publish_window_bytes) {
-            problem(
-                "rabbitmq.publish_window_bytes",
-                format!(
-                    "{} is out of range 65536..={}",
-                    mq.publish_window_bytes,
-                    u32::MAX
-                ),
-            );
-        }
-        if !mq.source.is_empty() && (mq.source.len() > 1024 || mq.source.matches('/').count() < 2) {
-            problem(
-                "rabbitmq.source",
-                "must be empty (follow the newest source) or <system identifier>/<database>/<slot> as in the x-walcast-source header of a message (walcast dlq list shows it)".into(),
-            );
-        }
-        if mq.dead_letter.is_empty() || mq.dead_letter.len() > 255 {
-            problem("rabbitmq.dead_letter", "must be 1 to 255 characters".into());
-        }
-        if !(1..=10_000_000).contains(&self.fanout.replay_buffer) {
-            problem(
-                "fanout.replay_buffer",
-                format!("{} is out of range 1..=10000000", self.fanout.replay_buffer),
-            );
-        }
-        let max_bytes = self.fanout.replay_max_bytes;
-        if max_bytes != 0 && max_bytes < MIN_REPLAY_MAX_BYTES {
-            problem(
-                "fanout.replay_max_bytes",
-                format!("{max_bytes} must be 0 (no cap) or at least {MIN_REPLAY_MAX_BYTES}"),
-            );
-        }
-        if !(16..=1_000_000).contains(&self.fanout.socket_buffer) {
-            problem(
-                "fanout.socket_buffer",
-                format!("{} is out of range 16..=1000000", self.fanout.socket_buffer),
-            );
-        }
-        let fanout = &self.fanout;
-        if fanout.replay_dir.trim() != fanout.replay_dir || fanout.replay_dir.contains('\0') {
-            problem(
-                "fanout.replay_dir",
-                format!(
-                    "{:?} has surrounding whitespace or a NUL byte; give a directory path, e.g. \".walcast/replay\"",
-                    fanout.replay_dir
-                ),
-            );
-        }
-        if fanout.replay_fsync && fanout.replay_dir.is_empty() {
-            problem(
-                "fanout.replay_fsync",
-                "is true but fanout.replay_dir is empty; there is no log to fsync".into(),
-            );
-        }
-        for (field, value, range) in [
-            (
-                "fanout.ping_interval_ms",
-                fanout.ping_interval_ms,
-                1_000..=3_600_000,
-            ),
-            (
-                "fanout.ping_timeout_ms",
-                fanout.ping_timeout_ms,
-                1_000..=3_600_000,
-            ),
-            (
-                "fanout.replay_stall_timeout_ms",
-                fanout.replay_stall_timeout_ms,
-                100..=3_600_000,
-            ),
-            (
-                "fanout.socket_buffer_bytes",
-                fanout.socket_buffer_bytes as u64,
-                64 * 1024..=1 << 30,
-            ),
-            (
-                "fanout.max_subscriptions",
-                fanout.max_subscriptions as u64,
-                1..=100_000,
-            ),
-            (
-                "fanout.max_key_bytes",
-                fanout.max_key_bytes as u64,
-                16..=65_536,
-            ),
-            (
-                "fanout.max_subscription_bytes",
-                fanout.max_subscription_bytes as u64,
-                1024..=64 << 20,
-            ),
-            (
-                "fanout.max_packet_bytes",
-                fanout.max_packet_bytes as u64,
-                1024..=16 << 20,
-            ),
-        ] {
-            if !range.contains(&value) {
-                problem(
-                    field,
-                    format!(
-                        "{value} is out of range {}..={}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-            }
-        }
-
-        if self.http.listen.parse::<SocketAddr>().is_err() {
-            problem(
-                "http.listen",
-                format!(
-                    "{:?} is not a socket address; expected host:port, e.g. 127.0.0.1:8080",
-                    self.http.listen
-                ),
-            );
-        }
-
-        let http = &self.http;
-        if !(1024..=64 * 1024 * 1024).contains(&http.body_limit_bytes) {
-            problem(
-                "http.body_limit_bytes",
-                format!("{} is out of range 1024..=67108864", http.body_limit_bytes),
-            );
-        }
-        if !(1..=1024).contains(&http.pool_size) {
-            problem(
-                "http.pool_size",
-                format!("{} is out of range 1..=1024", http.pool_size),
-            );
-        }
-        if !(100..=600_000).contains(&http.pool_timeout_ms) {
-            problem(
-                "http.pool_timeout_ms",
-                format!("{} is out of range 100..=600000", http.pool_timeout_ms),
-            );
-        }
-        if !(100..=3_600_000).contains(&http.statement_timeout_ms) {
-            problem(
-                "http.statement_timeout_ms",
-                format!(
-                    "{} is out of range 100..=3600000",
-                    http.statement_timeout_ms
-                ),
-            );
-        }
-
-        let auth = &self.auth;
-        if auth.enabled && auth.tokens.is_empty() && auth.jwt_secret.is_empty() {
-            problem(
-                "auth.enabled",
-                "is true but neither auth.tokens nor auth.jwt_secret is set; nobody could write"
-                    .into(),
-            );
-        }
-        // Token values never appear in these messages, only their position.
-        for (index, token) in auth.tokens.iter().enumerate() {
-            if token.chars().count() < MIN_TOKEN_LEN {
-                problem(
-                    "auth.tokens",
-                    format!(
-                        "token #{} is shorter than {MIN_TOKEN_LEN} characters",
-                        index + 1
-                    ),
-                );
-            }
-            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                problem(
-                    "auth.tokens",
-                    format!(
-                        "token #{} contains whitespace or control characters",
-                        index + 1
-                    ),
-                );
-            }
-        }
-        for (field, value) in [
-            ("auth.jwt_audience", &auth.jwt_audience),
-            ("auth.jwt_issuer", &auth.jwt_issuer),
-        ] {
-            if !value.is_empty() && auth.jwt_secret.is_empty() {
-                problem(
-                    field,
-                    "is set but auth.jwt_secret is empty; there are no JWTs to check it on".into(),
-                );
-            }
-        }
-        if auth.jwt_leeway_secs > 600 {
-            problem(
-                "auth.jwt_leeway_secs",
-                format!("{} is out of range 0..=600", auth.jwt_leeway_secs),
-            );
-        }
-        if !auth.jwt_secret.is_empty() && auth.jwt_secret.len() < MIN_JWT_SECRET_LEN {
-            problem(
-                "auth.jwt_secret",
-                format!(
-                    "is shorter than {MIN_JWT_SECRET_LEN} bytes; HS256 needs a 256-bit key, e.g. `openssl rand -base64 48`"
-                ),
-            );
-        }
-
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            problem(
-                "log.level",
-                format!(
-                    "{:?} is not a level (error, warn, info, debug, trace) or filter directive",
-                    self.log.level
-                ),
-            );
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            problem(
-                "log.format",
-                format!("{:?} is not one of: text, json", self.log.format),
-            );
-        }
+        self.postgres.validate(&mut problems);
+        self.rabbitmq.validate(&mut problems);
+        self.fanout.validate(&mut problems);
+        self.http.validate(&mut problems);
+        self.auth.validate(&mut problems);
+        self.log.validate(&mut problems);
         problems
     }
 
@@ -958,15 +245,9 @@ impl Config {
     }
 
     /// The `postgres.ssl*` settings, which the URL's own parameters
-    /// override. An unknown sslmode is reported by `validate`.
+    /// override.
     fn tls_defaults(&self) -> TlsSettings {
-        let path = |text: &str| (!text.is_empty()).then(|| PathBuf::from(text));
-        TlsSettings {
-            mode: SslMode::parse(&self.postgres.sslmode).unwrap_or_default(),
-            root_cert: path(&self.postgres.sslrootcert),
-            cert: path(&self.postgres.sslcert),
-            key: path(&self.postgres.sslkey),
-        }
+        self.postgres.tls_defaults()
     }
 
     /// The captured tables, parsed (valid after `validate`).
@@ -977,62 +258,6 @@ impl Config {
             .filter_map(|t| TableName::parse(t).ok())
             .collect()
     }
-}
-
-/// A schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub table: String,
-}
-
-impl TableName {
-    /// Parses `schema.table` or `table` (schema `public`).
-    pub fn parse(text: &str) -> Result<TableName, String> {
-        let (schema, table) = match text.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => ("public", text),
-        };
-        check_identifier(schema).map_err(|m| format!("{text:?}: schema {m}"))?;
-        check_identifier(table).map_err(|m| format!("{text:?}: table {m}"))?;
-        Ok(TableName {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
-    }
-
-    /// `"schema"."table"`, quoted for SQL.
-    pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_identifier(&self.schema),
-            quote_identifier(&self.table)
-        )
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
-}
-
-/// Quotes an SQL identifier (doubling embedded quotes).
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn check_identifier(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("name is empty".into());
-    }
-    if name.len() > 63 {
-        return Err(format!("name {name:?} is longer than 63 bytes"));
-    }
-    if name.contains('\0') || name.contains('.') {
-        return Err(format!("name {name:?} contains '.' or a NUL byte"));
-    }
-    Ok(())
 }
 
 /// Postgres allows only lower-case letters, digits and underscores in slot names.
@@ -1175,9 +400,24 @@ fn apply_env(
     Ok(layered)
 }
 
+/// Keys whose environment value is a boolean (`true`/`1`/`yes`/`on`, ...).
+const BOOLEAN_KEYS: [&str; 3] = ["enabled", "replay_fsync", "allow_anonymous"];
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 2] = ["tables", "tokens"];
+/// Keys whose environment value is a number: by suffix, and by name.
+const NUMBER_SUFFIXES: [&str; 3] = ["_ms", "_bytes", "_secs"];
+const NUMBER_KEYS: [&str; 6] = [
+    "prefetch",
+    "publish_window",
+    "replay_buffer",
+    "socket_buffer",
+    "pool_size",
+    "max_subscriptions",
+];
+
 /// Environment values are strings; numbers and lists are converted by key.
 fn env_value(key: &str, value: &str) -> toml::Value {
-    if key == "enabled" || key == "replay_fsync" || key == "allow_anonymous" {
+    if BOOLEAN_KEYS.contains(&key) {
         match value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => return toml::Value::Boolean(true),
             "false" | "0" | "no" | "off" | "" => return toml::Value::Boolean(false),
@@ -1185,7 +425,7 @@ fn env_value(key: &str, value: &str) -> toml::Value {
             _ => {}
         }
     }
-    if key == "tables" || key == "tokens" {
+    if LIST_KEYS.contains(&key) {
         return toml::Value::Array(
             value
                 .split(',')
@@ -1195,19 +435,7 @@ fn env_value(key: &str, value: &str) -> toml::Value {
                 .collect(),
         );
     }
-    if key.ends_with("_ms")
-        || key.ends_with("_bytes")
-        || key.ends_with("_secs")
-        || matches!(
-            key,
-            "prefetch"
-                | "publish_window"
-                | "replay_buffer"
-                | "socket_buffer"
-                | "pool_size"
-                | "max_subscriptions"
-        )
-    {
+    if NUMBER_SUFFIXES.iter().any(|suffix| key.ends_with(suffix)) || NUMBER_KEYS.contains(&key) {
         if let Ok(n) = value.trim().parse::<i64>() {
             return toml::Value::Integer(n);
         }
