@@ -38,7 +38,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::TableName;
 use crate::decoder::{DecodeError, Decoded, Decoder, RelationInfo};
 use crate::event::{ChangeEvent, Lsn, Op, PgTimestamp};
-use crate::metrics::{Histogram, HistogramSnapshot};
+use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::retry::Backoff;
 use crate::wal::{
     ReplicationClient, ReplicationMessage, ReplicationStream, StartOptions, WalError,

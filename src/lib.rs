@@ -43,6 +43,8 @@ pub mod api;
 
 pub mod metrics;
 
+pub mod histogram;
+
 pub mod config;
 
 pub mod catalog;

@@ -38,7 +38,7 @@ use super::{ErrorBody, ErrorDetail};
         super::orders::delete_order,
         super::health::healthz,
         super::health::readyz,
-        crate::metrics::serve,
+        metrics_route,
         openapi_json,
     ),
     components(schemas(
@@ -96,3 +96,25 @@ pub async fn openapi_json() -> impl IntoResponse {
         document.as_str(),
     )
 }
+
+/// Metrics of the stages this process runs, in the Prometheus text format.
+///
+/// Served by every role; not an API request itself (scrapes are not counted
+/// in `walcast_http_requests_total`) and never behind auth.
+//
+// Documentation only: the handler is `metrics::serve`, which `app` mounts.
+// Describing it here rather than on the handler keeps `api` from importing
+// `metrics` (which imports `api` for `Health` and `RequestStats`). The
+// operation id stays the handler's name.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "serve",
+    responses((status = 200,
+        description = "Prometheus text exposition format 0.0.4; every family carries its own # HELP and # TYPE lines",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String))
+)]
+#[allow(dead_code)]
+fn metrics_route() {}

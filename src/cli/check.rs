@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::capture::bounded_status_interval;
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, SlotInfo};
 use crate::config::{quote_identifier, Config, TableName};
 use crate::pg::{PgConfig, SslMode};
 
@@ -109,8 +109,26 @@ async fn checks(
     catalog: &Catalog,
     report: &mut Report,
 ) -> Result<(), CatalogError> {
+    server_checks(catalog, report).await?;
+    let slot = catalog.slot(&config.postgres.slot).await?;
+    slot_capacity_check(catalog, slot.is_some(), report).await?;
+    let publication = publication_check(config, catalog, report).await?;
+    for table in config.tables() {
+        table_check(config, catalog, table, publication.as_ref(), report).await?;
+    }
+    slot_check(config, catalog, slot, report).await?;
+
+    let keep = catalog.setting("max_slot_wal_keep_size").await?;
+    let (level, message) = wal_keep_finding(&keep);
+    report.add(level, message);
+
+    capture_findings(config, catalog, report).await?;
+    Ok(())
+}
+
+/// The server and the role: `wal_level` and the REPLICATION attribute.
+async fn server_checks(catalog: &Catalog, report: &mut Report) -> Result<(), CatalogError> {
     let client = catalog.client();
-    let pg = &config.postgres;
 
     let wal_level = catalog.setting("wal_level").await?;
     if wal_level == "logical" {
@@ -141,21 +159,37 @@ async fn checks(
             ),
         );
     }
+    Ok(())
+}
 
-    let slot = catalog.slot(&pg.slot).await?;
+/// Whether a new slot could be created, when ours does not exist yet.
+async fn slot_capacity_check(
+    catalog: &Catalog,
+    slot_exists: bool,
+    report: &mut Report,
+) -> Result<(), CatalogError> {
     let max_slots: i64 = catalog
         .setting("max_replication_slots")
         .await?
         .parse()
         .unwrap_or(0);
     let used_slots = catalog.slots().await?.len() as i64;
-    if slot.is_none() && used_slots >= max_slots {
+    if !slot_exists && used_slots >= max_slots {
         report.add(
             Level::Fail,
             format!("all {max_slots} replication slots are in use (max_replication_slots); raise it and restart Postgres, or drop an unused slot"),
         );
     }
+    Ok(())
+}
 
+/// Whether the publication exists; its tables when it does.
+async fn publication_check(
+    config: &Config,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<Option<Vec<TableName>>, CatalogError> {
+    let pg = &config.postgres;
     let publication = catalog.publication_tables(&pg.publication).await?;
     match &publication {
         None => report.add(
@@ -174,58 +208,83 @@ async fn checks(
         ),
         Some(_) => report.add(Level::Ok, format!("publication {} exists", pg.publication)),
     }
+    Ok(publication)
+}
 
-    for table in config.tables() {
-        let row = client
-            .query_opt(
-                "SELECT c.relreplident::text, \
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.schema, &table.table],
-            )
-            .await?;
-        let Some(row) = row else {
+/// One configured table: that it exists, is published and has a replica
+/// identity UPDATE and DELETE can work with.
+async fn table_check(
+    config: &Config,
+    catalog: &Catalog,
+    table: TableName,
+    publication: Option<&Vec<TableName>>,
+    report: &mut Report,
+) -> Result<(), CatalogError> {
+    let client = catalog.client();
+    let pg = &config.postgres;
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.table],
+        )
+        .await?;
+    let Some(row) = row else {
+        report.add(
+            Level::Fail,
+            format!(
+                "table {table} does not exist; create it (for the demo schema: `walcast setup`)"
+            ),
+        );
+        return Ok(());
+    };
+    let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
+    if let Some(tables) = publication {
+        if tables.contains(&table) {
+            report.add(Level::Ok, format!("table {table} is in the publication"));
+        } else {
             report.add(
                 Level::Fail,
-                format!("table {table} does not exist; create it (for the demo schema: `walcast setup`)"),
+                format!(
+                    "table {table} is not in publication {:?}; run ALTER PUBLICATION {} ADD TABLE {}",
+                    pg.publication,
+                    quote_identifier(&pg.publication),
+                    table.quoted()
+                ),
             );
-            continue;
-        };
-        let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
-        if let Some(tables) = &publication {
-            if tables.contains(&table) {
-                report.add(Level::Ok, format!("table {table} is in the publication"));
-            } else {
-                report.add(
-                    Level::Fail,
-                    format!(
-                        "table {table} is not in publication {:?}; run ALTER PUBLICATION {} ADD TABLE {}",
-                        pg.publication,
-                        quote_identifier(&pg.publication),
-                        table.quoted()
-                    ),
-                );
-            }
-        }
-        let fix_full = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
-        match (identity.as_str(), has_pk) {
-            ("f", _) => report.add(Level::Ok, format!("table {table} has REPLICA IDENTITY FULL")),
-            ("d", true) | ("i", _) => report.add(
-                Level::Warn,
-                format!("table {table} sends only key columns as the old row (REPLICA IDENTITY DEFAULT/INDEX): events carry no whole `old` row, no `changed` list, and unchanged TOAST values cannot be filled; for those run {fix_full}"),
-            ),
-            ("d", false) => report.add(
-                Level::Fail,
-                format!("table {table} has no primary key and REPLICA IDENTITY DEFAULT: UPDATE and DELETE on it will fail once it is published; add a primary key or run {fix_full}"),
-            ),
-            _ => report.add(
-                Level::Fail,
-                format!("table {table} has REPLICA IDENTITY NOTHING: UPDATE and DELETE on it will fail once it is published; run {fix_full}"),
-            ),
         }
     }
+    let fix_full = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
+    match (identity.as_str(), has_pk) {
+        ("f", _) => report.add(Level::Ok, format!("table {table} has REPLICA IDENTITY FULL")),
+        ("d", true) | ("i", _) => report.add(
+            Level::Warn,
+            format!("table {table} sends only key columns as the old row (REPLICA IDENTITY DEFAULT/INDEX): events carry no whole `old` row, no `changed` list, and unchanged TOAST values cannot be filled; for those run {fix_full}"),
+        ),
+        ("d", false) => report.add(
+            Level::Fail,
+            format!("table {table} has no primary key and REPLICA IDENTITY DEFAULT: UPDATE and DELETE on it will fail once it is published; add a primary key or run {fix_full}"),
+        ),
+        _ => report.add(
+            Level::Fail,
+            format!("table {table} has REPLICA IDENTITY NOTHING: UPDATE and DELETE on it will fail once it is published; run {fix_full}"),
+        ),
+    }
+    Ok(())
+}
 
+/// Our slot: that it exists, is logical/pgoutput in this database and has
+/// not lost WAL.
+async fn slot_check(
+    config: &Config,
+    catalog: &Catalog,
+    slot: Option<SlotInfo>,
+    report: &mut Report,
+) -> Result<(), CatalogError> {
+    let client = catalog.client();
+    let pg = &config.postgres;
     let current_db: String = client
         .query_one("SELECT current_database()::text", &[])
         .await?
@@ -280,12 +339,6 @@ async fn checks(
             }
         }
     }
-
-    let keep = catalog.setting("max_slot_wal_keep_size").await?;
-    let (level, message) = wal_keep_finding(&keep);
-    report.add(level, message);
-
-    capture_findings(config, catalog, report).await?;
     Ok(())
 }
 

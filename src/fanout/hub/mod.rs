@@ -47,13 +47,22 @@
 //!
 //! It does not speak AMQP (the consumer calls [`Hub::deliver`]) and does not
 //! build the Socket.IO layer (see `layer`).
+//!
+//! Layout: this file holds the types, [`Hub::deliver`] and the helpers both
+//! delivery and replay use; `attach` attaches sockets and runs their
+//! catch-up; `history` follows the source and restarts the history;
+//! `disconnect` detaches sockets (slow, expired, shutdown).
+
+mod attach;
+mod disconnect;
+mod history;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,16 +74,15 @@ use tracing::{debug, info, warn};
 use crate::config::FanoutConfig;
 use crate::event::EventId;
 
-use super::budget::{drain_horizon, SendBudget};
+use super::budget::SendBudget;
 use super::change::Change;
 use super::emit::{Emit, EmitError};
-use super::handshake::StartAt;
-use super::log_writer::{wait_written, LogWriter, Op};
+use super::log_writer::{LogWriter, Op};
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
 use super::stats::{DisconnectReason, FanoutStats};
-use super::subscription::{parse_target, Index, Limits, Subscriptions};
+use super::subscription::{Index, Limits, Subscriptions};
 
 /// What the authorizer is given about a handshake.
 #[derive(Debug, Clone)]
@@ -363,106 +371,6 @@ impl Hub {
         self.lock().buffer.latest_id()
     }
 
-    /// `Some(generation)` while this history has no start (see
-    /// [`Hub::offer_history_start`]); `None` once it has one.
-    pub fn history_start_needed(&self) -> Option<u64> {
-        let state = self.lock();
-        state
-            .buffer
-            .horizons()
-            .history_start
-            .is_none()
-            .then(|| state.buffer.generation())
-    }
-
-    /// The `xmax` (low 32 bits) of the snapshot this history starts at.
-    pub fn history_start(&self) -> Option<u32> {
-        self.lock().buffer.horizons().history_start
-    }
-
-    /// Offers `snapshot`, taken after the consumer's queue was bound, as the
-    /// start of the history that was at `generation` when the bind was done
-    /// (from [`Hub::history_start_needed`]). Adopted unless the history has
-    /// a start already or restarted since. Returns whether it was adopted.
-    pub fn offer_history_start(&self, snapshot: &Snapshot, generation: u64) -> bool {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if !state.buffer.offer_history_start(snapshot.xmax, generation) {
-            return false;
-        }
-        info!(
-            xmax = snapshot.xmax,
-            "history start set: snapshots from here on can be handed off"
-        );
-        if let Some(log) = &mut state.log {
-            // Not waited for: not persisting it only costs resyncs after a
-            // crash (a later start is taken then), never a gap.
-            log.send(Op::OfferHistoryStart {
-                xmax: snapshot.xmax,
-                generation,
-            });
-        }
-        true
-    }
-
-    /// Forgets where the history starts (the consumer found its queue gone:
-    /// changes published meanwhile are lost to this gateway). Cursors from
-    /// before get `resync` until a new history start and new changes.
-    ///
-    /// Errors when the replay log cannot record it; the caller must not
-    /// consume before this succeeds, or a crash could bring back a history
-    /// with a hole in it.
-    pub async fn restart_history(&self) -> Result<(), ReplayLogError> {
-        let pending = {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            state.buffer.restart_history();
-            info!("replay history restarted: the gateway queue was (re)created");
-            state.log.as_mut().map(|log| {
-                let n = log.send(Op::RestartHistory);
-                (log.progress(), n, log.dir().to_path_buf())
-            })
-        };
-        if let Some((progress, n, dir)) = pending {
-            wait_written(progress, n)
-                .await
-                .map_err(|e| ReplayLogError::Io {
-                    action: "record a history restart in",
-                    path: dir,
-                    source: std::io::Error::new(e.kind(), e.to_string()),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Waits until every change handed to [`Hub::deliver`] so far is in the
-    /// replay log (at once without one). The consumer acks only after this:
-    /// a change the log cannot hold is not acked.
-    pub async fn wait_logged(&self) -> Result<(), DeliverError> {
-        let pending = {
-            let state = self.lock();
-            state
-                .log
-                .as_ref()
-                .map(|log| (log.progress(), log.issued(), log.dir().to_path_buf()))
-        };
-        match pending {
-            None => Ok(()),
-            Some((progress, n, dir)) => wait_written(progress, n)
-                .await
-                .map_err(|source| DeliverError::ReplayLog { dir, source }),
-        }
-    }
-
-    /// Bytes in the replay log file, if there is one (tests, metrics), as
-    /// of the writer's last step.
-    pub fn replay_log_len(&self) -> Option<u64> {
-        self.lock()
-            .log
-            .as_ref()
-            .map(|log| log.progress().borrow().file_len)
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind (no
         // invariant spans an unwinding point), so keep serving.
@@ -572,406 +480,9 @@ impl Hub {
         }
         Ok(Delivered::Fanned { sockets })
     }
-
-    /// Attaches a socket that passed the handshake: sends a `resync` if its
-    /// cursor or snapshot is older than what is held, starts its replay if
-    /// there is one, and from then on it receives live changes.
-    ///
-    /// The decision (replay from where, or resync) and the registration
-    /// happen under the delivery lock. A replay that fits is finished by the
-    /// first catch-up batch; a longer one continues in a task, batch by
-    /// batch, each under the lock; live delivery skips the socket until the
-    /// batch that reaches the newest held change flips it to live, still
-    /// under the lock. Changes evicted before the replay reached them turn
-    /// into a `resync` ("replay_overrun").
-    pub(crate) fn attach(&self, socket: Arc<dyn Emit>, start: StartAt) {
-        let sid = socket.sid();
-        let stats = &self.inner.stats;
-        let options = &self.inner.options;
-        let catching_up = {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let expiry = state
-                .admitted_until
-                .remove(&sid)
-                .map(|until| self.expire_at(sid, until));
-            let mut client = Client {
-                socket: socket.clone(),
-                subs: Subscriptions::default(),
-                phase: Phase::Live,
-                snapshot: None,
-                snapshot_passed_at: None,
-                floor: None,
-                budget: SendBudget::new(
-                    options.socket_buffer_bytes,
-                    options.socket_buffer,
-                    drain_horizon(options.ping_interval, options.ping_timeout),
-                ),
-                _expiry: expiry,
-            };
-            match start {
-                StartAt::Live => {}
-                StartAt::Since(since) => match state.buffer.check_since(since) {
-                    Ok(()) => {
-                        client.phase = Phase::CatchingUp {
-                            cursor: Some(since),
-                        };
-                        client.floor = Some(since);
-                    }
-                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
-                },
-                StartAt::Snapshot(snapshot) => match state.buffer.check_snapshot(&snapshot) {
-                    Ok(cursor) => {
-                        client.phase = Phase::CatchingUp { cursor };
-                        client.snapshot = Some(snapshot);
-                    }
-                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
-                },
-            }
-            let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
-            state.clients.insert(sid, client);
-            state.index.add_socket(sid);
-            stats.set_connected_sockets(state.clients.len());
-            catching_up
-        };
-        debug!(%sid, "socket attached");
-        if catching_up {
-            match self.catch_up_step(sid) {
-                Step::Done | Step::Gone => {}
-                Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
-                Step::Yield | Step::Full { .. } => {
-                    let hub = self.clone();
-                    tokio::spawn(async move { hub.catch_up(sid).await });
-                }
-            }
-        }
-        // The socket may have closed before it was registered, in which case
-        // its disconnect handler found nothing to remove.
-        if !socket.connected() {
-            self.detach(sid);
-        }
-    }
-
-    /// Forgets a socket (disconnect handler); idempotent.
-    pub fn detach(&self, sid: Sid) {
-        let mut state = self.lock();
-        state.admitted_until.remove(&sid);
-        if state.detach(sid, &self.inner.stats).is_some() {
-            debug!(%sid, "socket detached");
-        }
-    }
-
-    /// Records that the socket `sid`, about to be attached, was admitted
-    /// with a token valid until `until`: [`Hub::attach`] then disconnects
-    /// it at that time.
-    pub(crate) fn admitted_until(&self, sid: Sid, until: SystemTime) {
-        self.lock().admitted_until.insert(sid, until);
-    }
-
-    /// Starts the timer that disconnects `sid` at `until`; it ends early
-    /// when the returned guard is dropped (the socket is detached) or at
-    /// shutdown, so no timer outlives its socket.
-    fn expire_at(&self, sid: Sid, until: SystemTime) -> DropGuard {
-        let cancel = self.inner.shutdown.child_token();
-        let done = cancel.clone();
-        let hub = self.clone();
-        let wait = until
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                _ = done.cancelled() => {}
-                _ = tokio::time::sleep(wait) => hub.expire(sid),
-            }
-        });
-        cancel.drop_guard()
-    }
-
-    /// Disconnects a socket whose token expired.
-    fn expire(&self, sid: Sid) {
-        let socket = self.lock().detach(sid, &self.inner.stats);
-        if let Some(socket) = socket {
-            self.disconnect_slow(socket, DisconnectReason::TokenExpired, "live");
-        }
-    }
-
-    /// Applies a `subscribe` (`subscribe == true`) or `unsubscribe` payload.
-    pub fn update_subscription(
-        &self,
-        sid: Sid,
-        payload: Option<&serde_json::Value>,
-        subscribe: bool,
-    ) -> Result<(), String> {
-        let limits = &self.inner.options.subscription_limits;
-        let target = parse_target(payload, limits.key_bytes)?;
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let Some(client) = state.clients.get_mut(&sid) else {
-            return Err("socket is not attached yet; retry".into());
-        };
-        if subscribe {
-            state.index.subscribe(sid, &mut client.subs, target, limits)
-        } else {
-            state.index.unsubscribe(sid, &mut client.subs, &target);
-            Ok(())
-        }
-    }
-
-    /// Disconnects every attached socket (a clean Socket.IO disconnect).
-    pub fn disconnect_all(&self) {
-        let sockets: Vec<Arc<dyn Emit>> = {
-            let state = self.lock();
-            state.clients.values().map(|c| c.socket.clone()).collect()
-        };
-        for socket in sockets {
-            socket.disconnect().ok();
-        }
-    }
-
-    async fn catch_up(&self, sid: Sid) {
-        let stall_timeout = self.inner.options.replay_stall_timeout;
-        let mut last_progress = Instant::now();
-        let mut delay = Duration::from_millis(1);
-        loop {
-            match self.catch_up_step(sid) {
-                Step::Done | Step::Gone => return,
-                Step::Cut(socket, reason) => {
-                    self.disconnect_slow(socket, reason, "replay");
-                    return;
-                }
-                Step::Yield => {
-                    last_progress = Instant::now();
-                    delay = Duration::from_millis(1);
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                Step::Full { progressed } => {
-                    if progressed {
-                        last_progress = Instant::now();
-                        delay = Duration::from_millis(1);
-                    } else if last_progress.elapsed() >= stall_timeout {
-                        let socket = self.lock().detach(sid, &self.inner.stats);
-                        if let Some(socket) = socket {
-                            self.disconnect_slow(socket, DisconnectReason::ReplayStall, "replay");
-                        }
-                        return;
-                    }
-                }
-            }
-            // socketioxide has no way to wait for room in a socket's queue;
-            // poll with a short backoff while the socket drains it.
-            tokio::select! {
-                biased;
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_millis(50));
-        }
-    }
-
-    /// One batch of a replay, under the lock.
-    fn catch_up_step(&self, sid: Sid) -> Step {
-        let stats = &self.inner.stats;
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let Some(client) = state.clients.get_mut(&sid) else {
-            return Step::Gone;
-        };
-        let Phase::CatchingUp { mut cursor } = client.phase else {
-            return Step::Done;
-        };
-        if state.buffer.evicted_after(cursor) {
-            client.phase = Phase::Live;
-            client.snapshot = None;
-            send_resync(
-                &*client.socket,
-                ResyncReason::ReplayOverrun,
-                state.buffer.latest_id(),
-                stats,
-            );
-            return Step::Done;
-        }
-        let start = cursor;
-        let now = Instant::now();
-        let mut emitted = 0u64;
-        let mut outcome = Step::Done;
-        let mut over_budget = false;
-        for (examined, change) in state.buffer.after(cursor).enumerate() {
-            if examined == CATCH_UP_BATCH {
-                outcome = Step::Yield;
-                break;
-            }
-            let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
-                && passes_snapshot(client, change.id, change.xid, false);
-            if wanted {
-                let size = change.raw.get().len();
-                // The estimate falls only with time (see `budget`): a
-                // replay past the budget is not waited out but cut, and the
-                // client resumes with `since` from what it got.
-                if !client.budget.fits(size, now) {
-                    over_budget = true;
-                    break;
-                }
-                match emit_change(&*client.socket, change) {
-                    Ok(()) => {
-                        client.budget.record(size, now);
-                        emitted += 1;
-                    }
-                    Err(EmitError::Full) => {
-                        outcome = Step::Full {
-                            progressed: cursor != start,
-                        };
-                        break;
-                    }
-                    Err(EmitError::Closed) => {
-                        outcome = Step::Gone;
-                        break;
-                    }
-                }
-            }
-            cursor = Some(change.id);
-        }
-        stats.record_emitted(emitted);
-        if over_budget {
-            return match state.detach(sid, stats) {
-                Some(socket) => Step::Cut(socket, DisconnectReason::QueueBytes),
-                None => Step::Gone,
-            };
-        }
-        match outcome {
-            Step::Done => client.phase = Phase::Live,
-            Step::Gone => {
-                state.detach(sid, stats);
-            }
-            Step::Yield | Step::Full { .. } => client.phase = Phase::CatchingUp { cursor },
-            Step::Cut(..) => unreachable!("set only above"),
-        }
-        outcome
-    }
-
-    /// Logs a dropped duplicate below everything held, at most once per
-    /// [`HORIZON_WARN_INTERVAL`] (a capture restart resends a burst).
-    fn warn_horizon_duplicate(&self, id: &EventId, buffer: &ReplayBuffer) {
-        let now = self.inner.started.elapsed().as_millis() as u64;
-        let last = self.inner.horizon_warned_at.load(Ordering::Relaxed);
-        let suppressed = self
-            .inner
-            .horizon_suppressed
-            .fetch_add(1, Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < HORIZON_WARN_INTERVAL.as_millis() as u64 {
-            return;
-        }
-        self.inner
-            .horizon_warned_at
-            .store(now.max(1), Ordering::Relaxed);
-        self.inner.horizon_suppressed.store(0, Ordering::Relaxed);
-        warn!(
-            %id,
-            horizon = ?buffer.horizons().max_evicted.map(|e| e.to_string()),
-            since_last_warning = suppressed,
-            source = ?buffer.source(),
-            "dropping a change at or below the eviction horizon as a duplicate (a redelivery of an evicted change); counted in walcast_fanout_duplicates_total"
-        );
-    }
-
-    /// Disconnects a socket the hub detached, for `reason`.
-    fn disconnect_slow(
-        &self,
-        socket: Arc<dyn Emit>,
-        reason: DisconnectReason,
-        during: &'static str,
-    ) {
-        self.inner.stats.record_disconnect(reason);
-        let options = &self.inner.options;
-        match reason {
-            DisconnectReason::TokenExpired => info!(
-                sid = %socket.sid(),
-                reason = reason.as_str(),
-                "socket's token expired; disconnecting it (the client reconnects with a fresh token)"
-            ),
-            _ => warn!(
-                sid = %socket.sid(),
-                reason = reason.as_str(),
-                during,
-                socket_buffer = options.socket_buffer,
-                socket_buffer_bytes = options.socket_buffer_bytes,
-                "socket too slow: its send queue is full (packets or bytes); disconnecting it (it reconnects with since and loses nothing)"
-            ),
-        }
-        // The disconnect packet needs a free slot too. Until the client
-        // reads, keep trying; a client that never reads again is closed by
-        // the heartbeat, whose ping finds the queue full.
-        match socket.disconnect() {
-            Ok(()) | Err(EmitError::Closed) => {}
-            Err(EmitError::Full) => {
-                let shutdown = self.inner.shutdown.clone();
-                tokio::spawn(async move {
-                    let mut delay = Duration::from_millis(10);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        if !socket.connected() {
-                            return;
-                        }
-                        match socket.disconnect() {
-                            Err(EmitError::Full) => {
-                                delay = (delay * 2).min(Duration::from_secs(1));
-                            }
-                            Ok(()) | Err(EmitError::Closed) => return,
-                        }
-                    }
-                });
-            }
-        }
-    }
 }
 
 impl State {
-    /// Makes `source` the followed one (see the module doc): adopted when
-    /// the history has none, else the history restarts for it; logged
-    /// before the change (the writer applies ops in order).
-    fn follow_source(
-        &mut self,
-        source: &str,
-        id: EventId,
-        stats: &FanoutStats,
-    ) -> Result<(), DeliverError> {
-        match self.buffer.source() {
-            None => {
-                info!(source, "following the stream's source");
-                self.buffer.adopt_source(source);
-                if let Some(log) = &mut self.log {
-                    log.send(Op::AdoptSource(source.to_owned()));
-                }
-            }
-            Some(old) => {
-                warn!(
-                    old_source = old,
-                    new_source = source,
-                    first_id = %id,
-                    "the stream's source changed (a restored or migrated database, or another slot); restarting the replay history, clients get resync (source_changed)"
-                );
-                stats.record_source_change();
-                self.buffer.restart_for_source(source);
-                if let Some(log) = &mut self.log {
-                    log.send(Op::RestartForSource(source.to_owned()));
-                }
-                stats.set_buffer(0, 0);
-                for client in self.clients.values_mut() {
-                    send_resync(&*client.socket, ResyncReason::SourceChanged, None, stats);
-                    client.phase = Phase::Live;
-                    client.floor = None;
-                    client.snapshot = None;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Removes a socket from the registry and the index; returns it if it
     /// was attached.
     fn detach(&mut self, sid: Sid, stats: &FanoutStats) -> Option<Arc<dyn Emit>> {
@@ -1046,6 +557,7 @@ fn send_resync(
 mod tests {
     use super::*;
     use crate::event::Lsn;
+    use crate::fanout::handshake::StartAt;
     use serde_json::json;
 
     fn id(n: u64) -> EventId {

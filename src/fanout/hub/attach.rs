@@ -1,0 +1,244 @@
+//! Attaching a socket to the [`Hub`]: the resync-or-replay decision under
+//! the delivery lock, the catch-up that replays held changes batch by
+//! batch until the socket goes live, and `subscribe`/`unsubscribe`.
+//!
+//! It does not deliver live changes (`Hub::deliver`) and does not
+//! disconnect sockets itself (`disconnect`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socketioxide::socket::Sid;
+use tracing::debug;
+
+use super::{emit_change, passes_snapshot, send_resync, Client, Hub, Phase, Step, CATCH_UP_BATCH};
+use crate::fanout::budget::{drain_horizon, SendBudget};
+use crate::fanout::emit::{Emit, EmitError};
+use crate::fanout::handshake::StartAt;
+use crate::fanout::replay::ResyncReason;
+use crate::fanout::stats::DisconnectReason;
+use crate::fanout::subscription::{parse_target, Index, Subscriptions};
+
+impl Hub {
+    /// Attaches a socket that passed the handshake: sends a `resync` if its
+    /// cursor or snapshot is older than what is held, starts its replay if
+    /// there is one, and from then on it receives live changes.
+    ///
+    /// The decision (replay from where, or resync) and the registration
+    /// happen under the delivery lock. A replay that fits is finished by the
+    /// first catch-up batch; a longer one continues in a task, batch by
+    /// batch, each under the lock; live delivery skips the socket until the
+    /// batch that reaches the newest held change flips it to live, still
+    /// under the lock. Changes evicted before the replay reached them turn
+    /// into a `resync` ("replay_overrun").
+    pub(crate) fn attach(&self, socket: Arc<dyn Emit>, start: StartAt) {
+        let sid = socket.sid();
+        let stats = &self.inner.stats;
+        let options = &self.inner.options;
+        let catching_up = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let expiry = state
+                .admitted_until
+                .remove(&sid)
+                .map(|until| self.expire_at(sid, until));
+            let mut client = Client {
+                socket: socket.clone(),
+                subs: Subscriptions::default(),
+                phase: Phase::Live,
+                snapshot: None,
+                snapshot_passed_at: None,
+                floor: None,
+                budget: SendBudget::new(
+                    options.socket_buffer_bytes,
+                    options.socket_buffer,
+                    drain_horizon(options.ping_interval, options.ping_timeout),
+                ),
+                _expiry: expiry,
+            };
+            match start {
+                StartAt::Live => {}
+                StartAt::Since(since) => match state.buffer.check_since(since) {
+                    Ok(()) => {
+                        client.phase = Phase::CatchingUp {
+                            cursor: Some(since),
+                        };
+                        client.floor = Some(since);
+                    }
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
+                },
+                StartAt::Snapshot(snapshot) => match state.buffer.check_snapshot(&snapshot) {
+                    Ok(cursor) => {
+                        client.phase = Phase::CatchingUp { cursor };
+                        client.snapshot = Some(snapshot);
+                    }
+                    Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
+                },
+            }
+            let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
+            state.clients.insert(sid, client);
+            state.index.add_socket(sid);
+            stats.set_connected_sockets(state.clients.len());
+            catching_up
+        };
+        debug!(%sid, "socket attached");
+        if catching_up {
+            match self.catch_up_step(sid) {
+                Step::Done | Step::Gone => {}
+                Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
+                Step::Yield | Step::Full { .. } => {
+                    let hub = self.clone();
+                    tokio::spawn(async move { hub.catch_up(sid).await });
+                }
+            }
+        }
+        // The socket may have closed before it was registered, in which case
+        // its disconnect handler found nothing to remove.
+        if !socket.connected() {
+            self.detach(sid);
+        }
+    }
+
+    /// Applies a `subscribe` (`subscribe == true`) or `unsubscribe` payload.
+    pub fn update_subscription(
+        &self,
+        sid: Sid,
+        payload: Option<&serde_json::Value>,
+        subscribe: bool,
+    ) -> Result<(), String> {
+        let limits = &self.inner.options.subscription_limits;
+        let target = parse_target(payload, limits.key_bytes)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(client) = state.clients.get_mut(&sid) else {
+            return Err("socket is not attached yet; retry".into());
+        };
+        if subscribe {
+            state.index.subscribe(sid, &mut client.subs, target, limits)
+        } else {
+            state.index.unsubscribe(sid, &mut client.subs, &target);
+            Ok(())
+        }
+    }
+
+    pub(super) async fn catch_up(&self, sid: Sid) {
+        let stall_timeout = self.inner.options.replay_stall_timeout;
+        let mut last_progress = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        loop {
+            match self.catch_up_step(sid) {
+                Step::Done | Step::Gone => return,
+                Step::Cut(socket, reason) => {
+                    self.disconnect_slow(socket, reason, "replay");
+                    return;
+                }
+                Step::Yield => {
+                    last_progress = Instant::now();
+                    delay = Duration::from_millis(1);
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Step::Full { progressed } => {
+                    if progressed {
+                        last_progress = Instant::now();
+                        delay = Duration::from_millis(1);
+                    } else if last_progress.elapsed() >= stall_timeout {
+                        let socket = self.lock().detach(sid, &self.inner.stats);
+                        if let Some(socket) = socket {
+                            self.disconnect_slow(socket, DisconnectReason::ReplayStall, "replay");
+                        }
+                        return;
+                    }
+                }
+            }
+            // socketioxide has no way to wait for room in a socket's queue;
+            // poll with a short backoff while the socket drains it.
+            tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// One batch of a replay, under the lock.
+    pub(super) fn catch_up_step(&self, sid: Sid) -> Step {
+        let stats = &self.inner.stats;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(client) = state.clients.get_mut(&sid) else {
+            return Step::Gone;
+        };
+        let Phase::CatchingUp { mut cursor } = client.phase else {
+            return Step::Done;
+        };
+        if state.buffer.evicted_after(cursor) {
+            client.phase = Phase::Live;
+            client.snapshot = None;
+            send_resync(
+                &*client.socket,
+                ResyncReason::ReplayOverrun,
+                state.buffer.latest_id(),
+                stats,
+            );
+            return Step::Done;
+        }
+        let start = cursor;
+        let now = Instant::now();
+        let mut emitted = 0u64;
+        let mut outcome = Step::Done;
+        let mut over_budget = false;
+        for (examined, change) in state.buffer.after(cursor).enumerate() {
+            if examined == CATCH_UP_BATCH {
+                outcome = Step::Yield;
+                break;
+            }
+            let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
+                && passes_snapshot(client, change.id, change.xid, false);
+            if wanted {
+                let size = change.raw.get().len();
+                // The estimate falls only with time (see `budget`): a
+                // replay past the budget is not waited out but cut, and the
+                // client resumes with `since` from what it got.
+                if !client.budget.fits(size, now) {
+                    over_budget = true;
+                    break;
+                }
+                match emit_change(&*client.socket, change) {
+                    Ok(()) => {
+                        client.budget.record(size, now);
+                        emitted += 1;
+                    }
+                    Err(EmitError::Full) => {
+                        outcome = Step::Full {
+                            progressed: cursor != start,
+                        };
+                        break;
+                    }
+                    Err(EmitError::Closed) => {
+                        outcome = Step::Gone;
+                        break;
+                    }
+                }
+            }
+            cursor = Some(change.id);
+        }
+        stats.record_emitted(emitted);
+        if over_budget {
+            return match state.detach(sid, stats) {
+                Some(socket) => Step::Cut(socket, DisconnectReason::QueueBytes),
+                None => Step::Gone,
+            };
+        }
+        match outcome {
+            Step::Done => client.phase = Phase::Live,
+            Step::Gone => {
+                state.detach(sid, stats);
+            }
+            Step::Yield | Step::Full { .. } => client.phase = Phase::CatchingUp { cursor },
+            Step::Cut(..) => unreachable!("set only above"),
+        }
+        outcome
+    }
+}

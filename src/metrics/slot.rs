@@ -1,0 +1,192 @@
+//! The replication slot's families and the poller that feeds them:
+//! [`poll_slot`] asks the catalog for the slot's row of
+//! `pg_replication_slots` every few seconds and keeps the latest answer in
+//! [`SlotStats`]. The query itself lives in `catalog`; this module only
+//! schedules it, bounds it by a timeout and renders the answer.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::render::{Exposition, Kind};
+use crate::catalog::{Catalog, SlotInfo};
+use crate::config::Config;
+use crate::event::Lsn;
+
+/// How often [`poll_slot`] reads `pg_replication_slots`.
+pub const SLOT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one slot poll (connecting included) may take. A Postgres that
+/// answers slower than this is reported as a failed poll.
+pub const SLOT_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The latest answer of `pg_replication_slots` for one slot, kept by
+/// [`poll_slot`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SlotStats(Arc<Mutex<SlotState>>);
+
+#[derive(Debug)]
+struct SlotState {
+    slot: String,
+    last_poll_ok: bool,
+    failures: u64,
+    /// From the last successful poll; `None` when the slot did not exist.
+    info: Option<SlotInfo>,
+}
+
+impl SlotStats {
+    pub fn new(slot: &str) -> SlotStats {
+        SlotStats(Arc::new(Mutex::new(SlotState {
+            slot: slot.to_owned(),
+            last_poll_ok: false,
+            failures: 0,
+            info: None,
+        })))
+    }
+
+    /// The slot's confirmed_flush_lsn from the last successful poll.
+    pub fn confirmed_flush_lsn(&self) -> Option<Lsn> {
+        let state = self.lock();
+        state
+            .info
+            .as_ref()?
+            .confirmed_flush_lsn
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
+    pub(super) fn record(&self, info: Option<SlotInfo>) {
+        let mut state = self.lock();
+        state.last_poll_ok = true;
+        state.info = info;
+    }
+
+    pub(super) fn record_failure(&self) {
+        let mut state = self.lock();
+        state.last_poll_ok = false;
+        state.failures += 1;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Single-field updates: a poisoned lock holds consistent data.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads the slot's row of `pg_replication_slots` into `stats` every
+/// [`SLOT_POLL_INTERVAL`] until `stop`. Each poll, connecting included, is
+/// bounded by [`SLOT_POLL_TIMEOUT`]; a failed or slow poll drops the
+/// connection and is retried at the next interval.
+pub async fn poll_slot(stats: SlotStats, config: &Config, stop: CancellationToken) {
+    let mut pg = config.pg_config();
+    pg.application_name(format!("{}-metrics", config.postgres.application_name));
+    pg.connect_timeout(SLOT_POLL_TIMEOUT);
+    let slot = config.postgres.slot.clone();
+    let mut catalog: Option<Catalog> = None;
+    let mut failing = false;
+    loop {
+        let poll = async {
+            if catalog.is_none() {
+                catalog = Some(Catalog::connect(&pg).await?);
+            }
+            match &catalog {
+                Some(catalog) => catalog.slot(&slot).await,
+                None => unreachable!("connected above"),
+            }
+        };
+        let error = match tokio::time::timeout(SLOT_POLL_TIMEOUT, poll).await {
+            Ok(Ok(info)) => {
+                stats.record(info);
+                if failing {
+                    info!(slot, "reading the slot's metrics works again");
+                    failing = false;
+                }
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no answer within {} ms",
+                SLOT_POLL_TIMEOUT.as_millis()
+            )),
+        };
+        if let Some(error) = error {
+            // A fresh connection next time: this one may be stuck.
+            catalog = None;
+            stats.record_failure();
+            if !failing {
+                warn!(slot, %error, "cannot read the slot's metrics from pg_replication_slots; retrying");
+                failing = true;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(SLOT_POLL_INTERVAL) => {}
+        }
+    }
+}
+
+pub(super) fn render_slot(out: &mut Exposition, slot: &SlotStats) {
+    let state = slot.lock();
+    let labels = [("slot", state.slot.as_str())];
+    out.family(
+        "walcast_slot_poll_success",
+        Kind::Gauge,
+        "Whether the last read of pg_replication_slots succeeded within its timeout.",
+    );
+    out.sample("walcast_slot_poll_success", &labels, state.last_poll_ok);
+    out.family(
+        "walcast_slot_poll_failures_total",
+        Kind::Counter,
+        "Reads of pg_replication_slots that failed or timed out.",
+    );
+    out.sample("walcast_slot_poll_failures_total", &labels, state.failures);
+    if !state.last_poll_ok {
+        return;
+    }
+    out.family(
+        "walcast_slot_exists",
+        Kind::Gauge,
+        "Whether the replication slot exists.",
+    );
+    out.sample("walcast_slot_exists", &labels, state.info.is_some());
+    let Some(info) = &state.info else {
+        return;
+    };
+    out.family(
+        "walcast_slot_active",
+        Kind::Gauge,
+        "Whether a replication connection is streaming from the slot.",
+    );
+    out.sample("walcast_slot_active", &labels, info.active);
+    let confirmed = info
+        .confirmed_flush_lsn
+        .as_deref()
+        .and_then(|text| text.parse::<Lsn>().ok());
+    let gauges = [
+        (
+            "walcast_slot_confirmed_flush_lsn",
+            "The slot's confirmed_flush_lsn, as a WAL position in bytes.",
+            confirmed.and_then(|lsn| i64::try_from(lsn.0).ok()),
+        ),
+        (
+            "walcast_slot_retained_wal_bytes",
+            "WAL the server keeps for the slot: current WAL position minus restart_lsn.",
+            info.retained_wal_bytes,
+        ),
+        (
+            "walcast_slot_safe_wal_size_bytes",
+            "WAL that can still be written before the slot is invalidated (max_slot_wal_keep_size).",
+            info.safe_wal_size,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            out.family(name, Kind::Gauge, help);
+            out.sample(name, &labels, value);
+        }
+    }
+}
