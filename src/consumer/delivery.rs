@@ -21,9 +21,7 @@ use super::dead_letter::classify;
 use super::history::take_history_start;
 use super::status::watch_standby;
 use super::topology::Topology;
-use super::{
-    reconnect_backoff, Consumer, ConsumerError, DeadReason, Fault, SessionEnd, SessionError,
-};
+use super::{reconnect_backoff, Consumer, ConsumerError, DeadReason, SessionEnd, SessionError};
 use crate::amqp;
 use crate::config::QueueType;
 use crate::fanout::{Change, Delivered};
@@ -204,6 +202,7 @@ impl Consumer {
         dead_letters: &Channel,
         batch: &mut AckBatch,
     ) -> Result<Option<SessionEnd>, SessionError> {
+        #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
         let received = self.status.0.received.fetch_add(1, Ordering::Relaxed) + 1;
         self.status.0.standby.store(false, Ordering::Release);
         if delivery.redelivered {
@@ -246,17 +245,9 @@ impl Consumer {
                 debug!(%id, redelivered = delivery.redelivered, "duplicate change acked");
             }
         }
-        match self.fault {
-            Some((n, Fault::DropConnection)) if n == received => {
-                self.fault = None;
-                warn!(%id, "fault injection: dropping the connection before the ack");
-                return Ok(Some(SessionEnd::Fault));
-            }
-            Some((n, Fault::ExitProcess)) if n == received => {
-                warn!(%id, "fault injection: ending the process before the ack");
-                std::process::exit(137);
-            }
-            _ => {}
+        #[cfg(feature = "fault-injection")]
+        if let Some(end) = self.fault_before_ack(received, id) {
+            return Ok(Some(end));
         }
         batch.push(delivery.acker);
         Ok(None)

@@ -90,6 +90,8 @@
 mod ack;
 mod dead_letter;
 mod delivery;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod history;
 mod status;
 mod topology;
@@ -193,7 +195,8 @@ pub struct Consumer {
     queue: String,
     hub: Hub,
     status: ConsumerStatus,
-    fault: Option<(u64, Fault)>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<(u64, fault::Fault)>,
     history_pg: Option<crate::pg::PgConfig>,
     /// Dead letters not logged since the last warning, and when that was.
     dead_log: (u64, Option<std::time::Instant>),
@@ -207,6 +210,7 @@ impl Consumer {
             queue,
             hub,
             status: ConsumerStatus::default(),
+            #[cfg(feature = "fault-injection")]
             fault: None,
             history_pg: None,
             dead_log: (0, None),
@@ -231,25 +235,6 @@ impl Consumer {
         &self.queue
     }
 
-    /// Fault injection for tests: after handing the `n`-th delivery (from
-    /// start, 1-based) to the hub, drop the connection instead of acking it,
-    /// as a network cut between the emit and the ack would. The broker then
-    /// redelivers it and everything after it.
-    #[doc(hidden)]
-    pub fn drop_connection_before_ack(mut self, n: u64) -> Consumer {
-        self.fault = Some((n, Fault::DropConnection));
-        self
-    }
-
-    /// Fault injection for tests: after handing the `n`-th delivery to the
-    /// hub, end the process at once (exit code 137, no destructors, no
-    /// ack), as a crash between the emit and the ack would.
-    #[doc(hidden)]
-    pub fn exit_process_before_ack(mut self, n: u64) -> Consumer {
-        self.fault = Some((n, Fault::ExitProcess));
-        self
-    }
-
     /// Consumes until `shutdown` is cancelled, reconnecting on failure.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let url = redact_url(&self.config.url);
@@ -263,6 +248,7 @@ impl Consumer {
             self.status.0.standby.store(false, Ordering::Release);
             let consumed = match result {
                 Ok(SessionEnd::Shutdown) => break,
+                #[cfg(feature = "fault-injection")]
                 Ok(SessionEnd::Fault) => true,
                 Err(failure) => {
                     let consumed = failure.consumed();
@@ -364,14 +350,10 @@ impl Consumer {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    DropConnection,
-    ExitProcess,
-}
-
 enum SessionEnd {
     Shutdown,
+    /// Fault injection dropped the connection (`fault.rs`).
+    #[cfg(feature = "fault-injection")]
     Fault,
 }
 
