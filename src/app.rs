@@ -189,15 +189,16 @@ fn start_capture(
     let handles = metrics.capture(&config.postgres.slot);
     let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
     tracker.spawn(async move { crate::metrics::poll_slot(slot, &poll_config, poll_stop).await });
-    let (config, health, stop, fatal, failure) = (
+    let (config, health, tasks, stop, fatal, failure) = (
         config.clone(),
         health.clone(),
+        tracker.clone(),
         stop.clone(),
         fatal.clone(),
         failure.clone(),
     );
     tracker.spawn(async move {
-        if let Err(e) = capture_role(&config, &health, &handles, &stop).await {
+        if let Err(e) = capture_role(&config, &health, &handles, &tasks, &stop).await {
             error!(error = %format!("{e:#}"), "capture stopped");
             *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             fatal.cancel();
@@ -335,6 +336,7 @@ async fn capture_role(
     config: &Config,
     health: &Health,
     handles: &CaptureHandles,
+    tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let pg = config.pg_config();
@@ -397,7 +399,7 @@ async fn capture_role(
         health.set("capture", ComponentState::Ready, "capturing");
         let session = stop.child_token();
         let outcome = tokio::select! {
-            outcome = capture_with_lease(config, health, handles, &session) => outcome,
+            outcome = capture_with_lease(config, health, handles, tracker, &session) => outcome,
             _ = lease.lost() => {
                 warn!(slot, "slot lease lost; stopping capture and waiting for it again");
                 session.cancel();
@@ -417,6 +419,7 @@ async fn capture_with_lease(
     config: &Config,
     health: &Health,
     handles: &CaptureHandles,
+    tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let connecting =
@@ -429,7 +432,7 @@ async fn capture_with_lease(
     let stats = publisher.stats();
     let watch_health = health.clone();
     let watch_stop = stop.clone();
-    let watcher = tokio::spawn(async move {
+    let watcher = tracker.spawn(async move {
         loop {
             let snapshot = stats.snapshot();
             let (state, reason) = match (snapshot.connected, snapshot.blocked) {
@@ -450,7 +453,7 @@ async fn capture_with_lease(
     // The stream's state, mirrored into the health registry for /readyz.
     let (state_sender, mut state) = tokio::sync::watch::channel(StreamState::Connecting);
     let mirror_health = health.clone();
-    let mirror = tokio::spawn(async move {
+    let mirror = tracker.spawn(async move {
         loop {
             let current = state.borrow_and_update().clone();
             match current {
