@@ -26,11 +26,12 @@ use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
-use crate::api::{self, ApiState, Authenticator, ComponentState, Health};
+use crate::api::{self, ApiState, Authenticator};
 use crate::capture::{self, CaptureError, CaptureOptions, Metered, SlotLease, StreamState};
 use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::fanout::{self, AuthRequest, Authorizer, Hub, HubOptions};
+use crate::health::{ComponentState, Health};
 use crate::metrics::{CaptureHandles, Metrics};
 use crate::publisher::{PublishError, Publisher};
 
