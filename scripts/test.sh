@@ -54,6 +54,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The fault-injection hooks (a test-only cargo feature, off in release
+# builds) and the tests that use them.
+cargo clippy --all-targets --quiet --features fault-injection -- -D warnings
 # The fuzz target compiles src/decoder and src/event/ on its own (a
 # separate workspace, fuzz/); checking it on stable keeps it from rotting.
 # Running it needs nightly: see README, "Development".
@@ -65,6 +68,6 @@ log "docker build context"
 bash scripts/check-docker-context.sh
 log "cargo test"
 status=0
-cargo test --all-targets --no-fail-fast "$@" || status=$?
+cargo test --all-targets --features fault-injection --no-fail-fast "$@" || status=$?
 log "disk after the run: $(df -Ph "$root" | awk 'NR==2 {print $4 " free of " $2}'); target/ is $(du -sh target 2>/dev/null | cut -f1)"
 exit "$status"

@@ -9,8 +9,9 @@
 //! URL and names what failed in the TLS handshake (unknown CA, host name
 //! mismatch, a plain server on an amqps URL). The declare helpers declare
 //! the exchange (durable topic) and the gateway queue with its arguments
-//! (`x-queue-type`, single active consumer on quorum, `x-expires`) the same
-//! way wherever they are needed.
+//! (`x-queue-type`, single active consumer on quorum, `x-expires`), its
+//! binding, and the dead letters (fanout exchange and queue) the same way
+//! wherever they are needed.
 //!
 //! It does not retry (callers own their [`crate::retry::Backoff`]), does not
 //! publish or consume, and does not decide which broker errors stop walcast:
@@ -18,7 +19,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -376,6 +377,74 @@ pub fn queue_arguments(config: &RabbitConfig) -> FieldTable {
             AMQPValue::LongLongInt(expires),
         );
     }
+    arguments
+}
+
+/// Binds `queue` to `exchange` with `routing_key`.
+pub async fn bind_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares the dead letters `name`: a durable fanout exchange and a
+/// durable queue of the same name bound to it. On failure, says which of
+/// the three (`"dead-letter exchange"`, `"dead-letter queue"`, `"binding
+/// of dead-letter queue"`) the broker refused.
+///
+/// The queue has the gateway queue's type (`queue_type`): a classic queue
+/// lives on one node, and while that node is down it cannot even be
+/// declared, which would stop every gateway of a quorum cluster.
+pub async fn declare_dead_letter(
+    channel: &Channel,
+    name: &str,
+    queue_type: QueueType,
+) -> Result<(), (&'static str, lapin::Error)> {
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| ("dead-letter exchange", e))?;
+    channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            dead_letter_arguments(queue_type),
+        )
+        .await
+        .map_err(|e| ("dead-letter queue", e))?;
+    bind_queue(channel, name, name, "")
+        .await
+        .map_err(|e| ("binding of dead-letter queue", e))
+}
+
+fn dead_letter_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from(queue_type.as_str())),
+    );
     arguments
 }
 

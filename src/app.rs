@@ -2,7 +2,7 @@
 //!
 //! - **capture**: holds the slot and publishes every change to RabbitMQ.
 //!   Only one capture process may own a slot; another one started against
-//!   the same slot waits as a hot standby (see [`SlotLease`]).
+//!   the same slot waits as a hot standby (see [`capture::SlotLease`]).
 //! - **gateway**: consumes this instance's queue and fans events out to
 //!   browsers over Socket.IO.
 //! - **api**: the HTTP API and the dashboard.
@@ -20,19 +20,18 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
-use crate::api::{self, ApiState, Authenticator, ComponentState, Health};
-use crate::capture::{self, CaptureError, CaptureOptions, Metered, StreamState};
-use crate::catalog::{describe, CatalogError};
+use crate::api::{self, ApiState, Authenticator};
+use crate::capture::{self, CaptureError, CaptureOptions, Metered, SlotLease, StreamState};
 use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::fanout::{self, AuthRequest, Authorizer, Hub, HubOptions};
+use crate::health::{ComponentState, Health};
 use crate::metrics::{CaptureHandles, Metrics};
 use crate::publisher::{PublishError, Publisher};
 
@@ -83,6 +82,10 @@ impl Roles {
     }
 }
 
+/// A stage's failure that stops the whole process: the first one is kept
+/// and returned by [`run`].
+type Failure = Arc<std::sync::Mutex<Option<anyhow::Error>>>;
+
 /// Runs the given roles until `shutdown`, then drains and stops them.
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health = Health::new();
@@ -91,7 +94,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     // A stage that fails for good stops the whole process: a sidecar that
     // silently stops capturing is worse than one that exits and restarts.
     let fatal = CancellationToken::new();
-    let failure: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>> = Default::default();
+    let failure: Failure = Default::default();
     let stop = shutdown.child_token();
 
     check_exposure(&config, &roles).map_err(anyhow::Error::msg)?;
@@ -101,27 +104,14 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     if roles.has(Role::Capture) {
-        // Registered before the server answers: until the capture task has
-        // taken the lease (or found it taken), nothing has been checked.
-        health.set("capture", ComponentState::Starting, "starting");
-        let handles = metrics.capture(&config.postgres.slot);
-        let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
-        tracker
-            .spawn(async move { crate::metrics::poll_slot(slot, &poll_config, poll_stop).await });
-        let (config, health, stop, fatal, failure) = (
-            config.clone(),
-            health.clone(),
-            stop.clone(),
-            fatal.clone(),
-            failure.clone(),
+        start_capture(
+            &config,
+            &health,
+            &metrics,
+            &tracker,
+            &stop,
+            (&fatal, &failure),
         );
-        tracker.spawn(async move {
-            if let Err(e) = capture_role(&config, &health, &handles, &stop).await {
-                error!(error = %format!("{e:#}"), "capture stopped");
-                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                fatal.cancel();
-            }
-        });
     }
 
     let mut router = if roles.has(Role::Api) {
@@ -140,74 +130,12 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         get(crate::metrics::serve).with_state(metrics.clone()),
     );
     if roles.has(Role::Gateway) {
-        // A change republished after a nack can come up to a publish window
-        // late; it is only recognised as new while what overtook it is
-        // still held (src/fanout/replay.rs).
-        if config.fanout.replay_buffer < config.rabbitmq.publish_window {
-            warn!(
-                replay_buffer = config.fanout.replay_buffer,
-                publish_window = config.rabbitmq.publish_window,
-                "fanout.replay_buffer is below rabbitmq.publish_window: a change \
-                 republished after a nack may be taken for a duplicate and dropped; \
-                 raise fanout.replay_buffer"
-            );
-        }
-        let mut options = HubOptions::from_config(&config.fanout);
-        // Metric labels name only the tables this gateway follows.
-        options.tables = config.postgres.tables.clone();
-        options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
-        let hub = Hub::open(options, stop.clone())?;
-        let (socket_layer, _io) = fanout::layer(&hub);
-        // Last, so Socket.IO sees /socket.io/ before the API's routing.
-        router = router.layer(socket_layer);
-        let consumer = Consumer::new(config.rabbitmq.clone(), hub.clone())
-            .with_history_start(config.pg_config());
-        let status = consumer.status();
-        metrics.watch_gateway(hub.stats(), status.clone());
-        health.set(
-            "gateway",
-            ComponentState::Connecting,
-            "connecting to rabbitmq",
-        );
-        let consumer_stop = stop.clone();
-        tracker.spawn(async move { consumer.run(consumer_stop).await });
-        let (health, stop) = (health.clone(), stop.clone());
-        tracker.spawn(async move {
-            loop {
-                // Reasons (the queue and the fix) go to the log, never to
-                // /readyz (the consumer logs them as errors too). A standby
-                // (quorum queue, single active consumer) is up but gets
-                // nothing while another gateway is active: not ready, so a
-                // load balancer sends it no browsers.
-                if status.is_standby() {
-                    health.set(
-                        "gateway",
-                        ComponentState::QueueInUse,
-                        "standby: another gateway is the single active consumer of this queue",
-                    );
-                } else if status.is_consuming() {
-                    health.set("gateway", ComponentState::Ready, "consuming");
-                } else if let Some(refused) = status.refused() {
-                    health.set("gateway", ComponentState::QueueInUse, refused);
-                } else {
-                    health.set(
-                        "gateway",
-                        ComponentState::Connecting,
-                        "connecting to rabbitmq",
-                    );
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-            health.remove("gateway");
-        });
+        router = start_gateway(&config, &health, &metrics, &tracker, &stop, router)?;
     }
     let address = listener.local_addr()?;
     info!(%address, roles = ?roles.0, "walcast is running");
     let serve_stop = stop.clone();
-    let server = tokio::spawn(async move {
+    let mut server = tracker.spawn(async move {
         // TCP_NODELAY: events are small writes that must leave at once;
         // Nagle's algorithm would hold them for the next ACK.
         let listener = listener.tap_io(|tcp| {
@@ -224,13 +152,18 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     stop.cancel();
     tracker.close();
-    tracker.wait().await;
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    // The stages drain meanwhile; a server still held open by clients
+    // after 10 s is ended, so that waiting for the tracker ends too.
+    match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "http server stopped with an error"),
         Ok(Err(e)) => warn!(error = %e, "http server task failed"),
-        Err(_) => warn!("http server did not stop within 10 s"),
+        Err(_) => {
+            warn!("http server did not stop within 10 s");
+            server.abort();
+        }
     }
+    tracker.wait().await;
     let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     match failure {
         Some(e) => Err(e),
@@ -239,6 +172,115 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             Ok(())
         }
     }
+}
+
+/// Starts the capture role on `tracker`: the slot poller and the capture
+/// itself, whose failure cancels `fatal` and is kept in `failure`.
+fn start_capture(
+    config: &Config,
+    health: &Health,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    (fatal, failure): (&CancellationToken, &Failure),
+) {
+    // Registered before the server answers: until the capture task has
+    // taken the lease (or found it taken), nothing has been checked.
+    health.set("capture", ComponentState::Starting, "starting");
+    let handles = metrics.capture(&config.postgres.slot);
+    let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
+    tracker.spawn(async move { crate::metrics::poll_slot(slot, &poll_config, poll_stop).await });
+    let (config, health, tasks, stop, fatal, failure) = (
+        config.clone(),
+        health.clone(),
+        tracker.clone(),
+        stop.clone(),
+        fatal.clone(),
+        failure.clone(),
+    );
+    tracker.spawn(async move {
+        if let Err(e) = capture_role(&config, &health, &handles, &tasks, &stop).await {
+            error!(error = %format!("{e:#}"), "capture stopped");
+            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            fatal.cancel();
+        }
+    });
+}
+
+/// Starts the gateway role on `tracker`: opens the hub, adds Socket.IO to
+/// `router`, and runs the consumer and its readiness mirror.
+fn start_gateway(
+    config: &Config,
+    health: &Health,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    router: Router,
+) -> anyhow::Result<Router> {
+    // A change republished after a nack can come up to a publish window
+    // late; it is only recognised as new while what overtook it is
+    // still held (src/fanout/replay.rs).
+    if config.fanout.replay_buffer < config.rabbitmq.publish_window {
+        warn!(
+            replay_buffer = config.fanout.replay_buffer,
+            publish_window = config.rabbitmq.publish_window,
+            "fanout.replay_buffer is below rabbitmq.publish_window: a change \
+             republished after a nack may be taken for a duplicate and dropped; \
+             raise fanout.replay_buffer"
+        );
+    }
+    let mut options = HubOptions::from_config(&config.fanout);
+    // Metric labels name only the tables this gateway follows.
+    options.tables = config.postgres.tables.clone();
+    options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
+    let hub = Hub::open(options, stop.clone())?;
+    let (socket_layer, _io) = fanout::layer(&hub);
+    // Last, so Socket.IO sees /socket.io/ before the API's routing.
+    let router = router.layer(socket_layer);
+    let consumer =
+        Consumer::new(config.rabbitmq.clone(), hub.clone()).with_history_start(config.pg_config());
+    let status = consumer.status();
+    metrics.watch_gateway(hub.stats(), status.clone());
+    health.set(
+        "gateway",
+        ComponentState::Connecting,
+        "connecting to rabbitmq",
+    );
+    let consumer_stop = stop.clone();
+    tracker.spawn(async move { consumer.run(consumer_stop).await });
+    let (health, stop) = (health.clone(), stop.clone());
+    tracker.spawn(async move {
+        loop {
+            // Reasons (the queue and the fix) go to the log, never to
+            // /readyz (the consumer logs them as errors too). A standby
+            // (quorum queue, single active consumer) is up but gets
+            // nothing while another gateway is active: not ready, so a
+            // load balancer sends it no browsers.
+            if status.is_standby() {
+                health.set(
+                    "gateway",
+                    ComponentState::QueueInUse,
+                    "standby: another gateway is the single active consumer of this queue",
+                );
+            } else if status.is_consuming() {
+                health.set("gateway", ComponentState::Ready, "consuming");
+            } else if let Some(refused) = status.refused() {
+                health.set("gateway", ComponentState::QueueInUse, refused);
+            } else {
+                health.set(
+                    "gateway",
+                    ComponentState::Connecting,
+                    "connecting to rabbitmq",
+                );
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        health.remove("gateway");
+    });
+    Ok(router)
 }
 
 /// Refuses to serve writes and change streams to anyone on the network by
@@ -299,6 +341,7 @@ async fn capture_role(
     config: &Config,
     health: &Health,
     handles: &CaptureHandles,
+    tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let pg = config.pg_config();
@@ -361,7 +404,7 @@ async fn capture_role(
         health.set("capture", ComponentState::Ready, "capturing");
         let session = stop.child_token();
         let outcome = tokio::select! {
-            outcome = capture_with_lease(config, health, handles, &session) => outcome,
+            outcome = capture_with_lease(config, health, handles, tracker, &session) => outcome,
             _ = lease.lost() => {
                 warn!(slot, "slot lease lost; stopping capture and waiting for it again");
                 session.cancel();
@@ -381,6 +424,7 @@ async fn capture_with_lease(
     config: &Config,
     health: &Health,
     handles: &CaptureHandles,
+    tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let connecting =
@@ -393,7 +437,7 @@ async fn capture_with_lease(
     let stats = publisher.stats();
     let watch_health = health.clone();
     let watch_stop = stop.clone();
-    let watcher = tokio::spawn(async move {
+    let watcher = tracker.spawn(async move {
         loop {
             let snapshot = stats.snapshot();
             let (state, reason) = match (snapshot.connected, snapshot.blocked) {
@@ -414,7 +458,7 @@ async fn capture_with_lease(
     // The stream's state, mirrored into the health registry for /readyz.
     let (state_sender, mut state) = tokio::sync::watch::channel(StreamState::Connecting);
     let mirror_health = health.clone();
-    let mirror = tokio::spawn(async move {
+    let mirror = tracker.spawn(async move {
         loop {
             let current = state.borrow_and_update().clone();
             match current {
@@ -479,96 +523,6 @@ async fn capture_with_lease(
     }
 }
 
-/// The session-level advisory lock that makes one capture process the owner
-/// of a slot.
-///
-/// Why an advisory lock and not only the slot's own exclusivity: the slot
-/// already refuses a second reader (SQLSTATE 55006), and that stays the hard
-/// guarantee. But a standby that polls START_REPLICATION fills both logs with
-/// errors and cannot tell "another walcast owns it" from "a dying walsender
-/// still holds it". The lock is held by a session of the owner; when the
-/// owner dies, Postgres ends the session and frees the lock at once, and the
-/// standby that was waiting on it takes over within its poll interval.
-pub struct SlotLease {
-    client: Client,
-    connection_lost: CancellationToken,
-}
-
-impl SlotLease {
-    /// Waits until this process holds the lock for `slot` (or `shutdown`);
-    /// calls `on_standby` once when it finds another process holding it.
-    pub async fn acquire(
-        pg: &crate::pg::PgConfig,
-        slot: &str,
-        poll: Duration,
-        shutdown: &CancellationToken,
-        mut on_standby: impl FnMut(),
-    ) -> Result<Option<SlotLease>, CatalogError> {
-        let key = lease_key(slot);
-        let mut announced = false;
-        loop {
-            let (client, connection) = pg.connect().await.map_err(CatalogError::Connect)?;
-            let connection_lost = CancellationToken::new();
-            let lost = connection_lost.clone();
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    warn!(error = %describe(&e), "slot lease connection closed");
-                }
-                lost.cancel();
-            });
-            loop {
-                let row = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                    .await?;
-                if row.get::<_, bool>(0) {
-                    info!(slot, "holding the slot lease; this process captures");
-                    return Ok(Some(SlotLease {
-                        client,
-                        connection_lost,
-                    }));
-                }
-                if !announced {
-                    on_standby();
-                    info!(
-                        slot,
-                        "another capture process owns the slot; waiting as hot standby"
-                    );
-                    announced = true;
-                }
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = connection_lost.cancelled() => break,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-            }
-        }
-    }
-
-    /// Resolves when the lease's session is gone (the lock with it).
-    pub async fn lost(&self) {
-        self.connection_lost.cancelled().await
-    }
-
-    /// Releases the lock explicitly (it also goes with the session).
-    pub async fn release(self, slot: &str) {
-        let _ = self
-            .client
-            .query_one("SELECT pg_advisory_unlock($1)", &[&lease_key(slot)])
-            .await;
-    }
-}
-
-/// A stable 64-bit key for the slot's advisory lock (FNV-1a).
-fn lease_key(slot: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"walcast.slot:".iter().chain(slot.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash as i64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,11 +557,5 @@ mod tests {
             assert_eq!(check_exposure(&config, &all), Ok(()));
             config.auth.enabled = false;
         }
-    }
-
-    #[test]
-    fn lease_keys_differ_per_slot_and_are_stable() {
-        assert_eq!(lease_key("walcast"), lease_key("walcast"));
-        assert_ne!(lease_key("walcast"), lease_key("walcast2"));
     }
 }

@@ -56,3 +56,5 @@ pub mod pg;
 pub mod cli;
 
 pub mod app;
+/// Component health every role reports to; served by `/readyz`.
+pub mod health;

@@ -105,6 +105,34 @@ pub struct GatewayOptions {
     pub pinned_source: Option<String>,
 }
 
+/// The consumer with the faults [`GatewayOptions`] ask for (feature
+/// `fault-injection`, which scripts/test.sh turns on).
+#[cfg(feature = "fault-injection")]
+fn with_faults(
+    mut consumer: Consumer,
+    drop_before: Option<u64>,
+    exit_before: Option<u64>,
+) -> Consumer {
+    if let Some(n) = drop_before {
+        consumer = consumer.drop_connection_before_ack(n);
+    }
+    if let Some(n) = exit_before {
+        consumer = consumer.exit_process_before_ack(n);
+    }
+    consumer
+}
+
+/// Without the feature a test cannot inject faults: say so instead of
+/// running the test without them.
+#[cfg(not(feature = "fault-injection"))]
+fn with_faults(consumer: Consumer, drop_before: Option<u64>, exit_before: Option<u64>) -> Consumer {
+    assert!(
+        drop_before.is_none() && exit_before.is_none(),
+        "fault injection needs `cargo test --features fault-injection` (scripts/test.sh sets it)"
+    );
+    consumer
+}
+
 /// The dead-letter exchange and queue of a test gateway's queue.
 pub fn dead_letter_name(queue: &str) -> String {
     format!("{queue}.dead")
@@ -262,12 +290,11 @@ impl Gateway {
         });
 
         let mut consumer = Consumer::new(config, hub.clone());
-        if let Some(n) = options.drop_connection_before_ack {
-            consumer = consumer.drop_connection_before_ack(n);
-        }
-        if let Some(n) = options.exit_process_before_ack {
-            consumer = consumer.exit_process_before_ack(n);
-        }
+        consumer = with_faults(
+            consumer,
+            options.drop_connection_before_ack,
+            options.exit_process_before_ack,
+        );
         if let Some(pg) = options.history_start {
             consumer = consumer.with_history_start(pg);
         }

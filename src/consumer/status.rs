@@ -1,0 +1,126 @@
+//! The consumer's state as readiness and metrics see it: a cloneable
+//! [`ConsumerStatus`] over shared counters, and the probe that notices when
+//! a standby gateway (quorum queue, single active consumer) becomes the
+//! active one.
+//!
+//! It only records and reports: the session in `consumer` sets the state.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::DeadReason;
+use crate::amqp;
+
+/// How often a standby gateway (quorum queue, single active consumer)
+/// checks whether it has become the active one.
+const STANDBY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) consuming: AtomicBool,
+    pub(super) sessions: AtomicU64,
+    pub(super) received: AtomicU64,
+    pub(super) acked: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) redelivered: AtomicU64,
+    /// Consuming a quorum queue as a waiting single active consumer.
+    pub(super) standby: AtomicBool,
+    /// Dead letters, by [`DeadReason::ALL`] index.
+    pub(super) dead_letters: [AtomicU64; 4],
+    /// Why the broker refused the last attempt to consume, while it does.
+    pub(super) refused: std::sync::Mutex<Option<String>>,
+}
+
+/// A cloneable view of the consumer's state, for readiness and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerStatus(pub(super) Arc<Counters>);
+
+impl ConsumerStatus {
+    /// Whether a consuming session is up.
+    pub fn is_consuming(&self) -> bool {
+        self.0.consuming.load(Ordering::Acquire)
+    }
+    /// Whether this gateway consumes a quorum queue but is not its single
+    /// active consumer (another gateway is): it gets no deliveries and
+    /// takes over when the active one goes.
+    pub fn is_standby(&self) -> bool {
+        self.0.standby.load(Ordering::Acquire)
+    }
+    /// Sessions started (1 + reconnects that got as far as consuming).
+    pub fn sessions(&self) -> u64 {
+        self.0.sessions.load(Ordering::Relaxed)
+    }
+    pub fn received(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
+    }
+    pub fn acked(&self) -> u64 {
+        self.0.acked.load(Ordering::Relaxed)
+    }
+    /// Messages dead-lettered for `reason`.
+    pub fn dead_letters(&self, reason: DeadReason) -> u64 {
+        let i = DeadReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.0.dead_letters[i].load(Ordering::Relaxed)
+    }
+    /// Deliveries not taken by the hub: dead-lettered (any reason).
+    pub fn rejected(&self) -> u64 {
+        self.0.rejected.load(Ordering::Relaxed)
+    }
+    /// Deliveries the broker flagged as redelivered.
+    pub fn redelivered(&self) -> u64 {
+        self.0.redelivered.load(Ordering::Relaxed)
+    }
+    /// Why the broker refuses to let this gateway consume (its queue is
+    /// taken by another gateway, or exists with another type), while it
+    /// does; `None` once consuming.
+    pub fn refused(&self) -> Option<String> {
+        self.lock_refused().clone()
+    }
+
+    pub(super) fn set_refused(&self, reason: Option<String>) {
+        *self.lock_refused() = reason;
+    }
+
+    fn lock_refused(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Watches a standby gateway's queue until this gateway is its single
+/// active consumer: it received a delivery, or it is the queue's only
+/// consumer. AMQP 0-9-1 does not announce the switch, so it polls.
+pub(super) async fn watch_standby(
+    probe: lapin::Channel,
+    queue: String,
+    status: ConsumerStatus,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(STANDBY_PROBE_INTERVAL) => {}
+        }
+        if !status.is_standby() {
+            return;
+        }
+        match amqp::consumer_count(&probe, &queue).await {
+            Ok(consumers) if consumers <= 1 => {
+                status.0.standby.store(false, Ordering::Release);
+                info!("the other consumer is gone: this gateway is the active consumer");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "standby probe failed; the session will notice");
+                return;
+            }
+        }
+    }
+}
