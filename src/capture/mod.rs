@@ -283,53 +283,10 @@ impl Session<'_> {
         sink: &mut S,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
-        let options = self.options;
-        let catalog = Catalog::connect(&options.pg).await?;
-        let mut decoder = Decoder::new();
-        decoder.set_tables(
-            options
-                .tables
-                .iter()
-                .map(|t| (t.schema.clone(), t.table.clone())),
-        );
-        decoder.set_type_aliases(catalog.domain_base_types().await?);
+        let (catalog, mut decoder, mut stream) = self.open(sink).await?;
         // Type oids already looked up in this session: a Type message is
         // sent again with every Relation message that uses the type.
         let mut types_looked_up: HashSet<u32> = HashSet::new();
-
-        let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
-        // Which stream the events belong to: a database restored onto a new
-        // cluster has another system identifier, and its ids are not
-        // comparable with the old ones (consumers restart their history).
-        let system = client.identify_system().await?;
-        let database = system
-            .dbname
-            .clone()
-            .or_else(|| options.pg.get_dbname().map(str::to_owned))
-            .unwrap_or_default();
-        let source = format!("{}/{}/{}", system.system_id, database, options.slot);
-        debug!(%source, "capture source");
-        sink.set_source(&source);
-        let status_interval = self.status_interval(&mut client).await?;
-        if options.create_temporary_slot {
-            client.create_slot(&options.slot, true).await?;
-        }
-        let mut stream = client
-            .start_replication(StartOptions {
-                slot: options.slot.clone(),
-                start: options.start.max(self.memory.flushed.unwrap_or(Lsn::ZERO)),
-                publications: options.publications.clone(),
-                status_interval,
-                feedback_interval: options.feedback_interval.min(status_interval),
-            })
-            .await?;
-        info!(slot = %options.slot, "streaming changes");
-        options.report(StreamState::Streaming);
-        if let Some(lsn) = self.memory.flushed {
-            if options.advance_slot {
-                stream.set_durable(lsn);
-            }
-        }
 
         let mut in_transaction = false;
         // End of the last transaction handed to the sink, and whether the
@@ -431,6 +388,59 @@ impl Session<'_> {
             }
         }
         result
+    }
+
+    /// Connects the catalog and the replication stream, tells the sink the
+    /// stream's source, and starts replication where the sink's durable
+    /// position (or the requested start) is.
+    async fn open<S: Sink>(
+        &mut self,
+        sink: &mut S,
+    ) -> Result<(Catalog, Decoder, ReplicationStream), CaptureError> {
+        let options = self.options;
+        let catalog = Catalog::connect(&options.pg).await?;
+        let mut decoder = Decoder::new();
+        decoder.set_tables(
+            options
+                .tables
+                .iter()
+                .map(|t| (t.schema.clone(), t.table.clone())),
+        );
+        decoder.set_type_aliases(catalog.domain_base_types().await?);
+        let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
+        // Which stream the events belong to: a database restored onto a new
+        // cluster has another system identifier, and its ids are not
+        // comparable with the old ones (consumers restart their history).
+        let system = client.identify_system().await?;
+        let database = system
+            .dbname
+            .clone()
+            .or_else(|| options.pg.get_dbname().map(str::to_owned))
+            .unwrap_or_default();
+        let source = format!("{}/{}/{}", system.system_id, database, options.slot);
+        debug!(%source, "capture source");
+        sink.set_source(&source);
+        let status_interval = self.status_interval(&mut client).await?;
+        if options.create_temporary_slot {
+            client.create_slot(&options.slot, true).await?;
+        }
+        let stream = client
+            .start_replication(StartOptions {
+                slot: options.slot.clone(),
+                start: options.start.max(self.memory.flushed.unwrap_or(Lsn::ZERO)),
+                publications: options.publications.clone(),
+                status_interval,
+                feedback_interval: options.feedback_interval.min(status_interval),
+            })
+            .await?;
+        info!(slot = %options.slot, "streaming changes");
+        options.report(StreamState::Streaming);
+        if let Some(lsn) = self.memory.flushed {
+            if options.advance_slot {
+                stream.set_durable(lsn);
+            }
+        }
+        Ok((catalog, decoder, stream))
     }
 
     fn confirm(&mut self, stream: &ReplicationStream, position: Lsn) {

@@ -122,6 +122,7 @@ mod layer;
 mod log_writer;
 mod replay;
 mod replay_log;
+mod replay_record;
 mod snapshot;
 mod stats;
 mod subscription;

@@ -67,30 +67,30 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::event::{EventId, Lsn};
-
 use super::change::Change;
-use super::replay::{Horizons, ReplayBuffer};
+use super::replay::ReplayBuffer;
+
+use super::replay_record::*;
 
 pub const LOG_FILE: &str = "replay.log";
-const TMP_FILE: &str = "replay.log.tmp";
+pub(super) const TMP_FILE: &str = "replay.log.tmp";
 pub const LOCK_FILE: &str = "LOCK";
 
-const MAGIC: &[u8; 18] = b"walcast-replay-log";
-const VERSION: u8 = 1;
+pub(super) const MAGIC: &[u8; 18] = b"walcast-replay-log";
+pub(super) const VERSION: u8 = 1;
 /// The largest record written, and read: a length above it is garbage, not
 /// a record. A change whose record would exceed it is logged as an oversize
 /// marker (module doc).
 pub const MAX_RECORD: usize = 64 << 20;
 /// Kind, commit LSN and ordinal in front of a change's body.
-const CHANGE_PREFIX: usize = 1 + 12;
-const FRAME_HEADER: usize = 8;
+pub(super) const CHANGE_PREFIX: usize = 1 + 12;
+pub(super) const FRAME_HEADER: usize = 8;
 
-const KIND_HEADER: u8 = 1;
-const KIND_HORIZONS: u8 = 2;
-const KIND_CHANGE: u8 = 3;
-const KIND_CLOSED: u8 = 4;
-const KIND_OVERSIZE: u8 = 5;
+pub(super) const KIND_HEADER: u8 = 1;
+pub(super) const KIND_HORIZONS: u8 = 2;
+pub(super) const KIND_CHANGE: u8 = 3;
+pub(super) const KIND_CLOSED: u8 = 4;
+pub(super) const KIND_OVERSIZE: u8 = 5;
 
 /// Why the replay log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -461,183 +461,6 @@ pub fn load(bytes: &[u8], capacity: usize, boot_id: Option<&str>) -> (ReplayBuff
     (buffer, report)
 }
 
-struct Header {
-    fsync: bool,
-    boot_id: String,
-}
-
-fn next_frame(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
-    let rest = &bytes[pos..];
-    if rest.len() < FRAME_HEADER {
-        return None;
-    }
-    let len = u32::from_le_bytes(rest[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(rest[4..8].try_into().ok()?);
-    if len == 0 || len > MAX_RECORD || rest.len() - FRAME_HEADER < len {
-        return None;
-    }
-    let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
-    Some((body[0], &body[1..], pos + FRAME_HEADER + len))
-}
-
-fn encode_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    let start = out.len();
-    out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(kind);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Appends `change`'s record, or its oversize marker when the record would
-/// exceed [`MAX_RECORD`]; returns whether the whole change was written.
-fn encode_change(out: &mut Vec<u8>, change: &Change) -> bool {
-    let body = change.raw.get().as_bytes();
-    let start = out.len();
-    let whole = CHANGE_PREFIX + body.len() <= MAX_RECORD;
-    let len = if whole {
-        CHANGE_PREFIX + body.len()
-    } else {
-        CHANGE_PREFIX + 4
-    };
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(if whole { KIND_CHANGE } else { KIND_OVERSIZE });
-    out.extend_from_slice(&change.id.commit_lsn.0.to_le_bytes());
-    out.extend_from_slice(&change.id.ordinal.to_le_bytes());
-    if whole {
-        out.extend_from_slice(body);
-    } else {
-        out.extend_from_slice(&change.xid.to_le_bytes());
-    }
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    whole
-}
-
-fn parse_oversize(payload: &[u8]) -> Option<(EventId, u32)> {
-    let bytes: &[u8; 16] = payload.try_into().ok()?;
-    let id = EventId {
-        commit_lsn: Lsn(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
-        ordinal: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
-    };
-    Some((id, u32::from_le_bytes(bytes[12..16].try_into().ok()?)))
-}
-
-fn parse_change(payload: &[u8]) -> Option<Change> {
-    if payload.len() < 12 {
-        return None;
-    }
-    let id = EventId {
-        commit_lsn: Lsn(u64::from_le_bytes(payload[0..8].try_into().ok()?)),
-        ordinal: u32::from_le_bytes(payload[8..12].try_into().ok()?),
-    };
-    let change = Change::parse(payload[12..].to_vec()).ok()?;
-    (change.id == id).then_some(change)
-}
-
-fn parse_header(payload: &[u8]) -> Option<Header> {
-    let rest = payload.strip_prefix(MAGIC.as_slice())?;
-    let (&[version, fsync, boot_len], rest) = rest.split_first_chunk::<3>()?;
-    if version != VERSION || rest.len() != usize::from(boot_len) {
-        return None;
-    }
-    Some(Header {
-        fsync: fsync == 1,
-        boot_id: String::from_utf8(rest.to_vec()).ok()?,
-    })
-}
-
-const HAS_FIRST: u8 = 1;
-const HAS_EVICTED: u8 = 2;
-const HAS_XID_HORIZON: u8 = 4;
-const HAS_START: u8 = 8;
-const HAS_SOURCE_CHANGED: u8 = 16;
-/// Followed by `[len: u16 LE][source, UTF-8]`, after every other field.
-const HAS_SOURCE: u8 = 32;
-
-fn encode_horizons(h: Horizons, source: Option<&str>) -> Vec<u8> {
-    let mut out = vec![0u8];
-    let id = |out: &mut Vec<u8>, id: EventId| {
-        out.extend_from_slice(&id.commit_lsn.0.to_le_bytes());
-        out.extend_from_slice(&id.ordinal.to_le_bytes());
-    };
-    if let Some(first) = h.first_received {
-        out[0] |= HAS_FIRST;
-        id(&mut out, first);
-    }
-    if let Some(evicted) = h.max_evicted {
-        out[0] |= HAS_EVICTED;
-        id(&mut out, evicted);
-    }
-    if let Some(xid) = h.xid_horizon {
-        out[0] |= HAS_XID_HORIZON;
-        out.extend_from_slice(&xid.to_le_bytes());
-    }
-    if let Some(xmax) = h.history_start {
-        out[0] |= HAS_START;
-        out.extend_from_slice(&xmax.to_le_bytes());
-    }
-    if h.source_changed {
-        out[0] |= HAS_SOURCE_CHANGED;
-    }
-    // A source is `<u64>/<database>/<slot>`: far below 64 KiB; a longer one
-    // (never produced by walcast) is not persisted rather than cut.
-    if let Some(source) = source.filter(|s| s.len() <= usize::from(u16::MAX)) {
-        out[0] |= HAS_SOURCE;
-        out.extend_from_slice(&(source.len() as u16).to_le_bytes());
-        out.extend_from_slice(source.as_bytes());
-    }
-    out
-}
-
-fn parse_horizons(payload: &[u8]) -> Option<(Horizons, Option<String>)> {
-    let (&flags, mut rest) = payload.split_first()?;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let (head, tail) = rest.split_at_checked(n)?;
-        rest = tail;
-        Some(head)
-    };
-    let mut id = |present: bool| -> Option<Option<EventId>> {
-        if !present {
-            return Some(None);
-        }
-        let bytes = take(12)?;
-        Some(Some(EventId {
-            commit_lsn: Lsn(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
-            ordinal: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
-        }))
-    };
-    let first_received = id(flags & HAS_FIRST != 0)?;
-    let max_evicted = id(flags & HAS_EVICTED != 0)?;
-    let mut xid = |present: bool| -> Option<Option<u32>> {
-        if !present {
-            return Some(None);
-        }
-        Some(Some(u32::from_le_bytes(take(4)?.try_into().ok()?)))
-    };
-    let xid_horizon = xid(flags & HAS_XID_HORIZON != 0)?;
-    let history_start = xid(flags & HAS_START != 0)?;
-    let source = if flags & HAS_SOURCE != 0 {
-        let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
-        Some(String::from_utf8(take(usize::from(len))?.to_vec()).ok()?)
-    } else {
-        None
-    };
-    let horizons = Horizons {
-        first_received,
-        max_evicted,
-        xid_horizon,
-        history_start,
-        source_changed: flags & HAS_SOURCE_CHANGED != 0,
-    };
-    Some((horizons, source))
-}
-
 /// The kernel's id for this boot (Linux); a different one means the
 /// machine restarted.
 fn current_boot_id() -> Option<String> {
@@ -650,6 +473,8 @@ fn current_boot_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{EventId, Lsn};
+    use crate::fanout::replay::Horizons;
 
     fn id(n: u64) -> EventId {
         EventId {

@@ -46,6 +46,7 @@ use tracing::{debug, error, info, warn};
 use super::encoder::Encoded;
 use super::error::{publish_refusal, PublishError, Refusal, Step};
 use super::stats::PublisherStats;
+use super::unconfirmed::{fit, Unconfirmed};
 use super::window::Window;
 use crate::amqp::{self, Connected, Endpoint, CONNECT_TIMEOUT};
 use crate::retry::Backoff;
@@ -162,14 +163,6 @@ pub(crate) fn reconnect_delay(attempt: u32, max: Duration) -> Duration {
         None => Duration::ZERO,
         Some(n) => Backoff::new(Duration::from_millis(100), max).delay(n),
     }
-}
-
-/// A message accepted from the [`super::Publisher`] and not yet confirmed.
-struct Unconfirmed {
-    seq: u64,
-    message: Arc<Encoded>,
-    stub: Option<Encoded>,
-    charge: u32,
 }
 
 /// The background task's state.
@@ -537,41 +530,6 @@ impl Engine {
         if let Some(link) = self.link.take() {
             close_in_background(link.connection);
         }
-    }
-}
-
-/// Replaces `pending` by its `oversize` stub when it is larger than the
-/// broker's `max` (counted and logged): true when it did. An error when
-/// even the stub is too large (or there is none: it already is one).
-fn fit(
-    pending: &mut Unconfirmed,
-    max: usize,
-    stats: &PublisherStats,
-    url: &str,
-) -> Result<bool, Box<PublishError>> {
-    let size = pending.message.body.len();
-    if size <= max {
-        return Ok(false);
-    }
-    let id = pending
-        .message
-        .properties
-        .message_id()
-        .as_ref()
-        .map_or_else(String::new, |id| id.to_string());
-    match pending.stub.take() {
-        Some(stub) if stub.body.len() <= max => {
-            warn!(%id, size, broker_max = max, routing_key = %stub.routing_key, "event larger than the broker's max_message_size; publishing its oversize stub");
-            stats.oversize(stub.routing_key.as_str());
-            pending.message = Arc::new(stub);
-            Ok(true)
-        }
-        stub => Err(Box::new(PublishError::BrokerLimit {
-            url: url.to_owned(),
-            broker_max: max,
-            id,
-            size: stub.map_or(size, |stub| stub.body.len()),
-        })),
     }
 }
 

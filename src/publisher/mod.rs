@@ -46,6 +46,7 @@ mod engine;
 mod error;
 mod stats;
 mod tracker;
+mod unconfirmed;
 mod window;
 
 use std::sync::Arc;
