@@ -13,15 +13,18 @@
 //! api/  (axum CRUD + dashboard, the side door: writes go to Postgres only)
 //! ```
 //!
-//! `config` loads and validates settings, `pg` holds what every Postgres
-//! connection shares (settings with TLS, the one connect, the
-//! transient/definite error classification), `cli` holds the command-line
-//! commands (slot management, preflight checks, `tail`), `capture` drives
-//! wal → decoder → a sink and moves the slot only past what the sink made
-//! durable, `retry` is the one reconnect backoff policy, `amqp` connects to RabbitMQ
+//! Beside the stages: `capture` drives wal → decoder → a sink and moves the
+//! slot only past what the sink made durable; `amqp` connects to RabbitMQ
 //! (amqps, several nodes) and declares the exchange and queues for the
-//! publisher and the consumer, `metrics` renders every stage's counters for `GET /metrics`, and
-//! `app` wires the stages of `walcast run` together.
+//! publisher and the consumer; `metrics` gathers every stage's counters for
+//! `GET /metrics` and `histogram` is what stages observe latencies into;
+//! `config` loads and validates settings; `catalog` asks the captured
+//! database ordinary SQL questions; `retry` is the one reconnect backoff
+//! policy; `pg` holds what every Postgres connection shares (settings with
+//! TLS, the one connect, the transient/definite error classification);
+//! `cli` holds the command-line commands; `app` wires the stages of
+//! `walcast run` together; `health` is the readiness registry every role
+//! reports to. The user-facing protocol is `docs/protocol.md`.
 
 pub mod wal;
 
