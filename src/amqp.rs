@@ -284,10 +284,18 @@ fn tls_problem(error: &lapin::Error) -> Option<TlsProblem> {
 /// Declares the exchange events go to: a durable topic exchange, as the
 /// contract says, whoever declares it first.
 pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Result<()> {
+    declare_durable_exchange(channel, exchange, ExchangeKind::Topic).await
+}
+
+async fn declare_durable_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> lapin::Result<()> {
     channel
         .exchange_declare(
-            ShortString::from(exchange),
-            ExchangeKind::Topic,
+            ShortString::from(name),
+            kind,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
@@ -411,16 +419,7 @@ pub async fn declare_dead_letter(
     name: &str,
     queue_type: QueueType,
 ) -> Result<(), (&'static str, lapin::Error)> {
-    channel
-        .exchange_declare(
-            ShortString::from(name),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    declare_durable_exchange(channel, name, ExchangeKind::Fanout)
         .await
         .map_err(|e| ("dead-letter exchange", e))?;
     channel
