@@ -1,5 +1,5 @@
 // Unit tests of the dashboard's state logic (dashboard/orders.js), run with
-// `node --test` by tests/dashboard_assets.rs.
+// `node --test` by tests/it/dashboard_assets.rs.
 //
 // dashboard/ has no package.json (it is served, not installed), so Node
 // would read orders.js as CommonJS; import it as an ES module from source.
