@@ -28,10 +28,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
 use crate::support;
-use crate::support::pgtest;
 use crate::support::pgtest::TestDb;
 use crate::support::sio::{amqp_url, NodeClient};
 use crate::support::tcp_proxy::TcpProxy;
+use crate::support::{pgtest, stack};
 
 /// Bound of every wait in this test.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -176,13 +176,9 @@ impl Walcast {
             let mut address_tx = Some(address_tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                    if entry["fields"]["message"] == "walcast is running" {
-                        if let (Some(tx), Some(address)) =
-                            (address_tx.take(), entry["fields"]["address"].as_str())
-                        {
-                            let _ = tx.send(address.to_owned());
-                        }
+                if let Some(address) = stack::listen_address(&line) {
+                    if let Some(tx) = address_tx.take() {
+                        let _ = tx.send(address);
                     }
                 }
                 let mut log = sink.lock().unwrap();

@@ -70,6 +70,8 @@ impl Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_quorum_queue_leader_under_load_loses_and_doubles_nothing() {
+    // Three RabbitMQ nodes and a steady load.
+    let _heavy = support::heavy().await;
     let cluster = tokio::task::block_in_place(|| RabbitCluster::start("cluster"));
     let db = TestDb::create("rabbit_cluster").await;
     let urls = cluster.urls().join(",");
