@@ -205,7 +205,14 @@ pub(super) async fn watch_standby(
         if !status.is_standby() {
             return;
         }
-        match amqp::consumer_count(&probe, &queue).await {
+        // Cancellable: on a connection that died under it the probe may
+        // never be answered, and shutdown waits for this task.
+        let consumers = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            consumers = amqp::consumer_count(&probe, &queue) => consumers,
+        };
+        match consumers {
             Ok(consumers) if consumers <= 1 => {
                 status.became_active();
                 info!("the other consumer is gone: this gateway is the active consumer");
