@@ -103,17 +103,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let listener = TcpListener::bind(&config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
-    if roles.has(Role::Capture) {
-        start_capture(
-            &config,
-            &health,
-            &metrics,
-            &tracker,
-            &stop,
-            (&fatal, &failure),
-        );
-    }
-
+    let address = listener.local_addr()?;
+    // The steps that can fail come before any task is started (the hub
+    // opens its replay log before it starts its own), so that an error
+    // leaves nothing running behind it.
     let mut router = if roles.has(Role::Api) {
         let state = ApiState::new(&config, health.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         metrics.watch_requests(state.stats().clone());
@@ -132,7 +125,16 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     if roles.has(Role::Gateway) {
         router = start_gateway(&config, &health, &metrics, &tracker, &stop, router)?;
     }
-    let address = listener.local_addr()?;
+    if roles.has(Role::Capture) {
+        start_capture(
+            &config,
+            &health,
+            &metrics,
+            &tracker,
+            &stop,
+            (&fatal, &failure),
+        );
+    }
     info!(%address, roles = ?roles.0, "walcast is running");
     let serve_stop = stop.clone();
     let mut server = tracker.spawn(async move {
