@@ -8,6 +8,21 @@
 //! - **api**: the HTTP API and the dashboard.
 //!
 //! Nothing here transforms data; it only starts, connects and stops stages.
+//!
+//! # Tasks and shutdown
+//!
+//! One [`CancellationToken`] tree (the caller's `shutdown`, then `stop`,
+//! then each stage's session tokens) and one [`TaskTracker`]: every task
+//! the roles start runs on it, the stages' own included (the tracker is
+//! handed down: `SlotLease::acquire`, `CaptureOptions::tasks` for the
+//! catalog's connection and the replication stream's writer,
+//! `Publisher::connect_with_stats` for its engine, `HubOptions::tasks` for
+//! the hub's, the socket layer's and the consumer's session tasks). Readiness
+//! is one [`Health::mirror`] per stage state. On shutdown the capture stops
+//! reading WAL, waits for outstanding confirms and sends a last standby
+//! status; the gateway stops consuming, then closes the replay log (joining
+//! its writer thread); [`run`] returns once the tracker is empty. The only
+//! task on no tracker is the signal listener that cancels `shutdown`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -422,19 +437,18 @@ async fn capture_with_lease(
         Err(e) => return Err(e.into()),
     };
     // The publisher's link and the stream's state, mirrored into the health
-    // registry for /readyz while this session lasts.
-    let session_over = CancellationToken::new();
+    // registry for /readyz while this session lasts. Both mirrors end with
+    // it even when it is dropped midway (a lost lease): the link's by the
+    // guard, the stream's with its sender, which goes with the options.
+    let link_over = CancellationToken::new();
+    let _link_over = link_over.clone().drop_guard();
     let link = publisher.stats().link();
-    let rabbitmq = tracker.spawn(
-        health
-            .clone()
-            .mirror("rabbitmq", link, session_over.clone()),
-    );
+    let rabbitmq = tracker.spawn(health.clone().mirror("rabbitmq", link, link_over.clone()));
     let (state_sender, state) = tokio::sync::watch::channel(StreamState::Connecting);
     let slot_stream = tracker.spawn(health.clone().mirror(
         "slot_stream",
         state,
-        session_over.clone(),
+        CancellationToken::new(),
     ));
     let options = CaptureOptions {
         pg: config.pg_config(),
@@ -464,7 +478,7 @@ async fn capture_with_lease(
     // state; the publisher's before it closes (no "reconnecting" at exit).
     drop(options);
     let _ = slot_stream.await;
-    session_over.cancel();
+    link_over.cancel();
     let _ = rabbitmq.await;
     publisher.close().await;
     match result {
