@@ -4,6 +4,9 @@
 //! component's state without ever showing an error's text (contract
 //! section 4), which goes to the log instead.
 //!
+//! Shutdown leaves nothing running: when `app::run` returns, every task it
+//! started has ended and the replay log is closed.
+//!
 //! The real binary, real PostgreSQL where one is needed.
 
 use std::net::SocketAddr;
@@ -261,4 +264,94 @@ async fn readyz_names_states_and_never_an_error_text() {
     );
     assert!(!text.contains("s3cret"), "{text}");
     run.stop().await;
+}
+
+/// Every task `walcast run` starts runs on its tracker, which it waits for
+/// before it returns: the slot lease's and the catalogs' Postgres
+/// connections, the replication stream's writer, the publisher's engine,
+/// the consumer's session tasks, the hub's tasks and the readiness mirrors.
+/// So when `run` returns its replay log is closed (another hub may open it
+/// at once) and nothing is left running on its runtime but lapin's
+/// heartbeat tasks, which sleep out their interval (1 s here) after the
+/// connection closed. In process, on a current-thread runtime of its own,
+/// so the runtime's task count is the app's.
+#[test]
+fn when_run_returns_its_tasks_have_ended_and_the_replay_log_is_closed() {
+    use walcast::app::{Role, Roles};
+    use walcast::fanout::{Hub, HubOptions};
+
+    let client = tokio::runtime::Runtime::new().unwrap();
+    let db = client.block_on(pgtest::TestDb::create("shutdown"));
+    let replay_dir = tempfile::tempdir().unwrap();
+    let port = stack::free_port();
+    let mut config = walcast::config::Config::default();
+    config.postgres.url = db.url.clone();
+    config.postgres.slot = db.slot.clone();
+    config.postgres.publication = db.publication.clone();
+    config.rabbitmq.url = format!("{}?heartbeat=1", stack::shared_amqp_url());
+    config.rabbitmq.exchange = stack::unique("shutdown");
+    config.rabbitmq.queue = stack::unique("shutdown");
+    config.fanout.replay_dir = replay_dir.path().display().to_string();
+    config.http.listen = format!("127.0.0.1:{port}");
+    // The API role's pool is deadpool's, with connection tasks of its own.
+    let roles = Roles([Role::Capture, Role::Gateway].into());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let app = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let result = walcast::app::run(config, roles, stop).await;
+            let stopped_at = std::time::Instant::now();
+            let alive = || {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            };
+            let at_return = alive();
+            // A replay log still held by a writer thread cannot be opened.
+            let reopened = Hub::open(
+                HubOptions {
+                    replay_dir: Some(std::path::PathBuf::from(
+                        &replay_dir.path().display().to_string(),
+                    )),
+                    ..HubOptions::default()
+                },
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .map(drop);
+            while alive() > 0 && stopped_at.elapsed() < TIMEOUT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (result, reopened, at_return, alive(), stopped_at.elapsed())
+        })
+    });
+
+    client.block_on(async {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await;
+            let body = match ready {
+                Ok(response) if response.status() == 200 => break,
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline && !app.is_finished(),
+                "walcast run never got ready: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    shutdown.cancel();
+    let (result, reopened, at_return, alive, waited) = app.join().expect("the app's thread");
+    result.expect("walcast run stopped cleanly");
+    reopened.expect("the replay log is closed when run returns");
+    eprintln!("tasks alive when run returned: {at_return}; all gone after {waited:?}");
+    assert_eq!(
+        alive, 0,
+        "tasks still running {waited:?} after run returned"
+    );
 }
