@@ -115,12 +115,30 @@ async fn an_invalid_field_list_is_refused_and_changes_nothing() {
     let long = "c".repeat(64);
     let too_many: Vec<String> = (0..=1600).map(|i| format!("c{i}")).collect();
     let refused = [
-        (json!({"table": "public.orders", "fields": "status"}), "must be an array"),
-        (json!({"table": "public.orders", "fields": ["status", 7]}), "column names (strings)"),
-        (json!({"table": "public.orders", "fields": [""]}), "not a column name"),
-        (json!({"table": "public.orders", "fields": [long]}), "not a column name"),
-        (json!({"table": "public.orders", "fields": too_many}), "at most 1600"),
-        (json!({"table": "public.orders", "old": "no"}), "old must be true or false"),
+        (
+            json!({"table": "public.orders", "fields": "status"}),
+            "must be an array",
+        ),
+        (
+            json!({"table": "public.orders", "fields": ["status", 7]}),
+            "column names (strings)",
+        ),
+        (
+            json!({"table": "public.orders", "fields": [""]}),
+            "not a column name",
+        ),
+        (
+            json!({"table": "public.orders", "fields": [long]}),
+            "not a column name",
+        ),
+        (
+            json!({"table": "public.orders", "fields": too_many}),
+            "at most 1600",
+        ),
+        (
+            json!({"table": "public.orders", "old": "no"}),
+            "old must be true or false",
+        ),
     ];
     for (payload, reason) in refused {
         let reply = client.request("subscribe", Some(payload.clone())).await;
