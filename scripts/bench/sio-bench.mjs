@@ -10,7 +10,10 @@
 //   groups         [{name, count, subscribe?: "key", sampleEvery?: n}]
 //                  "key": socket i of the group subscribes to
 //                  {table: "public.orders", key: {id: i + 1}}; otherwise it
-//                  receives everything. Only every sampleEvery-th socket
+//                  receives everything; an object: every socket of the
+//                  group sends it as its `subscribe` (e.g. a projection,
+//                  {table, fields, old}) and receives that table's
+//                  changes. Only every sampleEvery-th socket
 //                  (default 1: all) records latencies.
 //   concurrency    sockets connecting at once (default 200)
 //   load           [program, ...args]: run when every socket is ready; its
@@ -106,12 +109,11 @@ function openSocket(group, index) {
     socket.on("connect_error", () => { group.failed++; resolve(); });
     socket.on("connect", async () => {
       group.connected++;
-      if (group.subscribe === "key") {
+      if (group.subscribe) {
         try {
-          const ack = await socket.timeout(30000).emitWithAck("subscribe", {
-            table: "public.orders",
-            key: { id: index + 1 },
-          });
+          const payload =
+            group.subscribe === "key" ? { table: "public.orders", key: { id: index + 1 } } : group.subscribe;
+          const ack = await socket.timeout(30000).emitWithAck("subscribe", payload);
           if (!ack?.ok) group.failed++;
         } catch {
           group.failed++;
