@@ -6,7 +6,7 @@
 # results. Only numbers are printed; nothing here passes or fails on time.
 #
 #   scripts/bench.sh                        # everything (about 5 minutes on a quiet 2-core machine)
-#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout large
+#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout node large
 #   BENCH_ROWS=50000 BENCH_SECONDS=5 BENCH_LARGE_ROWS=100000 scripts/bench.sh   # quick
 #
 # Sizes (environment):
@@ -17,6 +17,10 @@
 #   BENCH_FANOUT_RATE     fan-out: changes/s (default 10)
 #   BENCH_FANOUT_SECONDS  fan-out: seconds of load (default 10)
 #   BENCH_CLIENT_THREADS  fan-out: worker threads of the Rust client (default 1)
+#   BENCH_NODE_SOCKETS    node clients: socket.io-client sockets (default 100)
+#   BENCH_NODE_RATE       node clients: API writes/s (default 300)
+#   BENCH_NODE_SECONDS    node clients: seconds of load per round (default 30)
+#   BENCH_NODE_ROUNDS     node clients: rounds, medians reported (default 3)
 #   BENCH_LARGE_ROWS      large transaction: rows of the UPDATE (default 1000000)
 #
 # Every benchmark uses its own database, slots, exchanges and queues and
@@ -31,18 +35,18 @@ cd "$root"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 selected=("$@")
-[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout large)
+[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout node large)
 for name in "${selected[@]}"; do
   case "$name" in
-    decoder | drain | latency | fanout | large) ;;
-    *) log "unknown benchmark $name (decoder drain latency fanout large)"; exit 2 ;;
+    decoder | drain | latency | fanout | node | large) ;;
+    *) log "unknown benchmark $name (decoder drain latency fanout node large)"; exit 2 ;;
   esac
 done
 
 log "services and builds"
 bash scripts/ensure-services.sh >/dev/null 2>&1
 [ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load
+cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio
 export BENCH_NO_BUILD=1
 
 mkdir -p target/bench
@@ -82,6 +86,7 @@ for name in "${selected[@]}"; do
     drain) log "backlog drain"; bash scripts/bench/drain.sh >>"$rows" ;;
     latency) log "commit-to-browser latency"; bash scripts/bench/latency.sh >>"$rows" ;;
     fanout) log "fan-out"; bash scripts/bench/fanout.sh >>"$rows" ;;
+    node) log "Node clients, API writes"; bash scripts/bench/node_clients.sh >>"$rows" ;;
     large)
       log "large transaction"
       bash scripts/bench/large_txn.sh "${BENCH_LARGE_ROWS:-1000000}" update >>"$rows"

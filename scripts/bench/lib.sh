@@ -106,7 +106,8 @@ drop_slots() {
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # stack_up NAME ORDERS: a database of its own with ORDERS rows in `orders`
-# (ids 1..ORDERS), and `walcast run --role capture,gateway` (release) with
+# (ids 1..ORDERS), and `walcast run --role capture,gateway` (release; the
+# roles from BENCH_ROLES when set, e.g. capture,gateway,api) with
 # its own slot, exchange and queue on a free port, ready and caught up.
 # Sets db, url, exchange, queue, port, walcast_url, walcast_pid. Call
 # stack_down (e.g. from an EXIT trap) to stop and remove all of it.
@@ -124,7 +125,7 @@ stack_up() {
   RUST_LOG=warn WALCAST_RABBITMQ_QUEUE="$queue" WALCAST_POSTGRES_STATUS_INTERVAL_MS=1000 \
     "$bin" --database-url "$url" --slot "$db" --publication "$db" \
     --rabbitmq-url "$amqp_url" --exchange "$exchange" --listen "127.0.0.1:$port" \
-    run --role capture,gateway &
+    run --role "${BENCH_ROLES:-capture,gateway}" &
   walcast_pid=$!
   local i
   for i in $(seq 1 300); do

@@ -10,7 +10,10 @@
 //   groups         [{name, count, subscribe?: "key", sampleEvery?: n}]
 //                  "key": socket i of the group subscribes to
 //                  {table: "public.orders", key: {id: i + 1}}; otherwise it
-//                  receives everything. Only every sampleEvery-th socket
+//                  receives everything; an object: every socket of the
+//                  group sends it as its `subscribe` (e.g. a projection,
+//                  {table, fields, old}) and receives that table's
+//                  changes. Only every sampleEvery-th socket
 //                  (default 1: all) records latencies.
 //   concurrency    sockets connecting at once (default 200)
 //   load           [program, ...args]: run when every socket is ready; its
@@ -20,16 +23,21 @@
 //   holdMs         with no load: keep the sockets this long, then report
 //   serverPid      walcast's pid: report its RSS before the sockets connect,
 //                  once they are connected (after settleMs, default 2000),
-//                  and its peak (VmHWM) at the end
+//                  and its peak (VmHWM) at the end, and its CPU time and
+//                  write system calls during the load
 //
 // Latency of a change = receipt time − its `commit_time` (same machine
 // clock). The summary has, per group: sockets connected, changes received,
 // expected, latency p50/p99/max in ms, disconnects, and the span of
-// receipts.
+// receipts; and `cpu`: user+system seconds of this client and of walcast
+// from the start of the load to the end of the drain, the wall time in
+// between, walcast's write system calls in that time (/proc/PID/io syscw:
+// its socket writes), and the load generator's own CPU if it reports it.
 
 import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import os from "node:os";
 
 const require = createRequire(new URL("../../tests/js/package.json", import.meta.url));
 const { io } = require("socket.io-client");
@@ -101,12 +109,11 @@ function openSocket(group, index) {
     socket.on("connect_error", () => { group.failed++; resolve(); });
     socket.on("connect", async () => {
       group.connected++;
-      if (group.subscribe === "key") {
+      if (group.subscribe) {
         try {
-          const ack = await socket.timeout(30000).emitWithAck("subscribe", {
-            table: "public.orders",
-            key: { id: index + 1 },
-          });
+          const payload =
+            group.subscribe === "key" ? { table: "public.orders", key: { id: index + 1 } } : group.subscribe;
+          const ack = await socket.timeout(30000).emitWithAck("subscribe", payload);
           if (!ack?.ok) group.failed++;
         } catch {
           group.failed++;
@@ -152,6 +159,25 @@ function serverKiB(field) {
   const m = status.match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
   return m ? Number(m[1]) : null;
 }
+// User + system CPU seconds of a process so far.
+function cpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime, in clock ticks (100 a second on Linux).
+    return (Number(rest[11]) + Number(rest[12])) / 100;
+  } catch {
+    return null;
+  }
+}
+// Write-type system calls of a process so far (write, sendto, writev...).
+function writeCalls(pid) {
+  try {
+    return Number(readFileSync(`/proc/${pid}/io`, "utf8").match(/^syscw: (\d+)$/m)[1]);
+  } catch {
+    return null;
+  }
+}
 const serverRssBefore = serverKiB("VmRSS");
 const connectMs = await connectAll();
 log(`connected ${groups.map((g) => `${g.name}: ${g.connected}/${g.count}`).join(", ")} in ${Math.round(connectMs)} ms`);
@@ -161,6 +187,12 @@ if (options.serverPid) {
   await sleep(options.settleMs ?? 2000);
   serverRssConnected = serverKiB("VmRSS");
 }
+const cpuStart = {
+  client: process.cpuUsage(),
+  server: options.serverPid ? cpuSeconds(options.serverPid) : null,
+  writes: options.serverPid ? writeCalls(options.serverPid) : null,
+  wall: now(),
+};
 counting = true;
 let load = null;
 if (options.load) {
@@ -173,11 +205,22 @@ if (options.load) {
   await sleep(options.holdMs ?? 1000);
 }
 counting = false;
+const clientCpu = process.cpuUsage(cpuStart.client);
+const serverEnd = options.serverPid ? cpuSeconds(options.serverPid) : null;
+const writesEnd = options.serverPid ? writeCalls(options.serverPid) : null;
 const summary = {
   connectMs: Math.round(connectMs),
   clientRssMiB: Math.round(memory / 1048576),
   serverKiB: { before: serverRssBefore, connected: serverRssConnected, peak: serverKiB("VmHWM") },
   load,
+  cpu: {
+    wallSec: (now() - cpuStart.wall) / 1000,
+    clientSec: (clientCpu.user + clientCpu.system) / 1e6,
+    serverSec: serverEnd !== null && cpuStart.server !== null ? serverEnd - cpuStart.server : null,
+    serverWrites: writesEnd !== null && cpuStart.writes !== null ? writesEnd - cpuStart.writes : null,
+    loadSec: load?.cpuSec ?? null,
+    cores: os.cpus().length,
+  },
   groups: groups.map((g) => ({
     name: g.name,
     sockets: g.count,

@@ -1,22 +1,34 @@
-//! How the hub reaches a socket: the [`Emit`] trait.
+//! How the hub reaches a socket: the [`Emit`] trait, and the `change`
+//! packet encoded once ([`ChangePacket`]).
 //!
 //! The hub never calls socketioxide directly. It emits `change` and
 //! `resync` packets and disconnects slow sockets through [`Emit`], which
-//! socketioxide's [`SocketRef`] implements for production and a recording
-//! double implements in tests, so `deliver`, `attach` and catch-up are unit
-//! tested without sockets (as `replay` is). Every method is non-blocking:
-//! a socket whose queue has no room answers [`EmitError::Full`] and the hub
-//! decides what that means (disconnect the socket, or wait during a replay).
+//! [`SioSocket`] (a socketioxide socket and walcast's adapter) implements
+//! for production and a recording double implements in tests, so
+//! `deliver`, `attach` and catch-up are unit tested without sockets (as
+//! `replay` is). Every method is non-blocking: a socket whose queue has no
+//! room answers [`EmitError::Full`] and the hub decides what that means
+//! (disconnect the socket, or wait during a replay).
+//!
+//! A [`ChangePacket`] is built once per event and projection and sent as
+//! is to every socket it is for: the payload is serialized once, and each
+//! socket gets a reference-counted copy of the same bytes (see `adapter`).
 //!
 //! It does not decide who receives what (the hub and `subscription` do) and
 //! does not count bytes (`budget` does).
 
-use serde_json::value::RawValue;
+use std::sync::Arc;
+
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
+use socketioxide_core::adapter::errors::SocketError as CoreSocketError;
+use socketioxide_core::packet::Packet;
+use socketioxide_core::{Str, Value as SioValue};
 use tracing::error;
+
+use super::adapter::FanoutAdapter;
 
 /// Why a packet did not reach a socket's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +39,50 @@ pub(crate) enum EmitError {
     Closed,
 }
 
+/// The text before a `change` payload in its Socket.IO event array.
+const CHANGE_PREFIX: &str = "[\"change\",";
+
+/// One `change` event, encoded once as a Socket.IO packet of namespace `/`
+/// (`["change",<payload>]`) for every socket that gets it.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangePacket {
+    packet: Packet,
+    /// The event array's text, which the packet shares.
+    data: Str,
+}
+
+impl ChangePacket {
+    /// A packet whose payload is `payload` (a change event's JSON), byte
+    /// for byte.
+    pub(crate) fn new(payload: &str) -> ChangePacket {
+        let mut data = String::with_capacity(CHANGE_PREFIX.len() + payload.len() + 1);
+        data.push_str(CHANGE_PREFIX);
+        data.push_str(payload);
+        data.push(']');
+        let data = Str::from(data);
+        ChangePacket {
+            packet: Packet::event(Str::from("/"), SioValue::Str(data.clone(), None)),
+            data,
+        }
+    }
+
+    /// The payload, as the client receives it.
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &str {
+        &self.data[CHANGE_PREFIX.len()..self.data.len() - 1]
+    }
+
+    /// Bytes of the payload, what a socket's byte budget counts.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.data.len() - CHANGE_PREFIX.len() - 1
+    }
+}
+
 /// A socket as the hub sees it.
 pub(crate) trait Emit: Send + Sync + 'static {
     fn sid(&self) -> Sid;
-    /// Queues a `change` packet whose payload is `raw`, byte for byte.
-    fn emit_change(&self, raw: &RawValue) -> Result<(), EmitError>;
+    /// Queues a `change` packet.
+    fn emit_change(&self, packet: &ChangePacket) -> Result<(), EmitError>;
     /// Queues a `resync` packet.
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError>;
     /// Queues a Socket.IO disconnect and closes the socket's namespace
@@ -40,23 +91,34 @@ pub(crate) trait Emit: Send + Sync + 'static {
     fn connected(&self) -> bool;
 }
 
-impl Emit for SocketRef {
+/// A connected socket and the adapter that sends to it.
+pub(crate) struct SioSocket {
+    pub(crate) socket: SocketRef<FanoutAdapter>,
+    pub(crate) adapter: Arc<FanoutAdapter>,
+}
+
+impl Emit for SioSocket {
     fn sid(&self) -> Sid {
-        self.id
+        self.socket.id
     }
 
-    fn emit_change(&self, raw: &RawValue) -> Result<(), EmitError> {
-        // `&RawValue` serializes as its text: the payload is the body as
-        // received.
-        self.emit("change", raw).map_err(send_error)
+    fn emit_change(&self, packet: &ChangePacket) -> Result<(), EmitError> {
+        if !self.connected() {
+            return Err(EmitError::Closed);
+        }
+        match self.adapter.send(self.socket.id, &packet.packet) {
+            Ok(()) => Ok(()),
+            Err(CoreSocketError::InternalChannelFull) => Err(EmitError::Full),
+            Err(CoreSocketError::Closed) => Err(EmitError::Closed),
+        }
     }
 
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {
-        self.emit("resync", payload).map_err(send_error)
+        self.socket.emit("resync", payload).map_err(send_error)
     }
 
     fn disconnect(&self) -> Result<(), EmitError> {
-        match self.clone().disconnect() {
+        match self.socket.clone().disconnect() {
             Ok(()) | Err(SocketError::Closed) => Ok(()),
             Err(SocketError::InternalChannelFull) => Err(EmitError::Full),
         }
@@ -64,7 +126,7 @@ impl Emit for SocketRef {
 
     fn connected(&self) -> bool {
         // The inherent method, on the socket behind the reference.
-        socketioxide::socket::Socket::connected(self)
+        socketioxide::socket::Socket::connected(&self.socket)
     }
 }
 
@@ -73,11 +135,28 @@ fn send_error(e: SendError) -> EmitError {
         SendError::Socket(SocketError::InternalChannelFull) => EmitError::Full,
         SendError::Socket(SocketError::Closed) => EmitError::Closed,
         SendError::Serialize(e) => {
-            // Cannot happen for a RawValue or a JSON value; never let it
-            // pass silently.
+            // Cannot happen for a JSON value; never let it pass silently.
             error!(error = %e, "cannot encode a packet for socket.io; closing the socket");
             EmitError::Closed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_packet_carries_the_payload_byte_for_byte() {
+        let payload = r#"{"id":"x","new":{"a":"é\"}"}"#;
+        let packet = ChangePacket::new(payload);
+        assert_eq!(packet.payload(), payload);
+        assert_eq!(packet.payload_len(), payload.len());
+        assert!(matches!(
+            &packet.packet.inner,
+            socketioxide_core::packet::PacketData::Event(SioValue::Str(data, None), None)
+                if data.as_str() == format!("[\"change\",{payload}]")
+        ));
     }
 }
 
@@ -176,8 +255,8 @@ pub(crate) mod test_socket {
             self.sid
         }
 
-        fn emit_change(&self, raw: &RawValue) -> Result<(), EmitError> {
-            self.queue(Sent::Change(raw.get().to_owned()))
+        fn emit_change(&self, packet: &ChangePacket) -> Result<(), EmitError> {
+            self.queue(Sent::Change(packet.payload().to_owned()))
         }
 
         fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {

@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{
     ConnectHandler, FromConnectParts, FromMessageParts, Value as SioValue,
@@ -49,6 +48,8 @@ use socketioxide::socket::Socket;
 use socketioxide::SocketIo;
 use tracing::{debug, info};
 
+use super::adapter::{AdapterSlot, FanoutAdapter};
+use super::emit::SioSocket;
 use super::handshake::{Handshake, HandshakeError};
 use super::hub::{AuthRequest, Hub};
 
@@ -66,7 +67,7 @@ pub const WS_READ_BUFFER: usize = 512;
 ///
 /// Must be called inside a Tokio runtime: it spawns the task that closes
 /// every socket when the hub's shutdown token is cancelled.
-pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
+pub fn layer(hub: &Hub) -> (SocketIoLayer<FanoutAdapter>, SocketIo<FanoutAdapter>) {
     let options = hub.options();
     // Clients only send the handshake, pongs and subscribe commands: the
     // packet limits replace engineioxide's 64 MiB message / 16 MiB frame
@@ -74,6 +75,7 @@ pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
     // packet closes that client's connection (a WebSocket protocol error;
     // a polling request is refused).
     let max_packet = options.max_packet_bytes.max(1);
+    let adapter = AdapterSlot::default();
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(options.socket_buffer.max(1))
         .max_payload(max_packet as u64)
@@ -83,6 +85,8 @@ pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
         .ping_interval(options.ping_interval)
         .ping_timeout(options.ping_timeout)
         .with_state(hub.clone())
+        .with_state(adapter.clone())
+        .with_adapter::<FanoutAdapter>(adapter)
         .build_layer();
     io.ns("/", on_connect.with(admit));
 
@@ -122,7 +126,7 @@ impl std::fmt::Display for Refused {
 
 /// Connect middleware: validate, authorize, install handlers.
 async fn admit(
-    socket: SocketRef,
+    socket: SocketRef<FanoutAdapter>,
     State(hub): State<Hub>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Refused> {
@@ -154,14 +158,16 @@ async fn admit(
     }
     socket.on("subscribe", async |_: SubscriptionCommand<true>| {});
     socket.on("unsubscribe", async |_: SubscriptionCommand<false>| {});
-    socket.on_fallback(async |Event(event): Event, ack: AckSender| {
+    socket.on_fallback(async |Event(event): Event, ack: AckSender<FanoutAdapter>| {
         debug!(event, "ignoring unknown event");
         ack.send(&json!({"ok": false, "error": format!("unknown event {event:?}")}))
             .ok();
     });
-    socket.on_disconnect(async |socket: SocketRef, State(hub): State<Hub>| {
-        hub.detach(socket.id);
-    });
+    socket.on_disconnect(
+        async |socket: SocketRef<FanoutAdapter>, State(hub): State<Hub>| {
+            hub.detach(socket.id);
+        },
+    );
     Ok(())
 }
 
@@ -172,11 +178,11 @@ async fn on_connect(_: Attached) {}
 /// handler's arguments (see the module doc for why not in the handler).
 struct Attached;
 
-impl FromConnectParts<LocalAdapter> for Attached {
+impl FromConnectParts<FanoutAdapter> for Attached {
     type Error = Infallible;
 
     fn from_connect_parts(
-        socket: &Arc<Socket<LocalAdapter>>,
+        socket: &Arc<Socket<FanoutAdapter>>,
         auth: &Option<SioValue>,
     ) -> Result<Self, Infallible> {
         let Ok(State(hub)) = State::<Hub>::from_connect_parts(socket, auth) else {
@@ -189,7 +195,15 @@ impl FromConnectParts<LocalAdapter> for Attached {
             .and_then(|auth| Handshake::parse(Some(&auth)).ok())
             .map(|h| h.start)
             .unwrap_or(super::handshake::StartAt::Live);
-        hub.attach(Arc::new(SocketRef::from(socket.clone())), start);
+        let Ok(State(slot)) = State::<AdapterSlot>::from_connect_parts(socket, auth) else {
+            unreachable!("the layer always installs the adapter slot as state");
+        };
+        let adapter = slot
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .expect("socketioxide initialized the adapter of namespace / when it was added");
+        let socket = SocketRef::from(socket.clone());
+        hub.attach(Arc::new(SioSocket { socket, adapter }), start);
         Ok(Attached)
     }
 }
@@ -198,11 +212,11 @@ impl FromConnectParts<LocalAdapter> for Attached {
 /// during extraction so commands apply in the order they were sent.
 struct SubscriptionCommand<const SUBSCRIBE: bool>;
 
-impl<const SUBSCRIBE: bool> FromMessageParts<LocalAdapter> for SubscriptionCommand<SUBSCRIBE> {
+impl<const SUBSCRIBE: bool> FromMessageParts<FanoutAdapter> for SubscriptionCommand<SUBSCRIBE> {
     type Error = Infallible;
 
     fn from_message_parts(
-        socket: &Arc<Socket<LocalAdapter>>,
+        socket: &Arc<Socket<FanoutAdapter>>,
         value: &mut SioValue,
         ack_id: &Option<i64>,
     ) -> Result<Self, Infallible> {

@@ -113,6 +113,7 @@
 //! This module does not talk to RabbitMQ (`consumer`) and does not bind a
 //! listener or build the HTTP API.
 
+mod adapter;
 mod budget;
 mod change;
 mod emit;
@@ -120,6 +121,7 @@ mod handshake;
 mod hub;
 mod layer;
 mod log_writer;
+mod projection;
 mod replay;
 mod replay_log;
 mod replay_record;
@@ -127,9 +129,11 @@ mod snapshot;
 mod stats;
 mod subscription;
 
+pub use adapter::FanoutAdapter;
 pub use change::{Change, EventHeader, MalformedChange};
 pub use hub::{AuthRequest, Authorizer, DeliverError, Delivered, Hub, HubOptions};
 pub use layer::{layer, router};
+pub use projection::{Projection, MAX_FIELDS, MAX_FIELD_BYTES};
 pub use replay::{Horizons, ReplayBuffer, ResyncReason};
 pub use replay_log::{LoadReport, ReplayLog, ReplayLogError, LOCK_FILE, LOG_FILE};
 pub use snapshot::{xid_precedes, ParseSnapshotError, Snapshot};

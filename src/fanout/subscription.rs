@@ -12,18 +12,29 @@
 //! A change without a key (`truncate`) concerns every row of its table, so
 //! it also reaches the sockets subscribed to a row of that table.
 //!
+//! A `subscribe` may also shape the events of its table (`fields`, `old`:
+//! see `projection`). The projection belongs to the socket and the table:
+//! the latest `subscribe` naming a table sets it for every change of that
+//! table the socket receives (one without `fields` and `old` restores whole
+//! events), and it goes with the socket's last subscription to the table.
+//! `unsubscribe` accepts the same payload and ignores them.
+//!
 //! What one socket may hold is capped ([`Limits`]: subscriptions, a key's
-//! size, all of its subscriptions' bytes); past a cap the command is refused
-//! with a reason and nothing changes.
+//! size, all of its subscriptions' bytes, projections' column names
+//! included); past a cap the command is refused with a reason and nothing
+//! changes.
 //!
 //! The [`Index`] maps tables and rows to socket ids so a change reaches its
 //! subscribers without scanning every socket. It holds no sockets and does no
 //! I/O.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 use socketioxide::socket::Sid;
+
+use super::projection::Projection;
 
 /// What one socket's subscriptions may take (`fanout.max_*`); bounds what
 /// one client can make the gateway hold.
@@ -85,9 +96,42 @@ pub fn canonical_json(value: &Value) -> String {
     serde_json::to_string(&sorted(value)).expect("a JSON value always serializes")
 }
 
+/// The fields a `subscribe`/`unsubscribe` payload may have.
+const COMMAND_FIELDS: [&str; 4] = ["table", "key", "fields", "old"];
+
+/// A parsed `subscribe`/`unsubscribe` payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub target: Target,
+    /// `fields`/`old`; `None`: whole events.
+    pub projection: Option<Projection>,
+}
+
+impl From<Target> for Command {
+    /// A command for whole events.
+    fn from(target: Target) -> Command {
+        Command {
+            target,
+            projection: None,
+        }
+    }
+}
+
 /// Parses a `subscribe`/`unsubscribe` payload:
-/// `{ "table": "schema.table", "key": {...}? }`, with a key of at most
-/// `max_key_bytes` (canonical JSON).
+/// `{ "table": "schema.table", "key": {...}?, "fields": [...]?, "old": bool? }`,
+/// with a key of at most `max_key_bytes` (canonical JSON).
+pub fn parse_command(payload: Option<&Value>, max_key_bytes: usize) -> Result<Command, String> {
+    let target = parse_target(payload, max_key_bytes)?;
+    let Some(Value::Object(map)) = payload else {
+        unreachable!("parse_target accepts objects only");
+    };
+    Ok(Command {
+        target,
+        projection: Projection::parse(map)?,
+    })
+}
+
+/// The target of a `subscribe`/`unsubscribe` payload (see [`parse_command`]).
 pub fn parse_target(payload: Option<&Value>, max_key_bytes: usize) -> Result<Target, String> {
     let Some(Value::Object(map)) = payload else {
         return Err(
@@ -95,9 +139,9 @@ pub fn parse_target(payload: Option<&Value>, max_key_bytes: usize) -> Result<Tar
                 .into(),
         );
     };
-    if let Some(unknown) = map.keys().find(|k| *k != "table" && *k != "key") {
+    if let Some(unknown) = map.keys().find(|k| !COMMAND_FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown field {unknown:?}; expected \"table\" and optionally \"key\""
+            "unknown field {unknown:?}; expected \"table\" and optionally \"key\", \"fields\", \"old\""
         ));
     }
     let table = match map.get("table") {
@@ -140,7 +184,9 @@ pub struct Subscriptions {
     /// "Everything" mode: true until the first subscribe.
     pub all: bool,
     pub targets: HashSet<Target>,
-    /// Sum of the targets' [`Target::bytes`].
+    /// Per table, the shape of its changes for this socket (absent: whole).
+    projections: HashMap<String, Arc<Projection>>,
+    /// Sum of the targets' [`Target::bytes`] and the projections' bytes.
     bytes: usize,
 }
 
@@ -149,7 +195,35 @@ impl Default for Subscriptions {
         Subscriptions {
             all: true,
             targets: HashSet::new(),
+            projections: HashMap::new(),
             bytes: 0,
+        }
+    }
+}
+
+impl Subscriptions {
+    /// How this socket wants the changes of `table`; `None`: whole.
+    pub fn projection(&self, table: &str) -> Option<&Arc<Projection>> {
+        if self.projections.is_empty() {
+            return None;
+        }
+        self.projections.get(table)
+    }
+
+    fn holds_table(&self, table: &str) -> bool {
+        self.targets.iter().any(|t| match t {
+            Target::Table(name) => name == table,
+            Target::Row(row) => row.table == table,
+        })
+    }
+}
+
+impl Target {
+    /// The `schema.table` it concerns.
+    pub fn table(&self) -> &str {
+        match self {
+            Target::Table(table) => table,
+            Target::Row(row) => &row.table,
         }
     }
 }
@@ -179,30 +253,47 @@ impl Index {
         }
     }
 
-    /// Applies a subscribe; past one of `limits` it is refused and nothing
+    /// Applies a subscribe (its target, and its projection for the
+    /// target's table); past one of `limits` it is refused and nothing
     /// changes.
     pub fn subscribe(
         &mut self,
         sid: Sid,
         subs: &mut Subscriptions,
-        target: Target,
+        command: Command,
         limits: &Limits,
     ) -> Result<(), String> {
-        if subs.targets.contains(&target) && !subs.all {
-            return Ok(());
-        }
-        if subs.targets.len() >= limits.subscriptions {
+        let Command { target, projection } = command;
+        let held = subs.targets.contains(&target) && !subs.all;
+        if !held && subs.targets.len() >= limits.subscriptions {
             return Err(format!(
                 "too many subscriptions: at most {} per socket (fanout.max_subscriptions); unsubscribe from one first",
                 limits.subscriptions
             ));
         }
-        if subs.bytes + target.bytes() > limits.total_bytes {
+        let table = target.table();
+        let old_projection = subs.projections.get(table).map_or(0, |p| p.bytes());
+        let new_projection = projection.as_ref().map_or(0, Projection::bytes);
+        let bytes =
+            subs.bytes + if held { 0 } else { target.bytes() } + new_projection - old_projection;
+        if bytes > limits.total_bytes {
             return Err(format!(
-                "subscriptions would take {} bytes; at most {} per socket (fanout.max_subscription_bytes)",
-                subs.bytes + target.bytes(),
+                "subscriptions would take {bytes} bytes; at most {} per socket (fanout.max_subscription_bytes)",
                 limits.total_bytes
             ));
+        }
+        subs.bytes = bytes;
+        match projection {
+            Some(projection) => {
+                subs.projections
+                    .insert(table.to_owned(), Arc::new(projection));
+            }
+            None => {
+                subs.projections.remove(table);
+            }
+        }
+        if held {
+            return Ok(());
         }
         if subs.all {
             subs.all = false;
@@ -222,16 +313,21 @@ impl Index {
                     .or_default() += 1;
             }
         }
-        subs.bytes += target.bytes();
         subs.targets.insert(target);
         Ok(())
     }
 
-    /// Applies an unsubscribe (a no-op for a target not held).
+    /// Applies an unsubscribe (a no-op for a target not held). The last
+    /// subscription to a table takes its projection along.
     pub fn unsubscribe(&mut self, sid: Sid, subs: &mut Subscriptions, target: &Target) {
         if subs.targets.remove(target) {
             subs.bytes -= target.bytes();
             self.remove(sid, target);
+            if !subs.holds_table(target.table()) {
+                if let Some(projection) = subs.projections.remove(target.table()) {
+                    subs.bytes -= projection.bytes();
+                }
+            }
         }
     }
 
@@ -420,7 +516,12 @@ mod tests {
         });
 
         index
-            .subscribe(a, &mut subs_a, Target::Row(order42.clone()), &LIMITS)
+            .subscribe(
+                a,
+                &mut subs_a,
+                (Target::Row(order42.clone())).into(),
+                &LIMITS,
+            )
             .unwrap();
         index.targets("public.orders", Some(&order7), &mut out);
         assert_eq!(out, vec![b]);
@@ -435,7 +536,7 @@ mod tests {
             .subscribe(
                 a,
                 &mut subs_a,
-                Target::Table("public.orders".into()),
+                (Target::Table("public.orders".into())).into(),
                 &LIMITS,
             )
             .unwrap();
@@ -469,10 +570,10 @@ mod tests {
             })
         };
         index
-            .subscribe(a, &mut subs_a, row("public.orders"), &LIMITS)
+            .subscribe(a, &mut subs_a, (row("public.orders")).into(), &LIMITS)
             .unwrap();
         index
-            .subscribe(b, &mut subs_b, row("public.items"), &LIMITS)
+            .subscribe(b, &mut subs_b, (row("public.items")).into(), &LIMITS)
             .unwrap();
         let mut out = Vec::new();
         index.targets("public.orders", None, &mut out);
@@ -502,27 +603,106 @@ mod tests {
         index.add_socket(a);
         let table = |n: &str| Target::Table(format!("public.{n}"));
         index
-            .subscribe(a, &mut subs, table("orders"), &limits)
+            .subscribe(a, &mut subs, (table("orders")).into(), &limits)
             .unwrap();
         // 13 + 26 bytes > 40.
         let err = index
-            .subscribe(a, &mut subs, table("a_rather_long_name_here"), &limits)
+            .subscribe(
+                a,
+                &mut subs,
+                (table("a_rather_long_name_here")).into(),
+                &limits,
+            )
             .unwrap_err();
         assert!(err.contains("fanout.max_subscription_bytes"), "{err}");
         index
-            .subscribe(a, &mut subs, table("items"), &limits)
+            .subscribe(a, &mut subs, (table("items")).into(), &limits)
             .unwrap();
         let err = index
-            .subscribe(a, &mut subs, table("x"), &limits)
+            .subscribe(a, &mut subs, (table("x")).into(), &limits)
             .unwrap_err();
         assert!(err.contains("fanout.max_subscriptions"), "{err}");
         assert_eq!(subs.targets.len(), 2);
         assert_eq!(subs.bytes, "public.orders".len() + "public.items".len());
         // Subscribing again to what is held is no new subscription.
         index
-            .subscribe(a, &mut subs, table("items"), &limits)
+            .subscribe(a, &mut subs, (table("items")).into(), &limits)
             .unwrap();
         index.unsubscribe(a, &mut subs, &table("items"));
-        index.subscribe(a, &mut subs, table("x"), &limits).unwrap();
+        index
+            .subscribe(a, &mut subs, (table("x")).into(), &limits)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_projection_follows_the_latest_subscribe_of_its_table_and_counts_its_bytes() {
+        let limits = Limits {
+            subscriptions: 8,
+            key_bytes: 64,
+            total_bytes: 40,
+        };
+        let mut index = Index::default();
+        let a = sid(0);
+        let mut subs = Subscriptions::default();
+        index.add_socket(a);
+        let command = |payload: Value| parse_command(Some(&payload), limits.key_bytes).unwrap();
+
+        // 13 bytes of table + 6 of column names.
+        index
+            .subscribe(
+                a,
+                &mut subs,
+                command(json!({"table": "public.orders", "fields": ["status"]})),
+                &limits,
+            )
+            .unwrap();
+        assert_eq!(subs.bytes, 19);
+        assert!(subs.projection("public.orders").is_some());
+        assert!(subs.projection("public.items").is_none());
+        // A row of the same table re-sets the table's projection: whole.
+        let row = json!({"table": "public.orders", "key": {"id": 1}});
+        index
+            .subscribe(a, &mut subs, command(row.clone()), &limits)
+            .unwrap();
+        assert!(subs.projection("public.orders").is_none());
+        assert_eq!(subs.bytes, 13 + 13 + 8);
+        // Too many column bytes: refused, nothing changes.
+        let err = index
+            .subscribe(
+                a,
+                &mut subs,
+                command(json!({"table": "public.orders", "fields": ["a_long_column_name"]})),
+                &limits,
+            )
+            .unwrap_err();
+        assert!(err.contains("fanout.max_subscription_bytes"), "{err}");
+        assert!(subs.projection("public.orders").is_none());
+        assert_eq!(subs.bytes, 34);
+        index
+            .subscribe(
+                a,
+                &mut subs,
+                command(json!({"table": "public.orders", "old": false})),
+                &limits,
+            )
+            .unwrap();
+        assert!(subs.projection("public.orders").is_some());
+        // The projection goes with the table's last subscription.
+        index.unsubscribe(a, &mut subs, &command(row).target);
+        assert!(subs.projection("public.orders").is_some());
+        index.unsubscribe(a, &mut subs, &Target::Table("public.orders".into()));
+        assert!(subs.projection("public.orders").is_none());
+        assert_eq!(subs.bytes, 0);
+    }
+
+    #[test]
+    fn malformed_projections_are_refused() {
+        for payload in [
+            json!({"table": "public.orders", "fields": "status"}),
+            json!({"table": "public.orders", "fields": [1]}),
+            json!({"table": "public.orders", "old": 0}),
+        ] {
+            assert!(parse_command(Some(&payload), 64).is_err(), "{payload}");
+        }
     }
 }

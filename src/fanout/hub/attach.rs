@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use socketioxide::socket::Sid;
 use tracing::debug;
 
-use super::{emit_change, passes_snapshot, send_resync, Client, Hub, Phase, Step, CATCH_UP_BATCH};
+use super::packets::Packets;
+use super::{passes_snapshot, send_resync, Client, Hub, Phase, Step, CATCH_UP_BATCH};
 use crate::fanout::budget::{drain_horizon, SendBudget};
 use crate::fanout::emit::{Emit, EmitError};
 use crate::fanout::handshake::StartAt;
 use crate::fanout::replay::ResyncReason;
 use crate::fanout::stats::DisconnectReason;
-use crate::fanout::subscription::{parse_target, Index, Subscriptions};
+use crate::fanout::subscription::{parse_command, Index, Subscriptions};
 
 impl Hub {
     /// Attaches a socket that passed the handshake: sends a `resync` if its
@@ -107,16 +108,20 @@ impl Hub {
         subscribe: bool,
     ) -> Result<(), String> {
         let limits = &self.inner.options.subscription_limits;
-        let target = parse_target(payload, limits.key_bytes)?;
+        let command = parse_command(payload, limits.key_bytes)?;
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(client) = state.clients.get_mut(&sid) else {
             return Err("socket is not attached yet; retry".into());
         };
         if subscribe {
-            state.index.subscribe(sid, &mut client.subs, target, limits)
+            state
+                .index
+                .subscribe(sid, &mut client.subs, command, limits)
         } else {
-            state.index.unsubscribe(sid, &mut client.subs, &target);
+            state
+                .index
+                .unsubscribe(sid, &mut client.subs, &command.target);
             Ok(())
         }
     }
@@ -189,6 +194,7 @@ impl Hub {
         let mut emitted = 0u64;
         let mut outcome = Step::Done;
         let mut over_budget = false;
+        let mut packets = Packets::default();
         for (examined, change) in state.buffer.after(cursor).enumerate() {
             if examined == CATCH_UP_BATCH {
                 outcome = Step::Yield;
@@ -197,7 +203,9 @@ impl Hub {
             let wanted = Index::matches(&client.subs, &change.table, change.row.as_ref())
                 && passes_snapshot(client, change.id, change.xid, false);
             if wanted {
-                let size = change.raw.get().len();
+                packets.clear();
+                let packet = packets.get(change, client.subs.projection(&change.table));
+                let size = packet.payload_len();
                 // The estimate falls only with time (see `budget`): a
                 // replay past the budget is not waited out but cut, and the
                 // client resumes with `since` from what it got.
@@ -205,7 +213,7 @@ impl Hub {
                     over_budget = true;
                     break;
                 }
-                match emit_change(&*client.socket, change) {
+                match client.socket.emit_change(packet) {
                     Ok(()) => {
                         client.budget.record(size, now);
                         emitted += 1;

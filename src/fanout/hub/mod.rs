@@ -56,6 +56,7 @@
 mod attach;
 mod disconnect;
 mod history;
+mod packets;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -84,6 +85,7 @@ use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
 use super::stats::{DisconnectReason, FanoutStats};
 use super::subscription::{Index, Limits, Subscriptions};
+use packets::Packets;
 
 /// What the authorizer is given about a handshake.
 #[derive(Debug, Clone)]
@@ -245,6 +247,8 @@ struct State {
     index: Index,
     /// Reused target list, so a delivery does not allocate.
     targets: Vec<Sid>,
+    /// The current delivery's encoded packets (reused the same way).
+    packets: Packets,
     /// Until when the token of a socket admitted but not yet attached is
     /// valid (see [`Hub::admitted_until`]).
     admitted_until: HashMap<Sid, SystemTime>,
@@ -348,6 +352,7 @@ impl Hub {
                     clients: HashMap::new(),
                     index: Index::default(),
                     targets: Vec::new(),
+                    packets: Packets::default(),
                     admitted_until: HashMap::new(),
                 }),
                 stats,
@@ -454,7 +459,6 @@ impl Hub {
                 .index
                 .targets(&change.table, change.row.as_ref(), &mut state.targets);
             let now = Instant::now();
-            let size = change.raw.get().len();
             let mut emitted = 0u64;
             let mut gone = Vec::new();
             for sid in &state.targets {
@@ -471,11 +475,16 @@ impl Hub {
                 {
                     continue;
                 }
+                // Encoded once per projection, shared by every socket.
+                let packet = state
+                    .packets
+                    .get(&change, client.subs.projection(&change.table));
+                let size = packet.payload_len();
                 if !client.budget.fits(size, now) {
                     slow.push((*sid, DisconnectReason::QueueBytes));
                     continue;
                 }
-                match emit_change(&*client.socket, &change) {
+                match client.socket.emit_change(packet) {
                     Ok(()) => {
                         client.budget.record(size, now);
                         emitted += 1;
@@ -484,6 +493,7 @@ impl Hub {
                     Err(EmitError::Closed) => gone.push(*sid),
                 }
             }
+            state.packets.clear();
             for sid in gone {
                 state.detach(sid, stats);
             }
@@ -555,10 +565,6 @@ fn passes_snapshot(client: &mut Client, id: EventId, xid: u32, late: bool) -> bo
     true
 }
 
-fn emit_change(socket: &dyn Emit, change: &Change) -> Result<(), EmitError> {
-    socket.emit_change(&change.raw)
-}
-
 fn send_resync(
     socket: &dyn Emit,
     reason: ResyncReason,
@@ -581,7 +587,7 @@ mod tests {
     use super::*;
     use crate::event::Lsn;
     use crate::fanout::handshake::StartAt;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn id(n: u64) -> EventId {
         EventId {
@@ -776,6 +782,98 @@ mod tests {
         // replays everything, then narrows; the truncate matched anyway.
         let late = attach(&hub, 100, StartAt::Since(id(1)));
         assert_eq!(late.change_ids(), vec![id(2).to_string()]);
+    }
+
+    #[test]
+    fn a_projection_shapes_the_changes_of_its_table_only() {
+        let hub = hub();
+        hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
+            .unwrap();
+        let slim = attach(&hub, 100, StartAt::Live);
+        let whole = attach(&hub, 100, StartAt::Live);
+        subscribe(
+            &hub,
+            &slim,
+            json!({"table": "public.orders", "fields": [], "old": false}),
+        )
+        .unwrap();
+        subscribe(&hub, &slim, json!({"table": "public.items"})).unwrap();
+        hub.deliver(change(2, "orders", Some(2), 10), SOURCE)
+            .unwrap();
+        hub.deliver(change(3, "items", Some(3), 10), SOURCE)
+            .unwrap();
+        let got: Vec<Value> = slim
+            .sent()
+            .iter()
+            .map(|s| match s {
+                Sent::Change(raw) => serde_json::from_str(raw).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got[0]["new"], json!({"id": 2}), "key columns only");
+        assert_eq!(got[0]["old"], Value::Null);
+        assert_eq!(got[1]["new"]["note"], "x".repeat(16), "items: whole");
+        let raw = |n: u64, table: &str| change(n, table, Some(n as i64), 10).raw.get().to_owned();
+        assert_eq!(
+            whole.sent(),
+            vec![
+                Sent::Change(raw(2, "orders")),
+                Sent::Change(raw(3, "items"))
+            ]
+        );
+
+        // A refused subscribe changes no projection either.
+        let err = subscribe(
+            &hub,
+            &slim,
+            json!({"table": "public.orders", "fields": "note"}),
+        )
+        .unwrap_err();
+        assert!(err.contains("fields must be an array"), "{err}");
+        hub.deliver(change(4, "orders", Some(4), 10), SOURCE)
+            .unwrap();
+        assert!(
+            matches!(slim.sent().last(), Some(Sent::Change(raw)) if raw.contains(r#""new":{"id":4}"#))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_under_way_takes_a_projection_set_meanwhile() {
+        let hub = hub();
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(n as i64), 10), SOURCE)
+                .unwrap();
+        }
+        // Room for one packet: the replay goes on in a task.
+        let socket = attach(&hub, 1, StartAt::Since(id(1)));
+        subscribe(
+            &hub,
+            &socket,
+            json!({"table": "public.orders", "fields": ["id"]}),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.extend(socket.drain(1));
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while socket.sent().is_empty() && got.len() < 4 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the replay continues once there is room");
+        }
+        let news: Vec<Value> = got
+            .iter()
+            .map(|s| match s {
+                Sent::Change(raw) => serde_json::from_str::<Value>(raw).unwrap()["new"].clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(news[0]["note"], "x".repeat(16), "sent before the subscribe");
+        for (n, new) in news.iter().enumerate().skip(1) {
+            assert_eq!(*new, json!({"id": n + 2}));
+        }
     }
 
     #[test]

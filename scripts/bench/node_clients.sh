@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmark: what a dashboard user feels. Real socket.io-client sockets in
+# Node receive every change while orders are written through walcast's
+# HTTP API.
+#
+#   scripts/bench/node_clients.sh
+#
+# `walcast run --role capture,gateway,api` (release, default settings: all
+# roles in one process, as a user starts it) on a database of its own with
+# 1,000 orders; BENCH_NODE_SOCKETS (default 100) socket.io-client sockets in
+# one Node process (scripts/bench/sio-bench.mjs, websocket transport), every
+# one receiving everything and recording every change's latency (receipt
+# time − commit_time, same clock); scripts/bench/api-load.mjs sends
+# BENCH_NODE_RATE (default 300) PATCH /orders/{id} per second, at most 16
+# at a time, for BENCH_NODE_SECONDS (default 30). BENCH_NODE_ROUNDS rounds
+# (default 3) on the same stack, one row each, then the medians.
+#
+# Each row: latency p50/p99/max (commit → client), delivery ratio, the
+# API's achieved rate, and each process's CPU in % of one core over the
+# load and drain: walcast, the Node clients, the API load generator (its
+# own measure); walcast's CPU per socket delivery and write calls per
+# delivery. A `top` row adds Postgres and RabbitMQ (both Node processes
+# count as "client" there).
+#
+# BENCH_NODE_SUBSCRIBE='{"table": "public.orders", "fields": ["status"], "old": false}'
+# makes every socket send that `subscribe` first (smaller events: the
+# projection's effect on the clients' CPU and on latency).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+sockets="${BENCH_NODE_SOCKETS:-100}"
+rate="${BENCH_NODE_RATE:-300}"
+seconds="${BENCH_NODE_SECONDS:-30}"
+rounds="${BENCH_NODE_ROUNDS:-3}"
+[ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+bash scripts/ensure-services.sh >/dev/null 2>&1
+bench_build
+
+trap stack_down EXIT
+BENCH_ROLES=capture,gateway,api stack_up node 1000
+
+p50s=() p99s=() maxes=() costs=()
+for round in $(seq 1 "$rounds"); do
+  load=$(jq -cn --arg url "$walcast_url" --argjson rate "$rate" --argjson seconds "$seconds" \
+    '{url: $url, rate: $rate, seconds: $seconds, concurrency: 16, keys: 1000}')
+  options=$(jq -cn --arg url "$walcast_url" --argjson sockets "$sockets" --argjson pid "$walcast_pid" \
+    --arg load "$load" --argjson subscribe "${BENCH_NODE_SUBSCRIBE:-null}" \
+    '{url: $url, serverPid: $pid, drainMs: 30000, concurrency: 50,
+      groups: [{name: (if $subscribe then "projected" else "all" end), count: $sockets}
+               + (if $subscribe then {subscribe: $subscribe} else {} end)],
+      load: ["node", "scripts/bench/api-load.mjs", $load]}')
+  log "round $round: $sockets Node sockets, $rate API writes/s for $seconds s"
+  top_file=$(mktemp)
+  cpu_watch_start "$top_file"
+  summary=$(node scripts/bench/sio-bench.mjs "$options")
+  cpu_watch_stop
+  log "$(jq -c '{load, cpu}' <<<"$summary")"
+  jq -r --arg rate "$rate" --arg round "$round" '
+    . as $s | .groups[0] as $g
+    | def pct(x): if x == null then "n/a" else (x / $s.cpu.wallSec * 100 | round | tostring) end;
+    "| node clients \($round): \($g.connected) sockets (\($g.name)), \($rate) API writes/s | p50 \($g.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \($g.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \($g.latencyMs.max // 0 | round) ms | delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); API \($s.load.rate | round)/s of \($rate)/s asked (\($s.load.committed) writes, \($s.load.failed) failed, max \($s.load.max_late_ms | round) ms behind, HTTP p99 \($s.load.http_ms.p99 // 0 | round) ms); \($g.disconnects) disconnects; CPU % of a core: walcast \(pct($s.cpu.serverSec)), Node clients \(pct($s.cpu.clientSec)), API load \(pct($s.cpu.loadSec)); walcast \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 10 | round / 10) else "n/a" end) µs and \(if $g.received > 0 and $s.cpu.serverWrites != null then ($s.cpu.serverWrites / $g.received | . * 100 | round / 100) else "n/a" end) write calls per delivery |"' \
+    <<<"$summary"
+  cpu_watch_row "node clients $round" "$top_file"
+  rm -f "$top_file"
+  p50s+=("$(jq '.groups[0].latencyMs.p50 // 0' <<<"$summary")")
+  p99s+=("$(jq '.groups[0].latencyMs.p99 // 0' <<<"$summary")")
+  maxes+=("$(jq '.groups[0].latencyMs.max // 0' <<<"$summary")")
+  costs+=("$(jq '.cpu.serverSec / ([.groups[0].received, 1] | max) * 1e6' <<<"$summary")")
+done
+printf '| node clients: median of %s rounds | p50 %.1f ms, p99 %.1f ms, max %.0f ms | walcast %.1f µs CPU per socket delivery (median) |\n' \
+  "$rounds" "$(printf '%s\n' "${p50s[@]}" | median)" "$(printf '%s\n' "${p99s[@]}" | median)" \
+  "$(printf '%s\n' "${maxes[@]}" | median)" "$(printf '%s\n' "${costs[@]}" | median)"
