@@ -10,9 +10,7 @@
 //! - an invalid field list is answered `{ok: false, error}` and changes
 //!   nothing.
 
-#[path = "support/sio.rs"]
-mod sio;
-
+use crate::support::sio;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
