@@ -139,9 +139,15 @@ pub fn origin(lsn: u64, name: &str) -> Vec<u8> {
     out
 }
 
+/// A transactional message at LSN 0x100.
 pub fn logical_message(prefix: &str, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![b'M', 1];
-    out.extend_from_slice(&0x100u64.to_be_bytes());
+    logical_message_with(1, 0x100, prefix, content)
+}
+
+/// `flags` bit 1: transactional.
+pub fn logical_message_with(flags: u8, lsn: u64, prefix: &str, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'M', flags];
+    out.extend_from_slice(&lsn.to_be_bytes());
     cstr(&mut out, prefix);
     out.extend_from_slice(&(content.len() as i32).to_be_bytes());
     out.extend_from_slice(content);
