@@ -4,8 +4,7 @@
 use super::*;
 use crate::decoder::Decoded;
 
-#[path = "../decoder/wire_builders.rs"]
-mod wire;
+use crate::decoder::wire_builders as wire;
 
 const ORDERS: u32 = 16_384;
 const COMMIT_LSN: u64 = 0x16B_3800;

@@ -213,7 +213,13 @@ pub async fn run<S: Sink>(
 
 /// Sends a closed backfill chunk's `read` events, inside the transaction
 /// of its high watermark.
-async fn send_chunk<S: Sink>(sink: &mut S, chunk: backfill::Chunk) -> Result<(), CaptureError> {
+async fn send_chunk<S: Sink>(
+    sink: &mut S,
+    chunk: Option<backfill::Chunk>,
+) -> Result<(), CaptureError> {
+    let Some(chunk) = chunk else {
+        return Ok(());
+    };
     let emitted = chunk.events.len();
     for event in chunk.events {
         sink.send(event)
@@ -309,9 +315,7 @@ impl Session<'_> {
         // Type oids already looked up in this session: a Type message is
         // sent again with every Relation message that uses the type.
         let mut types_looked_up: HashSet<u32> = HashSet::new();
-        // Backfill windows do not outlive the connection: the stream
-        // restarts at a transaction end (see `backfill.rs` for why a lost
-        // window is safe).
+        // Windows end with the connection (why that is safe: backfill.rs).
         let mut backfill = Backfill::new(&self.options.tables);
 
         let mut in_transaction = false;
@@ -351,9 +355,7 @@ impl Session<'_> {
                                     sink.send(event).await.map_err(|e| CaptureError::Sink(Box::new(e)))?;
                                 }
                                 Decoded::Message(message) => {
-                                    if let Some(chunk) = backfill.on_message(&mut decoder, &message) {
-                                        send_chunk(sink, chunk).await?;
-                                    }
+                                    send_chunk(sink, backfill.on_message(&mut decoder, &message)).await?
                                 }
                                 Decoded::Truncate { events, filtered } => {
                                     for event in events {

@@ -42,6 +42,9 @@ mod value;
 
 #[cfg(test)]
 mod tests;
+/// Byte builders for the tests here and in `capture::backfill`.
+#[cfg(test)]
+pub(crate) mod wire_builders;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

@@ -7,8 +7,7 @@
 
 use super::*;
 
-#[path = "wire_builders.rs"]
-mod wire;
+use super::wire_builders as wire;
 
 use wire::{t, Null, Toast};
 

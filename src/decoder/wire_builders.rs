@@ -1,8 +1,9 @@
 //! Builders for pgoutput messages, byte for byte as the PostgreSQL docs
 //! ("Logical Replication Message Formats", protocol version 1) lay them
-//! out. Test and benchmark support, not part of walcast: the decoder's unit
-//! tests (`tests.rs`) and the decoder benchmarks
-//! (`benches/support/pgoutput.rs`) include this one file by path.
+//! out. Test and benchmark support, not part of walcast: the decoder's and
+//! the capture's unit tests use it as `decoder::wire_builders` (test builds
+//! only), the decoder benchmarks (`benches/support/pgoutput.rs`) include
+//! this one file by path.
 
 #![allow(dead_code, unused_imports)] // each user takes what it needs
 
