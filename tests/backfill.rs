@@ -35,6 +35,7 @@ struct Collector {
     events: Arc<Mutex<Vec<Value>>>,
     connection: Connection,
     queue: String,
+    exchange: String,
 }
 
 impl Collector {
@@ -102,6 +103,7 @@ impl Collector {
             events,
             connection,
             queue: queue.to_owned(),
+            exchange: exchange.to_owned(),
         }
     }
 
@@ -141,6 +143,9 @@ impl Collector {
         if let Ok(channel) = self.connection.create_channel().await {
             let _ = channel
                 .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            let _ = channel
+                .exchange_delete(self.exchange.as_str().into(), Default::default())
                 .await;
         }
         let _ = self.connection.close(200, "done".into()).await;
