@@ -25,8 +25,11 @@
 //! [`CaptureStats`] (changes by table and op, commit-to-publish lag, the
 //! durable position) for `/metrics`, without touching the loop (`stats.rs`).
 //! [`SlotLease`] (`lease.rs`) makes one capture process the owner of a
-//! slot; `walcast run` holds it around the loop.
+//! slot; `walcast run` holds it around the loop. [`Backfill`]
+//! (`backfill.rs`) turns the backfill watermarks in the stream into `read`
+//! events; the loop only feeds it changes and messages.
 
+pub mod backfill;
 mod lease;
 mod stats;
 
@@ -49,8 +52,9 @@ use crate::retry::Backoff;
 use crate::wal::{
     ReplicationClient, ReplicationMessage, ReplicationStream, StartOptions, WalError,
 };
+pub use backfill::Backfill;
 pub use lease::SlotLease;
-pub use stats::{CaptureStats, DecodedCount, Metered};
+pub use stats::{BackfillCounts, CaptureStats, DecodedCount, Metered};
 
 /// Where decoded events go. Implementations: stdout for `walcast tail`,
 /// RabbitMQ for `walcast run`.
@@ -86,6 +90,11 @@ pub trait Sink: Send {
     /// A change of a table outside the configured tables was left out:
     /// nothing to deliver. Wrappers count it.
     fn filtered(&mut self, _op: Op) {}
+
+    /// A backfill chunk was closed: `emitted` rows were sent as `read`
+    /// events, `dropped` left out (changed inside the window). Wrappers
+    /// count it.
+    fn backfill_chunk(&mut self, _emitted: usize, _dropped: usize) {}
 }
 
 /// Errors that end the capture loop.
@@ -221,6 +230,25 @@ pub async fn run<S: Sink>(
     }
 }
 
+/// Sends a closed backfill chunk's `read` events, inside the transaction
+/// of its high watermark.
+async fn send_chunk<S: Sink>(
+    sink: &mut S,
+    chunk: Option<backfill::Chunk>,
+) -> Result<(), CaptureError> {
+    let Some(chunk) = chunk else {
+        return Ok(());
+    };
+    let emitted = chunk.events.len();
+    for event in chunk.events {
+        sink.send(event)
+            .await
+            .map_err(|e| CaptureError::Sink(Box::new(e)))?;
+    }
+    sink.backfill_chunk(emitted, chunk.dropped);
+    Ok(())
+}
+
 /// The capture's reconnect delays: from 200 ms, doubling, capped at `max`.
 pub fn reconnect_backoff(max: Duration) -> Backoff {
     Backoff::new(Duration::from_millis(200), max)
@@ -306,6 +334,8 @@ impl Session<'_> {
         // Type oids already looked up in this session: a Type message is
         // sent again with every Relation message that uses the type.
         let mut types_looked_up: HashSet<u32> = HashSet::new();
+        // Windows end with the connection (why that is safe: backfill.rs).
+        let mut backfill = Backfill::new(&self.options.tables);
 
         let mut in_transaction = false;
         // End of the last transaction handed to the sink, and whether the
@@ -340,10 +370,15 @@ impl Session<'_> {
                             match decoded {
                                 Decoded::Begin(_) => in_transaction = true,
                                 Decoded::Change(event) => {
+                                    backfill.observe(&event);
                                     sink.send(event).await.map_err(|e| CaptureError::Sink(Box::new(e)))?;
+                                }
+                                Decoded::Message(message) => {
+                                    send_chunk(sink, backfill.on_message(&mut decoder, &message)).await?
                                 }
                                 Decoded::Truncate { events, filtered } => {
                                     for event in events {
+                                        backfill.observe(&event);
                                         sink.send(event).await.map_err(|e| CaptureError::Sink(Box::new(e)))?;
                                     }
                                     for _ in filtered {

@@ -68,6 +68,18 @@ impl<S: Sink> Sink for Metered<'_, S> {
         self.inner.filtered(op);
         self.stats.record_filtered(op);
     }
+
+    fn backfill_chunk(&mut self, emitted: usize, dropped: usize) {
+        self.inner.backfill_chunk(emitted, dropped);
+        let counters = &self.stats.0;
+        counters.backfill_chunks.fetch_add(1, Ordering::Relaxed);
+        counters
+            .backfill_rows
+            .fetch_add(emitted as u64, Ordering::Relaxed);
+        counters
+            .backfill_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
 }
 
 /// Capture counters for `/metrics`: a cloneable handle, cheap to update on
@@ -93,6 +105,10 @@ struct CaptureCounters {
     last_lag_micros: AtomicU64,
     lag: Histogram,
     durable_lsn: AtomicU64,
+    /// Backfill chunks closed, rows sent as `read` events, rows left out.
+    backfill_chunks: AtomicU64,
+    backfill_rows: AtomicU64,
+    backfill_dropped: AtomicU64,
 }
 
 impl Default for CaptureCounters {
@@ -104,8 +120,19 @@ impl Default for CaptureCounters {
             last_lag_micros: AtomicU64::new(NO_LAG),
             lag: Histogram::default(),
             durable_lsn: AtomicU64::new(0),
+            backfill_chunks: AtomicU64::new(0),
+            backfill_rows: AtomicU64::new(0),
+            backfill_dropped: AtomicU64::new(0),
         }
     }
+}
+
+/// What the capture's backfill windows did ([`CaptureStats::backfill`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackfillCounts {
+    pub chunks: u64,
+    pub rows: u64,
+    pub dropped: u64,
 }
 
 /// Changes decoded from one table with one op.
@@ -168,6 +195,17 @@ impl CaptureStats {
         match self.0.durable_lsn.load(Ordering::Relaxed) {
             0 => None,
             lsn => Some(Lsn(lsn)),
+        }
+    }
+
+    /// Backfill progress: chunks closed, rows sent as `read` events, rows
+    /// left out because they changed inside their window.
+    pub fn backfill(&self) -> BackfillCounts {
+        let counters = &self.0;
+        BackfillCounts {
+            chunks: counters.backfill_chunks.load(Ordering::Relaxed),
+            rows: counters.backfill_rows.load(Ordering::Relaxed),
+            dropped: counters.backfill_dropped.load(Ordering::Relaxed),
         }
     }
 

@@ -1,9 +1,13 @@
 //! The command line: argument definitions and the commands that are not the
-//! long-running daemon (slot management, preflight, setup, `tail`).
+//! long-running daemon (slot management, preflight, setup, `tail`,
+//! `backfill`).
 //!
 //! Each command returns an `anyhow::Result` to `main`, which prints one
 //! `error: …` line; commands never print backtraces or panic on bad input.
 
+mod backfill;
+mod backfill_plan;
+mod backfill_progress;
 mod check;
 mod dlq;
 mod setup;
@@ -139,6 +143,10 @@ pub enum Command {
     /// The slot advances only past transactions written and flushed to
     /// stdout. Ctrl-C stops cleanly and reports the last flushed position.
     Tail(tail::TailArgs),
+    /// Publish a captured table's existing rows as `read` events into the
+    /// stream, in primary-key chunks between watermarks, through the running
+    /// capture. Resumable: progress is kept in walcast.backfill.
+    Backfill(backfill::BackfillArgs),
     /// Show (without removing) or purge the gateway's dead letters: messages
     /// it would not take, with the reason (rabbitmq.dead_letter).
     Dlq {
@@ -164,6 +172,7 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCod
         }
         Command::Tail(args) => tail::run(&config, args, shutdown_on_signals()).await,
         Command::Dlq { command } => dlq::run(&config, command).await,
+        Command::Backfill(args) => backfill::run(&config, args, shutdown_on_signals()).await,
     }
 }
 

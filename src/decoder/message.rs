@@ -40,8 +40,21 @@ pub(crate) enum Message<'a> {
     Truncate {
         relation_oids: OidList<'a>,
     },
-    /// A logical decoding message (`pg_logical_emit_message`).
-    Logical,
+    /// A logical decoding message (`pg_logical_emit_message`), sent
+    /// because walcast asks for `messages 'true'`.
+    Logical(LogicalMessage<'a>),
+}
+
+/// The content of a logical decoding message ('M').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogicalMessage<'a> {
+    /// Flag 1: written inside a transaction (between its Begin and
+    /// Commit), not on its own.
+    pub transactional: bool,
+    /// Where the message is in the WAL.
+    pub lsn: Lsn,
+    pub prefix: &'a str,
+    pub content: &'a [u8],
 }
 
 /// A table description: sent before the first change of a table in a
@@ -285,14 +298,18 @@ impl<'a> Message<'a> {
                 }
             }
             b'M' => {
-                cursor.u8("flags")?;
-                cursor.u64("message LSN")?;
-                cursor.cstr("prefix")?;
+                let flags = cursor.u8("flags")?;
+                let lsn = Lsn(cursor.u64("message LSN")?);
+                let prefix = cursor.cstr("prefix")?;
                 let len = cursor.i32("content length")?;
                 let len = usize::try_from(len)
                     .map_err(|_| cursor.error("content length", format!("negative ({len})")))?;
-                cursor.bytes(len, "content")?;
-                Message::Logical
+                Message::Logical(LogicalMessage {
+                    transactional: flags & 1 != 0,
+                    lsn,
+                    prefix,
+                    content: cursor.bytes(len, "content")?,
+                })
             }
             b'S' | b'E' | b'c' | b'A' | b'b' | b'P' | b'K' | b'r' | b'p' => {
                 return Err(DecodeError::Unsupported(format!(

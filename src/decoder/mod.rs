@@ -31,14 +31,20 @@
 //!   and what the caller adds from the catalog).
 //! - `value`: a column's text form → its JSON by type.
 //! - `array`: array literals.
+//! - `read`: rows a backfill read with SQL (text values and type oids) →
+//!   `read` events, typed exactly as a change's rows.
 
 mod array;
 mod message;
+mod read;
 mod relation;
 mod value;
 
 #[cfg(test)]
 mod tests;
+/// Byte builders for the tests here and in `capture::backfill`.
+#[cfg(test)]
+pub(crate) mod wire_builders;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -47,6 +53,7 @@ use std::sync::Arc;
 use crate::event::{ChangeEvent, ColumnName, EventId, Lsn, Op, PgTimestamp, Row, RowWriter};
 
 use message::{Message, OldTuple, TupleData, TupleValue};
+pub use read::{ReadColumn, ReadTable};
 use value::ValueKind;
 
 /// Why a pgoutput message could not be decoded.
@@ -145,9 +152,24 @@ pub enum Decoded {
     Type {
         oid: u32,
     },
-    /// Origin, logical Message, or a Type message for a type already
-    /// known: nothing for the caller.
+    /// A logical decoding message (`pg_logical_emit_message`), e.g. a
+    /// backfill watermark. Inside a transaction when `transactional`.
+    Message(WalMessage),
+    /// Origin, or a Type message for a type already known: nothing for
+    /// the caller.
     Other,
+}
+
+/// A logical decoding message as the stream carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalMessage {
+    /// Written inside a transaction: it arrives between that
+    /// transaction's Begin and Commit, in commit order.
+    pub transactional: bool,
+    /// Where the message is in the WAL.
+    pub lsn: Lsn,
+    pub prefix: String,
+    pub content: Vec<u8>,
 }
 
 /// The pgoutput decoder with its relation and type caches.
@@ -304,7 +326,13 @@ impl Decoder {
                 }
                 Ok(Decoded::Truncate { events, filtered })
             }
-            Message::Origin | Message::Logical => Ok(Decoded::Other),
+            Message::Origin => Ok(Decoded::Other),
+            Message::Logical(message) => Ok(Decoded::Message(WalMessage {
+                transactional: message.transactional,
+                lsn: message.lsn,
+                prefix: message.prefix.to_owned(),
+                content: message.content.to_vec(),
+            })),
         }
     }
 

@@ -7,8 +7,7 @@
 
 use super::*;
 
-#[path = "wire_builders.rs"]
-mod wire;
+use super::wire_builders as wire;
 
 use wire::{t, Null, Toast};
 
@@ -210,7 +209,12 @@ fn begin_is_returned_and_ids_follow_the_transaction() {
     );
     assert_eq!(
         decode(&mut decoder, &wire::logical_message("app", b"hello")),
-        Decoded::Other
+        Decoded::Message(WalMessage {
+            transactional: true,
+            lsn: Lsn(0x100),
+            prefix: "app".into(),
+            content: b"hello".to_vec(),
+        })
     );
     let Decoded::Truncate { events, filtered } =
         decode(&mut decoder, &wire::truncate(&[ORDERS, ITEMS], 1))
@@ -633,10 +637,64 @@ fn changes_outside_a_transaction_are_errors() {
     }
     // Relation, Type, Origin and logical messages may come at any time.
     assert_eq!(decode(&mut decoder, &wire::origin(1, "o")), Decoded::Other);
-    assert_eq!(
+    assert!(matches!(
         decode(&mut decoder, &wire::logical_message("p", b"")),
-        Decoded::Other
+        Decoded::Message(WalMessage { content, .. }) if content.is_empty()
+    ));
+}
+
+#[test]
+fn logical_messages_carry_their_flags_lsn_prefix_and_content() {
+    let mut decoder = Decoder::new();
+    // Non-transactional: outside any transaction, flag bit clear.
+    let message =
+        wire::logical_message_with(0, 0x1_0000_00AB, "walcast.backfill", b"{\"kind\":\"low\"}");
+    assert_eq!(
+        decode(&mut decoder, &message),
+        Decoded::Message(WalMessage {
+            transactional: false,
+            lsn: Lsn(0x1_0000_00AB),
+            prefix: "walcast.backfill".into(),
+            content: b"{\"kind\":\"low\"}".to_vec(),
+        })
     );
+    // Content is bytes, not text.
+    let message = wire::logical_message_with(1, 7, "", &[0, 0xFF, 0]);
+    let Decoded::Message(decoded) = decode(&mut decoder, &message) else {
+        panic!("expected a message");
+    };
+    assert_eq!((decoded.transactional, decoded.prefix.as_str()), (true, ""));
+    assert_eq!(decoded.content, [0, 0xFF, 0]);
+    // A message does not take an ordinal: the change after it is still 0.
+    let mut decoder = decoder_in_transaction(DEFAULT_IDENTITY);
+    decode(&mut decoder, &wire::logical_message("p", b"x"));
+    let event = change(
+        &mut decoder,
+        &wire::insert(ORDERS, &[t("1"), Null, Null, Null]),
+    );
+    assert_eq!(event.id.ordinal, 0);
+}
+
+#[test]
+fn malformed_logical_messages_are_errors() {
+    let mut decoder = Decoder::new();
+    let whole = wire::logical_message("prefix", b"content");
+    // Cut inside the content, inside the length, inside the prefix.
+    for cut in [whole.len() - 1, whole.len() - 8, 12] {
+        let err = decoder.decode(Lsn(1), &whole[..cut]).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{cut}: {err}");
+        assert!(err.to_string().contains("Message"), "{err}");
+    }
+    // A negative content length.
+    let mut negative = wire::logical_message("p", b"");
+    let len_at = negative.len() - 4;
+    negative[len_at..].copy_from_slice(&(-1i32).to_be_bytes());
+    let err = decoder.decode(Lsn(1), &negative).unwrap_err();
+    assert!(err.to_string().contains("negative"), "{err}");
+    // Trailing bytes after the content.
+    let mut long = whole.clone();
+    long.push(0);
+    assert!(decoder.decode(Lsn(1), &long).is_err());
 }
 
 #[test]

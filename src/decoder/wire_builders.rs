@@ -1,8 +1,9 @@
 //! Builders for pgoutput messages, byte for byte as the PostgreSQL docs
 //! ("Logical Replication Message Formats", protocol version 1) lay them
-//! out. Test and benchmark support, not part of walcast: the decoder's unit
-//! tests (`tests.rs`) and the decoder benchmarks
-//! (`benches/support/pgoutput.rs`) include this one file by path.
+//! out. Test and benchmark support, not part of walcast: the decoder's and
+//! the capture's unit tests use it as `decoder::wire_builders` (test builds
+//! only), the decoder benchmarks (`benches/support/pgoutput.rs`) include
+//! this one file by path.
 
 #![allow(dead_code, unused_imports)] // each user takes what it needs
 
@@ -139,9 +140,15 @@ pub fn origin(lsn: u64, name: &str) -> Vec<u8> {
     out
 }
 
+/// A transactional message at LSN 0x100.
 pub fn logical_message(prefix: &str, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![b'M', 1];
-    out.extend_from_slice(&0x100u64.to_be_bytes());
+    logical_message_with(1, 0x100, prefix, content)
+}
+
+/// `flags` bit 1: transactional.
+pub fn logical_message_with(flags: u8, lsn: u64, prefix: &str, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'M', flags];
+    out.extend_from_slice(&lsn.to_be_bytes());
     cstr(&mut out, prefix);
     out.extend_from_slice(&(content.len() as i32).to_be_bytes());
     out.extend_from_slice(content);

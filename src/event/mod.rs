@@ -46,6 +46,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// A row published by a backfill (contract section 1, "Backfill").
+    Read,
 }
 
 impl Op {
@@ -55,6 +57,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Read => "read",
         }
     }
 }

@@ -65,7 +65,7 @@ struct Counters {
     /// Deliveries by `schema.table` label, one count per op (in [`OPS`]
     /// order). Bounded (see the module doc); keyed by `String` so the hot
     /// path looks up by `&str` without allocating.
-    delivered_by_table: Mutex<HashMap<String, [u64; 4]>>,
+    delivered_by_table: Mutex<HashMap<String, [u64; OPS.len()]>>,
     /// The `schema.table` names that get their own label; `None`: the
     /// first [`MAX_TABLE_LABELS`] seen.
     followed_tables: Option<HashSet<String>>,
@@ -120,7 +120,7 @@ pub struct StatsSnapshot {
 }
 
 /// The ops in the order [`Counters::delivered_by_table`] counts them.
-const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+const OPS: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read];
 
 /// Deliveries of one table with one op.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +227,7 @@ impl FanoutStats {
             None => by_table.len() + 1 < MAX_TABLE_LABELS,
         };
         let label = if own_label { table } else { OTHER_TABLE };
-        by_table.entry(label.to_owned()).or_insert([0; 4])[slot] += 1;
+        by_table.entry(label.to_owned()).or_insert([0; OPS.len()])[slot] += 1;
     }
 
     pub(crate) fn record_disconnect(&self, reason: DisconnectReason) {

@@ -45,6 +45,22 @@ pub(super) fn render_capture(out: &mut Exposition, capture: &CaptureStats) {
             lsn.0,
         );
     }
+    let backfill = capture.backfill();
+    out.counter(
+        "walcast_backfill_rows_total",
+        "Rows a backfill published as read events (walcast backfill).",
+        backfill.rows,
+    );
+    out.counter(
+        "walcast_backfill_rows_dropped_total",
+        "Rows a backfill read but left out because they changed inside their chunk's window.",
+        backfill.dropped,
+    );
+    out.counter(
+        "walcast_backfill_chunks_total",
+        "Backfill chunks whose high watermark the capture processed.",
+        backfill.chunks,
+    );
     let name = "walcast_capture_changes_filtered_total";
     out.family(
         name,

@@ -196,13 +196,18 @@ pub(crate) fn drop_slot_command(slot: &str, wait: bool) -> String {
     format!("DROP_REPLICATION_SLOT {}{wait}", quote_identifier(slot))
 }
 
-/// `START_REPLICATION SLOT "s" LOGICAL X/X (proto_version '1', publication_names '...')`.
+/// `START_REPLICATION SLOT "s" LOGICAL X/X (proto_version '1', publication_names '...', messages 'true')`.
+///
+/// `messages 'true'` makes pgoutput send logical decoding messages
+/// (`pg_logical_emit_message`): backfill watermarks arrive that way. Servers
+/// before 14 do not know the option (and cannot backfill), so it is left out
+/// for them.
 ///
 /// pgoutput reads `publication_names` with SplitIdentifierString: a
 /// comma-separated list of identifiers, each unquoted (and then folded to
 /// lower case) or double-quoted. Quoting every name keeps names with upper
 /// case, commas or quotes intact; the list is then one string literal.
-pub(crate) fn start_replication_command(options: &StartOptions) -> String {
+pub(crate) fn start_replication_command(options: &StartOptions, server_major: u32) -> String {
     let publications = options
         .publications
         .iter()
@@ -210,10 +215,15 @@ pub(crate) fn start_replication_command(options: &StartOptions) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{})",
         quote_identifier(&options.slot),
         options.start,
-        quote_literal(&publications)
+        quote_literal(&publications),
+        if server_major >= 14 {
+            ", messages 'true'"
+        } else {
+            ""
+        }
     )
 }
 
@@ -418,7 +428,12 @@ mod tests {
             feedback_interval: Duration::from_secs(1),
         };
         assert_eq!(
-            start_replication_command(&options),
+            start_replication_command(&options, 15),
+            "START_REPLICATION SLOT \"s1\" LOGICAL 1/AB (proto_version '1', \
+             publication_names '\"plain\",\"It''s, \"\"odd\"\"\"', messages 'true')"
+        );
+        assert_eq!(
+            start_replication_command(&options, 13),
             "START_REPLICATION SLOT \"s1\" LOGICAL 1/AB (proto_version '1', \
              publication_names '\"plain\",\"It''s, \"\"odd\"\"\"')"
         );

@@ -268,11 +268,7 @@ impl ReplicationClient {
         slot: &str,
         temporary: bool,
     ) -> Result<SlotCreated, WalError> {
-        let server_major = self
-            .parameter("server_version")
-            .and_then(codec::server_major_version)
-            .unwrap_or(0);
-        let command = codec::create_slot_command(slot, temporary, server_major);
+        let command = codec::create_slot_command(slot, temporary, self.server_major());
         let rows = self.simple_query(&command).await?;
         let row = single_row(&rows, "CREATE_REPLICATION_SLOT", 4)?;
         let created = SlotCreated {
@@ -285,6 +281,13 @@ impl ReplicationClient {
             info!(slot, temporary, consistent_point = %created.consistent_point, "created replication slot")
         });
         Ok(created)
+    }
+
+    /// The server's major version (0 when it did not say).
+    fn server_major(&self) -> u32 {
+        self.parameter("server_version")
+            .and_then(codec::server_major_version)
+            .unwrap_or(0)
     }
 
     /// DROP_REPLICATION_SLOT; with `wait`, waits for an active slot to be
@@ -380,7 +383,7 @@ impl ReplicationClient {
         }
         let span = self.span.clone();
         async move {
-            self.begin_command(&codec::start_replication_command(&options))
+            self.begin_command(&codec::start_replication_command(&options, self.server_major()))
                 .await?;
             match self.reader.recv().await? {
                 Backend::CopyBothResponse => {}
