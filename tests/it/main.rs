@@ -38,6 +38,7 @@ mod api_errors;
 mod api_fuzz;
 mod api_ops;
 mod api_orders;
+mod backfill;
 mod capture;
 mod cli;
 mod dashboard_assets;

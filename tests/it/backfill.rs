@@ -5,11 +5,7 @@
 //! throughout. Twice on the same table, once with the CLI killed halfway
 //! and resumed; and the errors an operator meets.
 
-#[path = "support/pgtest.rs"]
-mod pgtest;
-#[path = "support/stack.rs"]
-mod stack;
-
+use crate::support::{pgtest, stack};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -335,7 +331,7 @@ async fn seeded(prefix: &str, rows: usize) -> TestDb {
     .await;
     // The progress table the CLI would create, made early for the writers
     // that follow it.
-    db.psql(include_str!("../sql/backfill.sql")).await;
+    db.psql(include_str!("../../sql/backfill.sql")).await;
     let slot = db.walcast(&["slot", "create"]).output().await.unwrap();
     assert!(
         slot.status.success(),
@@ -350,7 +346,6 @@ async fn start_capture(db: &TestDb, exchange: &str) -> Walcast {
         amqp_url: stack::shared_amqp_url(),
         exchange: exchange.to_owned(),
         queue: unique("backfill.gateway"),
-        port: stack::free_port(),
         roles: "capture",
         replay_dir: None,
     };
