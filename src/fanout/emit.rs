@@ -1,7 +1,7 @@
 //! How the hub reaches a socket: the [`Emit`] trait.
 //!
-//! The hub never calls socketioxide directly. It emits `change` and
-//! `resync` packets and disconnects slow sockets through [`Emit`], which
+//! The hub never calls socketioxide directly. It emits `change`, `resync`
+//! and `ready` packets and disconnects slow sockets through [`Emit`], which
 //! socketioxide's [`SocketRef`] implements for production and a recording
 //! double implements in tests, so `deliver`, `attach` and catch-up are unit
 //! tested without sockets (as `replay` is). Every method is non-blocking:
@@ -34,6 +34,8 @@ pub(crate) trait Emit: Send + Sync + 'static {
     fn emit_change(&self, raw: &RawValue) -> Result<(), EmitError>;
     /// Queues a `resync` packet.
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError>;
+    /// Queues the `ready` packet (the socket has caught up).
+    fn emit_ready(&self, payload: &Value) -> Result<(), EmitError>;
     /// Queues a Socket.IO disconnect and closes the socket's namespace
     /// session; `Full` when the disconnect packet finds no room (retry).
     fn disconnect(&self) -> Result<(), EmitError>;
@@ -53,6 +55,10 @@ impl Emit for SocketRef {
 
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {
         self.emit("resync", payload).map_err(send_error)
+    }
+
+    fn emit_ready(&self, payload: &Value) -> Result<(), EmitError> {
+        self.emit("ready", payload).map_err(send_error)
     }
 
     fn disconnect(&self) -> Result<(), EmitError> {
@@ -93,6 +99,7 @@ pub(crate) mod test_socket {
     pub(crate) enum Sent {
         Change(String),
         Resync(Value),
+        Ready(Value),
         Disconnect,
     }
 
@@ -182,6 +189,10 @@ pub(crate) mod test_socket {
 
         fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {
             self.queue(Sent::Resync(payload.clone()))
+        }
+
+        fn emit_ready(&self, payload: &Value) -> Result<(), EmitError> {
+            self.queue(Sent::Ready(payload.clone()))
         }
 
         fn disconnect(&self) -> Result<(), EmitError> {
