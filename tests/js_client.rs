@@ -480,6 +480,10 @@ async fn a_feed_ends_with_exactly_the_table_through_writes_restarts_and_resyncs(
         live_at < ready_at,
         "status live is reported as ready is handled"
     );
+    assert!(
+        first.iter().any(|l| l["t"] == "until-live"),
+        "untilLive resolved"
+    );
 
     // walcast restarts with its history on disk: the feed replays with
     // `since`, no resync.

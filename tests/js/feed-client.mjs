@@ -5,6 +5,7 @@
 // Prints one JSON line per happening on stdout:
 //   {"t":"status","status":"catching-up"}      every status change
 //   {"t":"ready","latest_id":...}             the feed caught up
+//   {"t":"until-live"}                       feed.untilLive() resolved
 //   {"t":"load","rows":n}                     a listing was loaded
 //   {"t":"resync","reason":...}               the gateway sent resync
 //   {"t":"error","kind":...,"message":...}    an error the feed reported
@@ -42,6 +43,7 @@ feed.on('resync', (payload) => out({ t: 'resync', reason: payload.reason ?? null
 feed.on('error', (error) => out({ t: 'error', kind: error.kind, message: error.message }));
 feed.on('change', () => changes++);
 feed.on('event', () => events++);
+feed.untilLive().then(() => out({ t: 'until-live' }));
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (!line.trim()) return;
