@@ -751,6 +751,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_source_change_during_a_replay_sends_resync_then_ready() {
+        let hub = hub_with(HubOptions {
+            replay_buffer: 1000,
+            ..HubOptions::default()
+        });
+        for n in 1..=300 {
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
+        }
+        // The first batch (256) leaves the rest to a task, which this
+        // single-threaded test runs only when it awaits: the source changes
+        // in the middle of the replay.
+        let socket = attach(&hub, 1000, StartAt::Since(id(1)));
+        hub.deliver(change(1, "orders", Some(1), 10), "9999/other/walcast")
+            .unwrap();
+        let sent = packets(&socket);
+        assert_eq!(sent.len(), CATCH_UP_BATCH + 1);
+        assert_eq!(sent.last().unwrap(), "resync");
+        socket.drain(1000);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !socket
+                .sent()
+                .iter()
+                .any(|sent| matches!(sent, Sent::Ready(_)))
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("ready comes once the replay of the new history is done");
+        // The new source's change, from its own history, then ready.
+        assert_eq!(packets(&socket), ["change:1", "ready:1"]);
+    }
+
+    #[tokio::test]
     async fn a_socket_whose_queue_is_full_is_detached_and_disconnected() {
         let hub = hub();
         // Room for its `ready` and one change.
