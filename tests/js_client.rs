@@ -397,11 +397,16 @@ impl Feed {
     /// Waits until the feed is live and holds exactly the table's rows.
     async fn converge(&mut self, db: &TestDb, walcast: &Walcast, phase: &str) {
         let want = table_rows(db).await;
-        let deadline = tokio::time::Instant::now() + CONVERGE;
+        let started = tokio::time::Instant::now();
+        let deadline = started + CONVERGE;
         loop {
             let (status, rows) = self.rows().await;
             if status == "live" && rows == want {
-                eprintln!("[js_client] {phase}: {} rows, live", rows.len());
+                eprintln!(
+                    "[js_client] {phase}: {} rows, live, {} ms after the writes stopped",
+                    rows.len(),
+                    started.elapsed().as_millis()
+                );
                 return;
             }
             if tokio::time::Instant::now() > deadline {

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 
 import requests
 import socketio
@@ -63,6 +64,17 @@ class OrdersFeed:
         self.sio.on("resync", self.on_resync)
 
     def load(self):
+        """Every page of the listing, retried until it loads."""
+        delay = 0.5
+        while True:
+            try:
+                return self.load_once()
+            except requests.RequestException as error:
+                print(f"cannot load the listing: {error}; retrying", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    def load_once(self):
         """Every page of the listing; each row keeps its page's snapshot."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         rows, tombstones, first, after = {}, {}, None, None
@@ -94,9 +106,21 @@ class OrdersFeed:
 
     def start(self):
         self.load()
-        # python-socketio calls `auth` again on every reconnect: the newest
-        # cursor goes with it.
-        self.sio.connect(self.url, auth=lambda: self.auth(), transports=["websocket"], wait_timeout=15)
+        self.connect()
+
+    def connect(self):
+        """Connects, retried until it does; python-socketio reconnects by
+        itself after that, calling `auth` again each time, so the newest
+        cursor goes with it."""
+        delay = 0.5
+        while True:
+            try:
+                self.sio.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=15)
+                return
+            except socketio.exceptions.ConnectionError as error:
+                print(f"cannot connect: {error}; retrying", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
 
     def on_connect(self):
         self.live = False
@@ -122,7 +146,7 @@ class OrdersFeed:
     def resync(self):
         self.sio.disconnect()
         self.load()
-        self.sio.connect(self.url, auth=lambda: self.auth(), transports=["websocket"], wait_timeout=15)
+        self.connect()
 
     def on_change(self, event):
         with self.lock:
