@@ -394,6 +394,21 @@ impl Feed {
         }
     }
 
+    /// How many change events the feed received so far.
+    async fn events(&mut self) -> u64 {
+        self.command(json!({"cmd": "rows"})).await;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.lines.recv())
+                .await
+                .expect("feed-client.mjs answers within 30 s")
+                .expect("feed-client.mjs is running");
+            if line["t"] == "rows" {
+                return line["events"].as_u64().unwrap();
+            }
+            self.history.push(line);
+        }
+    }
+
     /// Waits until the feed is live and holds exactly the table's rows.
     async fn converge(&mut self, db: &TestDb, walcast: &Walcast, phase: &str) {
         let want = table_rows(db).await;
@@ -564,6 +579,80 @@ async fn a_feed_ends_with_exactly_the_table_through_writes_restarts_and_resyncs(
         .collect();
     assert!(errors.is_empty(), "the feed reported errors: {errors:?}");
 
+    feed.close().await;
+    walcast.stop().await;
+    delete_broker_objects(&spec).await;
+}
+
+/// A feed of one row (`keys`): the gateway sends only that row's changes
+/// (the feed subscribes to its key on connect), and the feed holds exactly
+/// that row as the table has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_of_one_key_subscribes_to_it_and_holds_that_row() {
+    let db = TestDb::create("js_key").await;
+    db.psql(
+        "INSERT INTO orders (customer_name, product_name) \
+         SELECT 'c' || g, 'p' || g FROM generate_series(1, 20) g",
+    )
+    .await;
+    let spec = spec("key", None);
+    let walcast = Walcast::start(&db, &spec).await;
+    walcast.wait_ready().await;
+    let mut feed = Feed::spawn(json!({"url": walcast.url(), "keys": [{"id": 5}]}));
+    let (status, rows) = loop {
+        let (status, rows) = feed.rows().await;
+        if status == "live" {
+            break (status, rows);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "live");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], 5);
+    // The socket handles its commands in order: once this one (a table
+    // without changes) is acked, the feed's own subscription, sent on
+    // connect, is in force.
+    feed.command(json!({"cmd": "subscribe", "target": {"table": "public.quiet"}}))
+        .await;
+    let ack = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), feed.lines.recv())
+            .await
+            .expect("the ack within 30 s")
+            .expect("feed-client.mjs is running");
+        if line["t"] == "ack" {
+            break line;
+        }
+        feed.history.push(line);
+    };
+    assert_eq!(ack["ack"]["ok"], true, "{ack}");
+    let events_before = feed.events().await;
+    for id in [6, 7, 5, 8] {
+        db.psql(&format!(
+            "UPDATE orders SET status = 'shipped', customer_name = 'moved {id}' WHERE id = {id}"
+        ))
+        .await;
+    }
+    db.psql("DELETE FROM orders WHERE id = 9").await;
+    let want: Vec<Value> = table_rows(&db)
+        .await
+        .into_iter()
+        .filter(|row| row["id"] == 5)
+        .collect();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let (_, rows) = feed.rows().await;
+        if rows == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{rows:?} != {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only row 5's change came (the others were not sent at all).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(feed.events().await - events_before, 1);
     feed.close().await;
     walcast.stop().await;
     delete_broker_objects(&spec).await;

@@ -12,6 +12,7 @@
 //   {"t":"rows","status":...,"rows":[...],"changes":n,"events":n}
 // and reads commands on stdin, one JSON object per line:
 //   {"cmd":"rows"}    prints the current rows
+//   {"cmd":"subscribe","target":{...}}  feed.subscribe; prints {"t":"ack","ack":...}
 //   {"cmd":"drop"}    cuts the connection and keeps it down
 //   {"cmd":"resume"}  lets it reconnect
 //   {"cmd":"close"}   closes the feed and exits
@@ -32,6 +33,7 @@ const feed = walcast.orders({
   pageSize: options.pageSize,
   fields: options.fields,
   old: options.old,
+  keys: options.keys,
   io,
 });
 let changes = 0;
@@ -50,6 +52,8 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   const cmd = JSON.parse(line);
   if (cmd.cmd === 'rows') {
     out({ t: 'rows', status: feed.status, rows: feed.rows(), changes, events });
+  } else if (cmd.cmd === 'subscribe') {
+    feed.subscribe(cmd.target).then((ack) => out({ t: 'ack', ack }));
   } else if (cmd.cmd === 'drop') {
     // A network failure: the connection ends without a goodbye and does
     // not come back until "resume".
