@@ -85,7 +85,7 @@ ensure_cluster() {
   fi
   mkdir -p "$confdir/conf.d"
   # The not-logical cluster stands for a stock server: it keeps Postgres's
-  # default (-1, unlimited), which `walcast check` warns about (tests/cli.rs).
+  # default (-1, unlimited), which `walcast check` warns about (tests/it/cli.rs).
   local keep=4GB
   [ "$wal_level" = logical ] || keep=-1
   local conf

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A three-node RabbitMQ cluster on this machine, for trying walcast's
 # quorum queues and failover by hand (the test suite starts its own, on
-# free ports: tests/support/rabbit_cluster.rs).
+# free ports: tests/it/support/rabbit_cluster.rs).
 #
 #   scripts/rabbit-cluster.sh start  [DIR]   # start and cluster the nodes
 #   scripts/rabbit-cluster.sh status [DIR]   # cluster status, quorum queues

@@ -8,7 +8,7 @@
 # context, and every test against the real services.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh --test tail     # extra arguments go to `cargo test`
+#   scripts/test.sh --test it -- tail::   # extra arguments go to `cargo test`
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -31,7 +31,7 @@ bash scripts/ensure-services.sh
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
 
-# Chromium for the dashboard's browser test (tests/dashboard_e2e.rs): the
+# Chromium for the dashboard's browser test (tests/it/dashboard_e2e.rs): the
 # Debian package, driven by playwright-core, which never downloads a browser.
 if ! command -v chromium >/dev/null 2>&1; then
   log "installing chromium"

@@ -8,6 +8,21 @@
 //! - **api**: the HTTP API and the dashboard.
 //!
 //! Nothing here transforms data; it only starts, connects and stops stages.
+//!
+//! # Tasks and shutdown
+//!
+//! One [`CancellationToken`] tree (the caller's `shutdown`, then `stop`,
+//! then each stage's session tokens) and one [`TaskTracker`]: every task
+//! the roles start runs on it, the stages' own included (the tracker is
+//! handed down: `SlotLease::acquire`, `CaptureOptions::tasks` for the
+//! catalog's connection and the replication stream's writer,
+//! `Publisher::connect_with_stats` for its engine, `HubOptions::tasks` for
+//! the hub's, the socket layer's and the consumer's session tasks). Readiness
+//! is one [`Health::mirror`] per stage state. On shutdown the capture stops
+//! reading WAL, waits for outstanding confirms and sends a last standby
+//! status; the gateway stops consuming, then closes the replay log (joining
+//! its writer thread); [`run`] returns once the tracker is empty. The only
+//! task on no tracker is the signal listener that cancels `shutdown`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -103,17 +118,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let listener = TcpListener::bind(&config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
-    if roles.has(Role::Capture) {
-        start_capture(
-            &config,
-            &health,
-            &metrics,
-            &tracker,
-            &stop,
-            (&fatal, &failure),
-        );
-    }
-
+    let address = listener.local_addr()?;
+    // The steps that can fail come before any task is started (the hub
+    // opens its replay log before it starts its own), so that an error
+    // leaves nothing running behind it.
     let mut router = if roles.has(Role::Api) {
         let state = ApiState::new(&config, health.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         metrics.watch_requests(state.stats().clone());
@@ -132,7 +140,16 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     if roles.has(Role::Gateway) {
         router = start_gateway(&config, &health, &metrics, &tracker, &stop, router)?;
     }
-    let address = listener.local_addr()?;
+    if roles.has(Role::Capture) {
+        start_capture(
+            &config,
+            &health,
+            &metrics,
+            &tracker,
+            &stop,
+            (&fatal, &failure),
+        );
+    }
     info!(%address, roles = ?roles.0, "walcast is running");
     let serve_stop = stop.clone();
     let mut server = tracker.spawn(async move {
@@ -189,7 +206,10 @@ fn start_capture(
     health.set("capture", ComponentState::Starting, "starting");
     let handles = metrics.capture(&config.postgres.slot);
     let (poll_config, slot, poll_stop) = (config.clone(), handles.slot.clone(), stop.clone());
-    tracker.spawn(async move { crate::metrics::poll_slot(slot, &poll_config, poll_stop).await });
+    let poll_tasks = tracker.clone();
+    tracker.spawn(async move {
+        crate::metrics::poll_slot(slot, &poll_config, &poll_tasks, poll_stop).await
+    });
     let (config, health, tasks, stop, fatal, failure) = (
         config.clone(),
         health.clone(),
@@ -208,7 +228,9 @@ fn start_capture(
 }
 
 /// Starts the gateway role on `tracker`: opens the hub, adds Socket.IO to
-/// `router`, and runs the consumer and its readiness mirror.
+/// `router`, and runs the consumer and its readiness mirror. Once the
+/// consumer has stopped, the replay log is closed (its writer thread
+/// joined) before the tracker is done.
 fn start_gateway(
     config: &Config,
     health: &Health,
@@ -233,6 +255,7 @@ fn start_gateway(
     // Metric labels name only the tables this gateway follows.
     options.tables = config.postgres.tables.clone();
     options.authorizer = Authenticator::from_config(&config.auth).map(socket_authorizer);
+    options.tasks = tracker.clone();
     let hub = Hub::open(options, stop.clone())?;
     let (socket_layer, _io) = fanout::layer(&hub);
     // Last, so Socket.IO sees /socket.io/ before the API's routing.
@@ -247,37 +270,16 @@ fn start_gateway(
         "connecting to rabbitmq",
     );
     let consumer_stop = stop.clone();
-    tracker.spawn(async move { consumer.run(consumer_stop).await });
-    let (health, stop) = (health.clone(), stop.clone());
     tracker.spawn(async move {
-        loop {
-            // Reasons (the queue and the fix) go to the log, never to
-            // /readyz (the consumer logs them as errors too). A standby
-            // (quorum queue, single active consumer) is up but gets
-            // nothing while another gateway is active: not ready, so a
-            // load balancer sends it no browsers.
-            if status.is_standby() {
-                health.set(
-                    "gateway",
-                    ComponentState::QueueInUse,
-                    "standby: another gateway is the single active consumer of this queue",
-                );
-            } else if status.is_consuming() {
-                health.set("gateway", ComponentState::Ready, "consuming");
-            } else if let Some(refused) = status.refused() {
-                health.set("gateway", ComponentState::QueueInUse, refused);
-            } else {
-                health.set(
-                    "gateway",
-                    ComponentState::Connecting,
-                    "connecting to rabbitmq",
-                );
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
+        consumer.run(consumer_stop).await;
+        hub.close_replay_log().await;
+    });
+    let mirror = health
+        .clone()
+        .mirror("gateway", status.state(), stop.clone());
+    let health = health.clone();
+    tracker.spawn(async move {
+        mirror.await;
         health.remove("gateway");
     });
     Ok(router)
@@ -366,8 +368,8 @@ async fn capture_role(
                 "hot standby: another capture process owns the slot",
             )
         };
-        let lease = match SlotLease::acquire(&pg, slot, Duration::from_secs(1), stop, standby).await
-        {
+        let poll = Duration::from_secs(1);
+        let lease = match SlotLease::acquire(&pg, slot, poll, tracker, stop, standby).await {
             Ok(Some(lease)) => lease,
             Ok(None) => break,
             Err(e) if e.is_retryable() => {
@@ -427,58 +429,27 @@ async fn capture_with_lease(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let connecting =
-        Publisher::connect_with_stats(&config.rabbitmq, stop.clone(), handles.publisher.clone());
+    let stats = handles.publisher.clone();
+    let connecting = Publisher::connect_with_stats(&config.rabbitmq, stop.clone(), stats, tracker);
     let mut publisher = match connecting.await {
         Ok(publisher) => publisher,
         Err(PublishError::Shutdown) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let stats = publisher.stats();
-    let watch_health = health.clone();
-    let watch_stop = stop.clone();
-    let watcher = tracker.spawn(async move {
-        loop {
-            let snapshot = stats.snapshot();
-            let (state, reason) = match (snapshot.connected, snapshot.blocked) {
-                (true, false) => (ComponentState::Ready, "publishing"),
-                (true, true) => (
-                    ComponentState::Blocked,
-                    "blocked by a broker resource alarm",
-                ),
-                (false, _) => (ComponentState::Reconnecting, "reconnecting to rabbitmq"),
-            };
-            watch_health.set("rabbitmq", state, reason);
-            tokio::select! {
-                _ = watch_stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
-    });
-    // The stream's state, mirrored into the health registry for /readyz.
-    let (state_sender, mut state) = tokio::sync::watch::channel(StreamState::Connecting);
-    let mirror_health = health.clone();
-    let mirror = tracker.spawn(async move {
-        loop {
-            let current = state.borrow_and_update().clone();
-            match current {
-                StreamState::Connecting => {
-                    mirror_health.set("slot_stream", ComponentState::Connecting, "connecting")
-                }
-                StreamState::Streaming => {
-                    mirror_health.set("slot_stream", ComponentState::Ready, "streaming")
-                }
-                StreamState::Reconnecting(error) => mirror_health.set(
-                    "slot_stream",
-                    ComponentState::Reconnecting,
-                    format_args!("reconnecting: {error}"),
-                ),
-            }
-            if state.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    // The publisher's link and the stream's state, mirrored into the health
+    // registry for /readyz while this session lasts. Both mirrors end with
+    // it even when it is dropped midway (a lost lease): the link's by the
+    // guard, the stream's with its sender, which goes with the options.
+    let link_over = CancellationToken::new();
+    let _link_over = link_over.clone().drop_guard();
+    let link = publisher.stats().link();
+    let rabbitmq = tracker.spawn(health.clone().mirror("rabbitmq", link, link_over.clone()));
+    let (state_sender, state) = tokio::sync::watch::channel(StreamState::Connecting);
+    let slot_stream = tracker.spawn(health.clone().mirror(
+        "slot_stream",
+        state,
+        CancellationToken::new(),
+    ));
     let options = CaptureOptions {
         pg: config.pg_config(),
         application_name: config.postgres.application_name.clone(),
@@ -499,12 +470,16 @@ async fn capture_with_lease(
         feedback_interval: Duration::from_millis(config.postgres.feedback_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: Some(state_sender),
+        tasks: tracker.clone(),
     };
     let mut sink = Metered::new(&mut publisher, handles.capture.clone());
     let result = capture::run(&options, &mut sink, stop.clone()).await;
-    watcher.abort();
+    // The stream's mirror ends with its sender, having copied the last
+    // state; the publisher's before it closes (no "reconnecting" at exit).
     drop(options);
-    let _ = mirror.await;
+    let _ = slot_stream.await;
+    link_over.cancel();
+    let _ = rabbitmq.await;
     publisher.close().await;
     match result {
         Ok(summary) => {

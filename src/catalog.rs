@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::Client;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::event::Lsn;
@@ -157,9 +158,20 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Connects, driving the connection on a tracker of its own (for the
+    /// one-shot commands); `walcast run` uses [`Catalog::connect_on`].
     pub async fn connect(config: &PgConfig) -> Result<Catalog, CatalogError> {
+        Catalog::connect_on(config, &TaskTracker::new()).await
+    }
+
+    /// Connects, driving the connection in a task on `tasks`; the task
+    /// ends once the `Catalog` is dropped.
+    pub async fn connect_on(
+        config: &PgConfig,
+        tasks: &TaskTracker,
+    ) -> Result<Catalog, CatalogError> {
         let (client, connection) = config.connect().await.map_err(CatalogError::Connect)?;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %describe(&e), "catalog connection closed");
             }

@@ -2,6 +2,11 @@
 //! reports its [`ComponentState`] here under its component name, and
 //! `/readyz` (`api::health`) and `/metrics` serve what it holds.
 //!
+//! Stages publish their state on a [`tokio::sync::watch`]; one generic
+//! task per stage, [`Health::mirror`], copies every change into the
+//! registry as it happens (no polling). A state type says how it reads on
+//! `/readyz` by implementing [`StageState`].
+//!
 //! The registry only holds what stages tell it; it does not probe them and
 //! serves no HTTP. Each report's reason goes to the log when the state
 //! changes, never to `/readyz` (contract section 4).
@@ -11,6 +16,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 /// What a component is doing, as `/readyz` names it. Only `ready` and
@@ -65,6 +72,12 @@ impl std::fmt::Display for ComponentState {
     }
 }
 
+/// A stage's state as the registry shows it: the component's state, and
+/// why (for the log only).
+pub trait StageState {
+    fn health(&self) -> (ComponentState, String);
+}
+
 /// The state of one component as last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ComponentHealth {
@@ -114,6 +127,32 @@ impl Health {
         }
     }
 
+    /// Mirrors a stage's `state` into `component`: sets it now and on every
+    /// change, until the stage drops its sender or `stop` is cancelled. It
+    /// leaves the last state registered; removing it is the caller's call.
+    pub async fn mirror<S: StageState>(
+        self,
+        component: &'static str,
+        mut state: watch::Receiver<S>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            // Not held across the await: the stage's sends never wait on
+            // this task.
+            let (now, reason) = state.borrow_and_update().health();
+            self.set(component, now, reason);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops counting a component (a stage that was shut down on purpose).
     pub fn remove(&self, component: &'static str) {
         self.lock().remove(component);
@@ -142,5 +181,98 @@ impl Health {
         self.components
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Link {
+        Up,
+        Down,
+    }
+
+    impl StageState for Link {
+        fn health(&self) -> (ComponentState, String) {
+            match self {
+                Link::Up => (ComponentState::Ready, "up".into()),
+                Link::Down => (ComponentState::Reconnecting, "down".into()),
+            }
+        }
+    }
+
+    fn state_of(health: &Health, name: &str) -> Option<ComponentState> {
+        let components = health.components();
+        components
+            .into_iter()
+            .find(|c| c.name == name)
+            .map(|c| c.state)
+    }
+
+    /// Lets the other tasks run until `done`, for at most 100 yields: far
+    /// less than any polling interval, so what `done` waits for must
+    /// follow from the change itself, not from a timer.
+    async fn settle(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..100 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{what} did not happen within 100 yields");
+    }
+
+    #[tokio::test]
+    async fn every_change_reaches_health_at_once_and_the_mirror_ends_with_the_sender() {
+        let health = Health::new();
+        let (sender, receiver) = watch::channel(Link::Down);
+        let mirror = tokio::spawn(health.clone().mirror(
+            "rabbitmq",
+            receiver,
+            CancellationToken::new(),
+        ));
+        let reads = |state| {
+            let health = health.clone();
+            move || state_of(&health, "rabbitmq") == Some(state)
+        };
+        settle("the first state", reads(ComponentState::Reconnecting)).await;
+        sender.send_replace(Link::Up);
+        settle("up", reads(ComponentState::Ready)).await;
+        assert!(health.all_healthy());
+        sender.send_replace(Link::Down);
+        settle("down again", reads(ComponentState::Reconnecting)).await;
+
+        drop(sender);
+        settle("the mirror ending", || mirror.is_finished()).await;
+        mirror.await.unwrap();
+        // The last state stays registered until someone removes it.
+        assert_eq!(
+            state_of(&health, "rabbitmq"),
+            Some(ComponentState::Reconnecting)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_mirror_ends_on_stop_while_the_stage_lives_on() {
+        let health = Health::new();
+        let (sender, receiver) = watch::channel(Link::Up);
+        let stop = CancellationToken::new();
+        let mirror = tokio::spawn(health.clone().mirror("gateway", receiver, stop.clone()));
+        settle("the first state", || {
+            state_of(&health, "gateway") == Some(ComponentState::Ready)
+        })
+        .await;
+        stop.cancel();
+        settle("the mirror ending", || mirror.is_finished()).await;
+        mirror.await.unwrap();
+        sender.send_replace(Link::Down);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            state_of(&health, "gateway"),
+            Some(ComponentState::Ready),
+            "a stopped mirror copies nothing"
+        );
     }
 }

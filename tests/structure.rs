@@ -8,6 +8,9 @@
 //! that only tests compile (`#[cfg(test)] mod x;`, or included by
 //! `#[path]` from such a file). `cargo test --test structure -- --nocapture`
 //! prints the numbers.
+//!
+//! And the shape of `tests/`: one integration-test crate, `tests/it/`
+//! (see its main.rs), beside this file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -355,4 +358,81 @@ fn the_scanners_see_what_they_measure() {
     assert_eq!(found[0], ("long".to_owned(), 1, 132));
     assert_eq!(found[1], ("short".to_owned(), 134, 1));
     assert_eq!(found.len(), 2);
+}
+
+/// The modules a module file declares: `mod x;` and `pub mod x;` lines
+/// (with or without a `#[cfg(...)]` above).
+fn declared_modules(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .map(str::trim)
+        .filter_map(|line| {
+            line.strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("mod "))
+                .and_then(|rest| rest.strip_suffix(';'))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `.rs` files directly in `dir`, by stem.
+fn rust_stems(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// One integration-test crate: a test file directly in `tests/` would be a
+/// binary of its own that links walcast again; a file in `tests/it/` that
+/// main.rs does not declare would never run; helpers come from `support`,
+/// not `#[path]` includes, and without a blanket `allow(dead_code)`.
+#[test]
+fn integration_tests_are_one_crate() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    assert_eq!(
+        rust_stems(&tests),
+        BTreeSet::from(["structure".to_owned()]),
+        "a test file directly in tests/: make it a module of tests/it/ (see tests/it/main.rs)"
+    );
+    let it = tests.join("it");
+    for (dir, root) in [(it.clone(), "main"), (it.join("support"), "mod")] {
+        let text = std::fs::read_to_string(dir.join(format!("{root}.rs"))).unwrap();
+        let declared = declared_modules(&text);
+        let mut files = rust_stems(&dir);
+        files.remove(root);
+        let undeclared: Vec<_> = files.difference(&declared).collect();
+        assert!(
+            undeclared.is_empty(),
+            "{undeclared:?} in {} are not declared in {root}.rs, so they never run",
+            dir.display()
+        );
+    }
+    let mut files = Vec::new();
+    src_files(&it, &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines().map(str::trim) {
+            assert!(
+                !line.starts_with("#[path"),
+                "{}: `{line}`: use `crate::support::...` instead",
+                file.display()
+            );
+            assert!(
+                !line.starts_with("#![allow(dead_code)]"),
+                "{}: a blanket allow(dead_code): delete unused helpers instead",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_module_scanner_sees_cfg_and_pub() {
+    let text = "mod support;\n\n#[cfg(feature = \"x\")]\nmod b;\npub mod c;\nmod d {\n// mod e;\n";
+    assert_eq!(
+        declared_modules(text),
+        BTreeSet::from(["b".to_owned(), "c".to_owned(), "support".to_owned()])
+    );
 }

@@ -198,13 +198,18 @@ def main():
     parser.add_argument("--print-rows-on-stdin", action="store_true")
     args = parser.parse_args()
     feed = OrdersFeed(args.url, args.token, args.page_size)
-    feed.start()
+    # Loading and connecting retry until they work; meanwhile the rows
+    # asked for on stdin are answered (not live yet).
+    threading.Thread(target=feed.start, daemon=True).start()
     try:
         if args.print_rows_on_stdin:
             for _line in sys.stdin:
                 print(json.dumps(feed.snapshot()), flush=True)
         else:
-            feed.sio.wait()
+            # Not sio.wait(): a resync disconnects and connects again.
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
     finally:
         feed.sio.disconnect()
 

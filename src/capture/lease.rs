@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::catalog::{describe, CatalogError};
@@ -31,10 +32,13 @@ pub struct SlotLease {
 impl SlotLease {
     /// Waits until this process holds the lock for `slot` (or `shutdown`);
     /// calls `on_standby` once when it finds another process holding it.
+    /// The lease's connection runs in a task on `tasks`, which ends when
+    /// the lease is released or dropped.
     pub async fn acquire(
         pg: &crate::pg::PgConfig,
         slot: &str,
         poll: Duration,
+        tasks: &TaskTracker,
         shutdown: &CancellationToken,
         mut on_standby: impl FnMut(),
     ) -> Result<Option<SlotLease>, CatalogError> {
@@ -44,7 +48,7 @@ impl SlotLease {
             let (client, connection) = pg.connect().await.map_err(CatalogError::Connect)?;
             let connection_lost = CancellationToken::new();
             let lost = connection_lost.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = connection.await {
                     warn!(error = %describe(&e), "slot lease connection closed");
                 }

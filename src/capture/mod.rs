@@ -36,12 +36,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::TableName;
 use crate::decoder::{DecodeError, Decoded, Decoder, RelationInfo};
 use crate::event::{ChangeEvent, Lsn, Op};
+use crate::health::{ComponentState, StageState};
 use crate::retry::Backoff;
 
 use crate::wal::{
@@ -135,6 +137,9 @@ pub struct CaptureOptions {
     pub max_backoff: Duration,
     /// Where the loop reports whether it is streaming (for `/readyz`).
     pub state: Option<tokio::sync::watch::Sender<StreamState>>,
+    /// Where its connections' tasks run (the catalog's, the replication
+    /// stream's writer).
+    pub tasks: TaskTracker,
 }
 
 /// Whether the replication stream is up.
@@ -144,6 +149,20 @@ pub enum StreamState {
     Streaming,
     /// Lost; reconnecting after the error shown.
     Reconnecting(String),
+}
+
+/// How `/readyz` shows the stream (component `slot_stream`).
+impl StageState for StreamState {
+    fn health(&self) -> (ComponentState, String) {
+        match self {
+            StreamState::Connecting => (ComponentState::Connecting, "connecting".to_owned()),
+            StreamState::Streaming => (ComponentState::Ready, "streaming".to_owned()),
+            StreamState::Reconnecting(error) => (
+                ComponentState::Reconnecting,
+                format!("reconnecting: {error}"),
+            ),
+        }
+    }
 }
 
 impl CaptureOptions {
@@ -398,7 +417,7 @@ impl Session<'_> {
         sink: &mut S,
     ) -> Result<(Catalog, Decoder, ReplicationStream), CaptureError> {
         let options = self.options;
-        let catalog = Catalog::connect(&options.pg).await?;
+        let catalog = Catalog::connect_on(&options.pg, &options.tasks).await?;
         let mut decoder = Decoder::new();
         decoder.set_tables(
             options
@@ -408,6 +427,7 @@ impl Session<'_> {
         );
         decoder.set_type_aliases(catalog.domain_base_types().await?);
         let mut client = ReplicationClient::connect(&options.pg, &options.application_name).await?;
+        client.set_tasks(&options.tasks);
         // Which stream the events belong to: a database restored onto a new
         // cluster has another system identifier, and its ids are not
         // comparable with the old ones (consumers restart their history).

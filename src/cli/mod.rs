@@ -178,7 +178,10 @@ pub struct RunArgs {
     pub role: Vec<Role>,
 }
 
-/// A token cancelled by the first SIGINT or SIGTERM.
+/// A token cancelled by the first SIGINT or SIGTERM: the root of the
+/// process's token tree. Its listener task is the one task on no tracker:
+/// it exists before any stage and must not be waited for (a process that
+/// stops on a fatal error exits while it still listens).
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();

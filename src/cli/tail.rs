@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::io::{AsyncWriteExt, BufWriter, Stdout};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CaptureOptions, Sink};
 use crate::catalog::Catalog;
@@ -58,9 +59,15 @@ pub async fn run(
         feedback_interval: Duration::from_millis(config.postgres.feedback_interval_ms),
         max_backoff: Duration::from_millis(config.postgres.max_backoff_ms),
         state: None,
+        tasks: TaskTracker::new(),
     };
     let mut sink = StdoutSink::new(config.rabbitmq.max_event_bytes);
-    let summary = capture::run(&options, &mut sink, shutdown).await?;
+    let result = capture::run(&options, &mut sink, shutdown).await;
+    // The connections' tasks end with the capture: wait for them to leave
+    // cleanly before the process exits.
+    options.tasks.close();
+    options.tasks.wait().await;
+    let summary = result?;
     match (summary.flushed, args.peek) {
         (_, true) => eprintln!("walcast tail: stopped (peek: slot not advanced)"),
         (Some(lsn), false) => eprintln!("walcast tail: stopped; last flushed position {lsn}"),

@@ -28,7 +28,8 @@ use crate::fanout::{Change, Delivered};
 
 impl Consumer {
     /// Starts consuming the declared queue and the tasks that live as long
-    /// as the session (`session`): the standby probe and the history start.
+    /// as the session (`session`): the standby probe and the history start,
+    /// on the hub's tracker (the gateway's, waited for at shutdown).
     pub(super) async fn start_consuming(
         &mut self,
         connection: &Connection,
@@ -67,10 +68,10 @@ impl Consumer {
 
         self.status.set_refused(None);
         self.status.0.sessions.fetch_add(1, Ordering::Relaxed);
-        if self.config.queue_type == QueueType::Quorum && topology.others > 0 {
-            // A single active consumer that is not alone may be waiting:
-            // the broker does not say, so it is probed.
-            self.status.0.standby.store(true, Ordering::Release);
+        // A single active consumer that is not alone may be waiting: the
+        // broker does not say, so it is probed.
+        let standby = self.config.queue_type == QueueType::Quorum && topology.others > 0;
+        if standby {
             warn!(
                 consumers = topology.others + 1,
                 "queue has another consumer: this gateway is a standby (single active consumer) until it goes"
@@ -79,7 +80,7 @@ impl Consumer {
                 .create_channel()
                 .await
                 .map_err(ConsumerError::Channel)?;
-            tokio::spawn(
+            self.hub.tasks().spawn(
                 watch_standby(
                     probe,
                     self.queue.clone(),
@@ -89,14 +90,14 @@ impl Consumer {
                 .in_current_span(),
             );
         }
-        self.status.0.consuming.store(true, Ordering::Release);
+        self.status.started(standby);
         info!(
             prefetch = self.config.prefetch,
             queue_type = self.config.queue_type.as_str(),
             "consuming"
         );
         if let (Some(pg), Some(generation)) = (&self.history_pg, self.hub.history_start_needed()) {
-            tokio::spawn(
+            self.hub.tasks().spawn(
                 take_history_start(
                     pg.clone(),
                     self.hub.clone(),
@@ -204,7 +205,7 @@ impl Consumer {
     ) -> Result<Option<SessionEnd>, SessionError> {
         #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
         let received = self.status.0.received.fetch_add(1, Ordering::Relaxed) + 1;
-        self.status.0.standby.store(false, Ordering::Release);
+        self.status.became_active();
         if delivery.redelivered {
             self.status.0.redelivered.fetch_add(1, Ordering::Relaxed);
         }

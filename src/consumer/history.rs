@@ -74,13 +74,14 @@ async fn current_snapshot(pg: &crate::pg::PgConfig) -> Result<Snapshot, HistoryS
         .await
         .map_err(|_| HistoryStartError::ConnectTimeout)?
         .map_err(HistoryStartError::Connect)?;
-    let driver = tokio::spawn(connection);
-    let row = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await
-        .map_err(HistoryStartError::Query);
-    drop(client);
-    driver.await.ok();
+    // Driven here, not spawned: it ends once the client is dropped.
+    let query = async move {
+        client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(HistoryStartError::Query)
+    };
+    let (row, _) = tokio::join!(query, connection);
     let text: String = row?.get(0);
     Ok(text.parse()?)
 }

@@ -96,7 +96,6 @@ mod history;
 mod status;
 mod topology;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -107,7 +106,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 pub use dead_letter::{source_header, DeadReason, REASON_HEADER, SOURCE_HEADER};
 pub use history::HistoryStartError;
-pub use status::ConsumerStatus;
+pub use status::{ConsumerState, ConsumerStatus};
 
 use crate::amqp::{self, AmqpError, Connected, Endpoint};
 use crate::config::{redact_url, RabbitConfig};
@@ -244,8 +243,7 @@ impl Consumer {
         loop {
             let span = tracing::info_span!("consume", queue = %self.queue);
             let result = self.session(&shutdown).instrument(span).await;
-            self.status.0.consuming.store(false, Ordering::Release);
-            self.status.0.standby.store(false, Ordering::Release);
+            self.status.stopped();
             let consumed = match result {
                 Ok(SessionEnd::Shutdown) => break,
                 #[cfg(feature = "fault-injection")]

@@ -1,38 +1,74 @@
 //! The consumer's state as readiness and metrics see it: a cloneable
-//! [`ConsumerStatus`] over shared counters, and the probe that notices when
-//! a standby gateway (quorum queue, single active consumer) becomes the
-//! active one.
+//! [`ConsumerStatus`] over shared counters and a watch of the
+//! [`ConsumerState`] (which readiness mirrors), and the probe that notices
+//! when a standby gateway (quorum queue, single active consumer) becomes
+//! the active one.
 //!
 //! It only records and reports: the session in `consumer` sets the state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::DeadReason;
 use crate::amqp;
+use crate::health::{ComponentState, StageState};
 
 /// How often a standby gateway (quorum queue, single active consumer)
 /// checks whether it has become the active one.
 const STANDBY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// What the consumer is doing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// Not consuming: connecting, or waiting to reconnect.
+    #[default]
+    Connecting,
+    /// A consuming session is up.
+    Consuming,
+    /// Consuming a quorum queue as a waiting single active consumer:
+    /// another gateway gets the deliveries until it goes.
+    Standby,
+    /// The broker refuses to let this gateway consume (its queue is taken
+    /// by another gateway, or exists with another type); why.
+    Refused(String),
+}
+
+/// How `/readyz` shows the gateway. Reasons (the queue and the fix) go to
+/// the log, never to `/readyz` (the consumer logs them as errors too). A
+/// standby is up but gets nothing while another gateway is active: not
+/// ready, so a load balancer sends it no browsers.
+impl StageState for ConsumerState {
+    fn health(&self) -> (ComponentState, String) {
+        match self {
+            ConsumerState::Connecting => (
+                ComponentState::Connecting,
+                "connecting to rabbitmq".to_owned(),
+            ),
+            ConsumerState::Consuming => (ComponentState::Ready, "consuming".to_owned()),
+            ConsumerState::Standby => (
+                ComponentState::QueueInUse,
+                "standby: another gateway is the single active consumer of this queue".to_owned(),
+            ),
+            ConsumerState::Refused(reason) => (ComponentState::QueueInUse, reason.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Counters {
-    pub(super) consuming: AtomicBool,
+    pub(super) state: watch::Sender<ConsumerState>,
     pub(super) sessions: AtomicU64,
     pub(super) received: AtomicU64,
     pub(super) acked: AtomicU64,
     pub(super) rejected: AtomicU64,
     pub(super) redelivered: AtomicU64,
-    /// Consuming a quorum queue as a waiting single active consumer.
-    pub(super) standby: AtomicBool,
     /// Dead letters, by [`DeadReason::ALL`] index.
     pub(super) dead_letters: [AtomicU64; 4],
-    /// Why the broker refused the last attempt to consume, while it does.
-    pub(super) refused: std::sync::Mutex<Option<String>>,
 }
 
 /// A cloneable view of the consumer's state, for readiness and metrics.
@@ -40,15 +76,23 @@ pub(super) struct Counters {
 pub struct ConsumerStatus(pub(super) Arc<Counters>);
 
 impl ConsumerStatus {
-    /// Whether a consuming session is up.
+    /// What the consumer is doing, now and on every change.
+    pub fn state(&self) -> watch::Receiver<ConsumerState> {
+        self.0.state.subscribe()
+    }
+    /// Whether a consuming session is up (as the active consumer or as a
+    /// standby).
     pub fn is_consuming(&self) -> bool {
-        self.0.consuming.load(Ordering::Acquire)
+        matches!(
+            *self.0.state.borrow(),
+            ConsumerState::Consuming | ConsumerState::Standby
+        )
     }
     /// Whether this gateway consumes a quorum queue but is not its single
     /// active consumer (another gateway is): it gets no deliveries and
     /// takes over when the active one goes.
     pub fn is_standby(&self) -> bool {
-        self.0.standby.load(Ordering::Acquire)
+        *self.0.state.borrow() == ConsumerState::Standby
     }
     /// Sessions started (1 + reconnects that got as far as consuming).
     pub fn sessions(&self) -> u64 {
@@ -80,15 +124,66 @@ impl ConsumerStatus {
     /// taken by another gateway, or exists with another type), while it
     /// does; `None` once consuming.
     pub fn refused(&self) -> Option<String> {
-        self.lock_refused().clone()
+        match &*self.0.state.borrow() {
+            ConsumerState::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        }
     }
 
+    /// The broker refused to let this gateway consume (`Some`), or did
+    /// not (`None`: a refusal shown so far no longer holds).
     pub(super) fn set_refused(&self, reason: Option<String>) {
-        *self.lock_refused() = reason;
+        self.0.state.send_if_modified(|state| match reason {
+            Some(reason) => {
+                *state = ConsumerState::Refused(reason);
+                true
+            }
+            None if matches!(state, ConsumerState::Refused(_)) => {
+                *state = ConsumerState::Connecting;
+                true
+            }
+            None => false,
+        });
     }
 
-    fn lock_refused(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.0.refused.lock().unwrap_or_else(|p| p.into_inner())
+    /// Consuming started, as a standby or as the active consumer.
+    pub(super) fn started(&self, standby: bool) {
+        self.set(if standby {
+            ConsumerState::Standby
+        } else {
+            ConsumerState::Consuming
+        });
+    }
+
+    /// A standby became the active consumer (a no-op otherwise: this runs
+    /// on every delivery).
+    pub(super) fn became_active(&self) {
+        self.0.state.send_if_modified(|state| {
+            let standby = *state == ConsumerState::Standby;
+            if standby {
+                *state = ConsumerState::Consuming;
+            }
+            standby
+        });
+    }
+
+    /// The session ended; a refusal, if one is shown, stays.
+    pub(super) fn stopped(&self) {
+        self.0.state.send_if_modified(|state| {
+            let consuming = matches!(state, ConsumerState::Consuming | ConsumerState::Standby);
+            if consuming {
+                *state = ConsumerState::Connecting;
+            }
+            consuming
+        });
+    }
+
+    fn set(&self, new: ConsumerState) {
+        self.0.state.send_if_modified(|state| {
+            let changed = *state != new;
+            *state = new;
+            changed
+        });
     }
 }
 
@@ -110,9 +205,16 @@ pub(super) async fn watch_standby(
         if !status.is_standby() {
             return;
         }
-        match amqp::consumer_count(&probe, &queue).await {
+        // Cancellable: on a connection that died under it the probe may
+        // never be answered, and shutdown waits for this task.
+        let consumers = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            consumers = amqp::consumer_count(&probe, &queue) => consumers,
+        };
+        match consumers {
             Ok(consumers) if consumers <= 1 => {
-                status.0.standby.store(false, Ordering::Release);
+                status.became_active();
                 info!("the other consumer is gone: this gateway is the active consumer");
                 return;
             }

@@ -89,7 +89,7 @@ pub fn layer(hub: &Hub) -> (SocketIoLayer, SocketIo) {
     let closing = io.clone();
     let shutdown = hub.shutdown_token().clone();
     let hub = hub.clone();
-    tokio::spawn(async move {
+    hub.tasks().clone().spawn(async move {
         shutdown.cancelled().await;
         info!("closing socket.io connections");
         hub.disconnect_all();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::render::{Exposition, Kind};
@@ -79,8 +80,14 @@ impl SlotStats {
 /// Reads the slot's row of `pg_replication_slots` into `stats` every
 /// [`SLOT_POLL_INTERVAL`] until `stop`. Each poll, connecting included, is
 /// bounded by [`SLOT_POLL_TIMEOUT`]; a failed or slow poll drops the
-/// connection and is retried at the next interval.
-pub async fn poll_slot(stats: SlotStats, config: &Config, stop: CancellationToken) {
+/// connection and is retried at the next interval. The connection's task
+/// runs on `tasks`.
+pub async fn poll_slot(
+    stats: SlotStats,
+    config: &Config,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
     let mut pg = config.pg_config();
     pg.application_name(format!("{}-metrics", config.postgres.application_name));
     pg.connect_timeout(SLOT_POLL_TIMEOUT);
@@ -90,7 +97,7 @@ pub async fn poll_slot(stats: SlotStats, config: &Config, stop: CancellationToke
     loop {
         let poll = async {
             if catalog.is_none() {
-                catalog = Some(Catalog::connect(&pg).await?);
+                catalog = Some(Catalog::connect_on(&pg, tasks).await?);
             }
             match &catalog {
                 Some(catalog) => catalog.slot(&slot).await,

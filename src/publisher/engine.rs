@@ -41,6 +41,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
@@ -65,6 +66,8 @@ pub(crate) struct Settings {
     pub endpoint: Endpoint,
     pub exchange: String,
     pub max_backoff: Duration,
+    /// Where the publisher's tasks run (the engine, closing a dead link).
+    pub tasks: TaskTracker,
 }
 
 /// A message handed to the task: its sequence number and its encoding.
@@ -125,11 +128,11 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
     let channel = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
-            close_in_background(connection);
+            close_in_background(&settings.tasks, connection);
             return Err(e);
         }
         Err(_) => {
-            close_in_background(connection);
+            close_in_background(&settings.tasks, connection);
             return Err(PublishError::ConnectTimeout {
                 url: redacted.to_owned(),
                 seconds: CONNECT_TIMEOUT.as_secs(),
@@ -145,8 +148,8 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
 }
 
 /// Closes a connection without waiting for it; a dead one just errors.
-fn close_in_background(connection: Connection) {
-    tokio::spawn(async move {
+fn close_in_background(tasks: &TaskTracker, connection: Connection) {
+    tasks.spawn(async move {
         let _ = tokio::time::timeout(
             CLOSE_TIMEOUT,
             connection.close(200, "walcast publisher reconnecting".into()),
@@ -528,7 +531,7 @@ impl Engine {
         self.stats.set_connected(false);
         self.stats.set_blocked(false);
         if let Some(link) = self.link.take() {
-            close_in_background(link.connection);
+            close_in_background(&self.settings.tasks, link.connection);
         }
     }
 }

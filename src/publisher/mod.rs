@@ -55,6 +55,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::amqp::Endpoint;
@@ -64,7 +65,7 @@ use crate::event::{ChangeEvent, Lsn};
 
 pub use encoder::{encode, encode_within, Encoded, Prepared};
 pub use error::PublishError;
-pub use stats::{PublisherStats, RoutingKeyCounts, StatsSnapshot};
+pub use stats::{LinkState, PublisherStats, RoutingKeyCounts, StatsSnapshot};
 
 use engine::{Engine, Outgoing, Progress, Settings};
 use tracker::Tracker;
@@ -118,15 +119,20 @@ impl Publisher {
         config: &RabbitConfig,
         shutdown: CancellationToken,
     ) -> Result<Publisher, PublishError> {
-        Self::connect_with_stats(config, shutdown, PublisherStats::default()).await
+        let tasks = TaskTracker::new();
+        Self::connect_with_stats(config, shutdown, PublisherStats::default(), &tasks).await
     }
 
-    /// [`Publisher::connect`], counting into `stats`: a process that makes
-    /// a new publisher per capture session keeps one set of counters.
+    /// [`Publisher::connect`], counting into `stats`, with its background
+    /// tasks on `tasks`: a process that makes a new publisher per capture
+    /// session keeps one set of counters, and waits for the tasks at
+    /// shutdown. ([`Publisher::connect`] puts them on a tracker of their
+    /// own; [`Publisher::close`] still waits for the engine.)
     pub async fn connect_with_stats(
         config: &RabbitConfig,
         shutdown: CancellationToken,
         stats: PublisherStats,
+        tasks: &TaskTracker,
     ) -> Result<Publisher, PublishError> {
         let endpoint = Endpoint::new(config).map_err(|e| PublishError::Amqp(Box::new(e)))?;
         let url = endpoint.url();
@@ -134,6 +140,7 @@ impl Publisher {
             endpoint,
             exchange: config.exchange.clone(),
             max_backoff: Duration::from_millis(config.max_backoff_ms.max(1)),
+            tasks: tasks.clone(),
         });
         let span =
             tracing::info_span!("rabbitmq_publisher", url = %url, exchange = %config.exchange);
@@ -180,7 +187,7 @@ impl Publisher {
             progress_tx,
             stats.clone(),
         );
-        let task = tokio::spawn(engine.run().instrument(span));
+        let task = tasks.spawn(engine.run().instrument(span));
         Ok(Publisher {
             outgoing,
             window,

@@ -3,14 +3,18 @@
 //! [`PublisherStats`] is a cloneable handle over atomics: the publisher
 //! writes, anyone (a metrics endpoint, a test) reads a [`StatsSnapshot`],
 //! the per-routing-key counts ([`PublisherStats::by_routing_key`]) and the
-//! confirm-latency histogram. It does not export anything; `/metrics`
-//! formats it.
+//! confirm-latency histogram. Whether the publisher can publish is also
+//! published on a watch ([`PublisherStats::link`]), which readiness
+//! mirrors. It does not export anything; `/metrics` formats it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::health::{ComponentState, StageState};
 use crate::histogram::{Histogram, HistogramSnapshot};
 
 #[derive(Debug, Default)]
@@ -27,8 +31,30 @@ struct Counters {
     /// Published and confirmed counts by routing key. Bounded by the
     /// captured tables × 4 ops; one uncontended lock per message.
     by_routing_key: Mutex<HashMap<Box<str>, RoutingKeyCounts>>,
-    connected: AtomicBool,
-    blocked: AtomicBool,
+    link: watch::Sender<LinkState>,
+}
+
+/// Whether the publisher can publish, as readiness sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// A connection with a confirming channel is up.
+    pub connected: bool,
+    /// The broker has blocked publishing (resource alarm).
+    pub blocked: bool,
+}
+
+impl StageState for LinkState {
+    fn health(&self) -> (ComponentState, String) {
+        let (state, reason) = match (self.connected, self.blocked) {
+            (true, false) => (ComponentState::Ready, "publishing"),
+            (true, true) => (
+                ComponentState::Blocked,
+                "blocked by a broker resource alarm",
+            ),
+            (false, _) => (ComponentState::Reconnecting, "reconnecting to rabbitmq"),
+        };
+        (state, reason.to_owned())
+    }
 }
 
 /// Messages published and confirmed under one routing key.
@@ -83,6 +109,7 @@ impl StatsSnapshot {
 impl PublisherStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let c = &self.0;
+        let link = *c.link.borrow();
         StatsSnapshot {
             published: c.published.load(Ordering::Relaxed),
             confirmed: c.confirmed.load(Ordering::Relaxed),
@@ -94,9 +121,14 @@ impl PublisherStats {
             confirm_latency_total: Duration::from_micros(
                 c.confirm_latency_micros_total.load(Ordering::Relaxed),
             ),
-            connected: c.connected.load(Ordering::Relaxed),
-            blocked: c.blocked.load(Ordering::Relaxed),
+            connected: link.connected,
+            blocked: link.blocked,
         }
+    }
+
+    /// Whether the publisher can publish, now and on every change.
+    pub fn link(&self) -> watch::Receiver<LinkState> {
+        self.0.link.subscribe()
     }
 
     /// Published and confirmed counts by routing key, ordered by key.
@@ -166,10 +198,18 @@ impl PublisherStats {
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
-        self.0.connected.store(connected, Ordering::Relaxed);
+        self.0.link.send_if_modified(|link| {
+            let changed = link.connected != connected;
+            link.connected = connected;
+            changed
+        });
     }
 
     pub(crate) fn set_blocked(&self, blocked: bool) {
-        self.0.blocked.store(blocked, Ordering::Relaxed);
+        self.0.link.send_if_modified(|link| {
+            let changed = link.blocked != blocked;
+            link.blocked = blocked;
+            changed
+        });
     }
 }

@@ -22,6 +22,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
@@ -173,9 +174,18 @@ pub struct ReplicationClient {
     /// must not read the previous one's leftovers as its own reply.
     in_command: bool,
     span: Span,
+    /// Where the stream's writer task runs (see [`ReplicationClient::set_tasks`]).
+    tasks: TaskTracker,
 }
 
 impl ReplicationClient {
+    /// Runs the replication stream's writer task on `tasks` (the
+    /// process's tracker) instead of a tracker of its own. The stream owns
+    /// the task either way: its `shutdown` joins it, dropping it aborts it.
+    pub fn set_tasks(&mut self, tasks: &TaskTracker) {
+        self.tasks = tasks.clone();
+    }
+
     /// Connects and authenticates, trying the config's hosts in order.
     ///
     /// A host that cannot be reached (or times out) makes us try the next
@@ -391,6 +401,7 @@ impl ReplicationClient {
                 self.reader,
                 self.writer,
                 &options,
+                &self.tasks,
                 self.span,
             ))
         }
@@ -413,6 +424,7 @@ async fn connect_endpoint(
         write_buf: BytesMut::with_capacity(1024),
         in_command: true,
         span,
+        tasks: TaskTracker::new(),
     };
     client.startup(target, application_name).await?;
     client.authenticate(target.user, target.password).await?;

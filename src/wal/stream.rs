@@ -34,7 +34,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{debug, info, trace, warn, Instrument, Span};
 
 use super::codec::{self, Backend, ServerReport};
@@ -107,6 +107,7 @@ impl ReplicationStream {
         reader: BackendReader,
         writer: WriteHalf,
         options: &StartOptions,
+        tasks: &TaskTracker,
         span: Span,
     ) -> Self {
         let liveness = reader.liveness();
@@ -117,7 +118,7 @@ impl ReplicationStream {
             durable_moved: Notify::new(),
         });
         let (stop_writer, stop) = oneshot::channel();
-        let task = tokio::spawn(
+        let task = tasks.spawn(
             run_writer(
                 writer,
                 Arc::clone(&shared),

@@ -97,7 +97,7 @@ impl Hub {
             Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
             Step::Yield | Step::Full { .. } => {
                 let hub = self.clone();
-                tokio::spawn(async move { hub.catch_up(sid).await });
+                self.tasks().spawn(async move { hub.catch_up(sid).await });
             }
         }
         // The socket may have closed before it was registered, in which case

@@ -42,7 +42,7 @@ impl Hub {
         let wait = until
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             tokio::select! {
                 biased;
                 _ = done.cancelled() => {}
@@ -102,7 +102,7 @@ impl Hub {
             Ok(()) | Err(EmitError::Closed) => {}
             Err(EmitError::Full) => {
                 let shutdown = self.inner.shutdown.clone();
-                tokio::spawn(async move {
+                self.tasks().spawn(async move {
                     let mut delay = Duration::from_millis(10);
                     loop {
                         tokio::select! {

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use socketioxide::socket::Sid;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::FanoutConfig;
@@ -138,6 +139,9 @@ pub struct HubOptions {
     /// The tables the gateway follows (`postgres.tables`), for bounded
     /// metric labels; empty caps the labels instead.
     pub tables: Vec<String>,
+    /// Where the gateway's tasks run (the consumer's, the catch-ups, the
+    /// timers): the process's tracker, waited for at shutdown.
+    pub tasks: TaskTracker,
 }
 
 impl HubOptions {
@@ -160,6 +164,7 @@ impl HubOptions {
             },
             max_packet_bytes: config.max_packet_bytes,
             tables: Vec::new(),
+            tasks: TaskTracker::new(),
         }
     }
 }
@@ -186,6 +191,7 @@ impl fmt::Debug for HubOptions {
             .field("subscription_limits", &self.subscription_limits)
             .field("max_packet_bytes", &self.max_packet_bytes)
             .field("tables", &self.tables)
+            .field("tasks", &self.tasks)
             .finish()
     }
 }
@@ -364,6 +370,23 @@ impl Hub {
 
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// The tracker the gateway's tasks run on ([`HubOptions::tasks`]).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.options.tasks
+    }
+
+    /// Stops the replay log's writer thread and waits for it (it closes
+    /// the log and releases its lock); the history stays in memory. For
+    /// shutdown, once the consumer has stopped: nothing written after this
+    /// reaches the file.
+    pub async fn close_replay_log(&self) {
+        let writer = self.lock().log.take();
+        if let Some(writer) = writer {
+            // Dropping it joins the thread, which may still be syncing.
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
+        }
     }
 
     /// The newest change held, if any.
