@@ -33,13 +33,14 @@ RUN cargo build --release --locked \
               target/release/deps/walcast-* target/release/deps/libwalcast-* \
               target/release/walcast
 
-# sql/ and dashboard/ are compiled in (include_str!, include_bytes!), so the
-# image needs no files beside the binary. benches/ only for the manifest:
-# `cargo build` does not compile it. No tests/: editing a test does not
-# invalidate this layer.
+# sql/, dashboard/ and walcast-client (clients/js) are compiled in
+# (include_str!, include_bytes!), so the image needs no files beside the
+# binary. benches/ only for the manifest: `cargo build` does not compile
+# it. No tests/: editing a test does not invalidate this layer.
 COPY sql ./sql
 COPY benches ./benches
 COPY dashboard ./dashboard
+COPY clients/js/walcast-client.js ./clients/js/walcast-client.js
 COPY src ./src
 # touch: COPY keeps the files' old mtimes, which could look older than the
 # placeholder build.

@@ -1,38 +1,26 @@
-// walcast dashboard: a live table of public.orders and a log of change
-// events, with create / edit status / delete through the HTTP API.
+// walcast dashboard: a live table of public.orders, a log of change events
+// and a pipeline panel, with create / edit status / delete through the
+// HTTP API.
 //
-// How the page stays exact (contract sections 3 and 4):
-//
-// 1. It loads every page of `GET /orders` and keeps the first page's
-//    `snapshot`, then connects Socket.IO with `auth: {snapshot}`. The
-//    gateway sends every change the snapshot does not see (later pages were
-//    read with later snapshots; a change replayed onto a row that already
-//    shows it leaves the row as it was, and later ones follow in order).
-// 2. Each event is applied by `key.id`, unless the row's last applied event
-//    id is at least as new (OrderBook in orders.js). The newest id received
-//    becomes the cursor: every reconnect (socket.io-client evaluates `auth`
-//    on each attempt) sends `auth: {since: lastId}` and the gateway replays
-//    what was missed.
-// 3. On `resync` (the gateway no longer holds what the cursor needs, e.g. it
-//    restarted with its history in memory), the socket stays attached and
-//    keeps receiving: events are queued while the page reloads over HTTP,
-//    then the queue goes through the new listing's snapshot (SnapshotFilter)
-//    and live events flow again. No reconnect, so a gateway that has no
-//    history yet cannot send the page into a reload loop. If the socket
-//    drops meanwhile, the page stops it, finishes the reload and connects
-//    with the new snapshot, as in 1.
+// The rows come from walcast-client (clients/js, served here as
+// /dashboard/walcast-client.js): it loads the listing, hands off to the
+// change stream with the listing's snapshot, applies each change once,
+// reconnects with `since` and reloads on `resync`. This file only renders
+// what it reports: the rows, each change, every event received, and its
+// status ("Live" only after the gateway's `ready`). The pipeline panel is
+// pipeline.js.
 //
 // Event data is only ever written with textContent, never as HTML.
 
-import { OrderBook, SnapshotFilter, STATUSES, isOrdersEvent, maxId } from './orders.js';
+import walcast from './walcast-client.js';
+import { startPipeline } from './pipeline.js';
 
+/** The statuses the table's CHECK constraint allows, in lifecycle order. */
+const STATUSES = ['pending', 'processing', 'shipped', 'delivered', 'cancelled'];
 const TOKEN_KEY = 'walcast.token';
-const PAGE_SIZE = 500;
 const LOG_LIMIT = 200;
 const REQUEST_TIMEOUT_MS = 15000;
 const FLASH_MS = 2400;
-/** Events queued during a resync reload beyond this mean a full reconnect. */
-const MAX_QUEUED = 20000;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -67,14 +55,6 @@ function make(tag, props = {}, children = []) {
   }
   for (const child of children) node.append(child);
   return node;
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** 0.5 s, 1 s, 2 s … up to 10 s, with jitter so many tabs do not align. */
-function backoff(attempt) {
-  const base = Math.min(10000, 500 * 2 ** Math.min(attempt, 5));
-  return base / 2 + Math.random() * (base / 2);
 }
 
 /** A `timestamp` value (UTC, no offset) as "2026-11-22 05:04:10". */
@@ -188,29 +168,14 @@ async function api(method, path, body) {
   return data;
 }
 
-/** Every page of the listing; the first page's snapshot is the hand-off. */
-async function fetchListing() {
-  const orders = [];
-  let snapshot = null;
-  let after = null;
-  do {
-    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-    if (after !== null) query.set('after', String(after));
-    const page = await api('GET', `/orders?${query}`);
-    snapshot ??= page.snapshot;
-    orders.push(...page.orders);
-    after = page.next_after ?? null;
-  } while (after !== null);
-  return { orders, snapshot };
-}
-
 // --- Connection state ------------------------------------------------------
 
 const STATE_TEXT = {
   connecting: 'Connecting…',
+  'catching-up': 'Catching up…',
   live: 'Live',
-  reconnecting: 'Reconnecting…',
   resyncing: 'Resyncing…',
+  offline: 'Offline, reconnecting…',
   unauthorized: 'Token required',
   error: 'Connection refused',
 };
@@ -223,7 +188,6 @@ function setState(state, detail = '') {
 
 // --- The orders table ------------------------------------------------------
 
-const book = new OrderBook();
 const rowNodes = new Map(); // order id (string) -> <tr>
 
 function statusSelect(order) {
@@ -278,13 +242,13 @@ function fillRow(row, order) {
 }
 
 /**
- * Rebuilds the table from the book. With `previous` (the orders shown
+ * Rebuilds the table from `orders`. With `previous` (the orders shown
  * before a reload, by id), rows and cells that differ are highlighted like
  * the changes of live events.
  */
-function renderAll(previous = null) {
+function renderAll(orders, previous = null) {
   rowNodes.clear();
-  const rows = book.sorted().map((order) => {
+  const rows = orders.map((order) => {
     const row = buildRow(order);
     const id = String(order.id);
     rowNodes.set(id, row);
@@ -303,7 +267,7 @@ function renderAll(previous = null) {
 }
 
 function renderCount() {
-  const n = book.size;
+  const n = feed.size;
   ui.ordersCount.textContent = `${n} ${n === 1 ? 'order' : 'orders'}`;
   ui.ordersEmpty.hidden = n !== 0;
 }
@@ -320,34 +284,30 @@ function insertRow(row, id) {
   ui.ordersBody.append(row);
 }
 
-function showApplied(result) {
-  switch (result.op) {
-    case 'insert': {
-      rowNodes.get(result.id)?.remove();
-      const row = buildRow(result.order);
-      rowNodes.set(result.id, row);
-      insertRow(row, result.id);
-      flash(row);
-      break;
+/** Shows one change the feed applied ({op, key, old, new, changed}). */
+function showApplied(change) {
+  if (change.op === 'truncate') {
+    rowNodes.clear();
+    ui.ordersBody.replaceChildren();
+    renderCount();
+    return;
+  }
+  const id = String(change.key.id);
+  const row = rowNodes.get(id);
+  if (change.new === null) {
+    row?.remove();
+    rowNodes.delete(id);
+  } else if (!row) {
+    const created = buildRow(change.new);
+    rowNodes.set(id, created);
+    insertRow(created, id);
+    flash(created);
+  } else {
+    fillRow(row, change.new);
+    for (const column of change.changed) {
+      const cell = row.querySelector(`td[data-col="${column}"]`);
+      if (cell) flash(cell);
     }
-    case 'update': {
-      const row = rowNodes.get(result.id);
-      if (!row) break;
-      fillRow(row, result.order);
-      for (const column of result.changed) {
-        const cell = row.querySelector(`td[data-col="${column}"]`);
-        if (cell) flash(cell);
-      }
-      break;
-    }
-    case 'delete':
-      rowNodes.get(result.id)?.remove();
-      rowNodes.delete(result.id);
-      break;
-    case 'truncate':
-      rowNodes.clear();
-      ui.ordersBody.replaceChildren();
-      break;
   }
   renderCount();
 }
@@ -412,171 +372,41 @@ function logEvent(event) {
   ui.logEmpty.hidden = true;
 }
 
-// --- The change stream -----------------------------------------------------
+// --- The change stream ------------------------------------------------------
 
-let snapshot = null; // the current listing's snapshot, for a snapshot handshake
-let lastId = null; // newest event id received since that listing
-let queued = null; // events received while a resync reload runs, or null
-let handoff = null; // SnapshotFilter after a reload with the socket attached
-let loadGeneration = 0;
-let listed = false; // whether a listing was shown already
-let refusals = 0; // handshakes refused in a row, for backoff
+const feed = walcast.orders({ token: () => sessionToken });
+// The orders on screen, by id (null before the first listing): after a
+// reload, the rows and cells that differ from them are highlighted.
+let shown = null;
 
-function handshakeAuth() {
-  const auth = {};
-  if (sessionToken) auth.token = sessionToken;
-  if (lastId !== null) auth.since = lastId;
-  else if (snapshot !== null) auth.snapshot = snapshot;
-  return auth;
-}
-
-const socket = io({
-  autoConnect: false,
-  // WebSocket first: a refused handshake (auth on, no token yet) then ends
-  // on that one connection, where over long-polling a poll still in flight
-  // for the closed session gets a 400. Polling stays the fallback.
-  transports: ['websocket', 'polling'],
-  tryAllTransports: true,
-  auth: (callback) => callback(handshakeAuth()),
-  reconnectionDelay: 500,
-  reconnectionDelayMax: 5000,
+feed.on('status', (status) => setState(status));
+feed.on('load', (orders) => {
+  renderAll([...orders].reverse(), shown);
+  shown = new Map(orders.map((order) => [String(order.id), order]));
 });
-
-function onChange(event) {
-  if (!event || typeof event !== 'object') return;
-  if (queued !== null) {
-    queued.push(event);
-    if (queued.length > MAX_QUEUED) {
-      // The reload is not keeping up: drop the queue and reconnect with the
-      // listing's snapshot once it arrives.
-      dropQueue();
-      socket.disconnect();
-    }
-    return;
-  }
-  process(event);
-}
-
-/**
- * Abandons the resync queue. Its events are not applied (the next listing
- * and its snapshot hand-off cover them), but they were received: the event
- * log shows them like every other event.
- */
-function dropQueue() {
-  const events = queued ?? [];
-  queued = null;
-  for (const event of events) logEvent(event);
-}
-
-function process(event) {
-  lastId = maxId(lastId, event.id);
-  logEvent(event);
-  if (!isOrdersEvent(event)) return;
-  if (handoff && !handoff.admits(event)) return; // the listing shows it already
-  const result = book.apply(event);
-  if (result) showApplied(result);
-}
-
-/**
- * Loads the listing (retrying until it succeeds or a newer load starts),
- * then hands off to the change stream: through the queue and a snapshot
- * filter when the socket stayed attached (resync), else by connecting with
- * the snapshot.
- */
-async function reload() {
-  const generation = ++loadGeneration;
-  let listing;
-  for (let attempt = 0; ; attempt += 1) {
-    try {
-      listing = await fetchListing();
-      break;
-    } catch (error) {
-      if (generation !== loadGeneration) return;
-      if (attempt === 0 || error.status) notify(`Cannot load orders: ${error.message}`);
-      await sleep(backoff(attempt));
-      if (generation !== loadGeneration) return;
-    }
-  }
-  if (generation !== loadGeneration) return;
-
-  const previous = listed ? new Map(book.sorted().map((order) => [String(order.id), order])) : null;
-  listed = true;
-  book.load(listing.orders);
-  renderAll(previous);
-  snapshot = listing.snapshot;
-  lastId = null;
-  if (queued !== null && socket.connected) {
-    handoff = new SnapshotFilter(snapshot);
-    const events = queued;
-    queued = null;
-    for (const event of events) process(event);
-    setState('live');
-  } else {
-    dropQueue();
-    handoff = null;
-    if (socket.connected) socket.disconnect();
-    socket.connect();
-  }
-}
-
-socket.on('connect', () => {
-  refusals = 0;
-  if (queued === null) setState('live');
+feed.on('change', (change) => {
+  showApplied(change);
+  if (change.op === 'truncate') shown?.clear();
+  else if (change.new === null) shown?.delete(String(change.key.id));
+  else shown?.set(String(change.key.id), change.new);
 });
-
-socket.on('change', onChange);
-
-socket.on('resync', (payload) => {
-  setState('resyncing', `resync: ${payload?.reason ?? 'unknown reason'}`);
-  queued ??= [];
-  handoff = null;
-  reload();
-});
-
-socket.on('disconnect', (reason) => {
-  if (queued !== null) {
-    // The queue has a gap now; stop the automatic reconnect (it would send
-    // a cursor from before the reload) and let the reload connect afresh.
-    dropQueue();
-    socket.disconnect();
-    return;
-  }
-  if (reason === 'io client disconnect') return;
-  if (reason === 'io server disconnect') {
-    // Dropped by the gateway (a socket that read too slowly): come back
-    // with the cursor, which loses nothing.
-    setState('reconnecting', reason);
-    setTimeout(() => socket.connect(), backoff(refusals++));
-    return;
-  }
-  setState('reconnecting', reason);
-});
-
-socket.on('connect_error', (error) => {
-  const message = String(error?.message ?? error);
-  if (socket.active) {
-    // Network trouble; socket.io-client retries by itself.
-    setState(lastId === null && snapshot === null ? 'connecting' : 'reconnecting', message);
-    return;
-  }
-  // The gateway refused the handshake.
-  refusals += 1;
-  if (message.startsWith('unauthorized')) {
-    setState('unauthorized', message);
+feed.on('event', logEvent);
+feed.on('resync', (payload) => setState('resyncing', `resync: ${payload.reason ?? 'unknown reason'}`));
+let lastError = '';
+feed.on('error', (error) => {
+  if (error.kind === 'unauthorized') {
+    setState('unauthorized', error.message);
     ui.tokenPanel.open = true;
-    notify(`Live updates need a valid token: ${message}`);
-    return; // saving a token reconnects
-  }
-  if (message.startsWith('auth.since') || message.startsWith('auth.snapshot')) {
-    setState('resyncing', message);
-    snapshot = null;
-    lastId = null;
-    setTimeout(reload, backoff(refusals));
+    notify(`Live updates need a valid token: ${error.message}`);
     return;
   }
-  setState('error', message);
-  notify(`Live connection refused: ${message}`);
-  setTimeout(() => socket.connect(), backoff(refusals));
+  if (error.kind === 'refused') setState('error', error.message);
+  // One notice per distinct problem, not one per retry.
+  if (error.message !== lastError) notify(error.kind === 'subscribe' ? error.message : `Cannot load orders: ${error.message}`);
+  lastError = error.message;
+});
+feed.on('ready', () => {
+  lastError = '';
 });
 
 // --- Writes ----------------------------------------------------------------
@@ -632,12 +462,12 @@ async function changeStatus(id, select) {
     await api('PATCH', `/orders/${encodeURIComponent(id)}`, { status: wanted });
   } catch (error) {
     notify(`Order ${id}: ${error.message}`);
-    const current = book.get(id);
+    const current = feed.get(Number(id));
     if (current) select.value = current.status;
   } finally {
     select.disabled = false;
     // The table shows what the WAL says; an event may have come meanwhile.
-    const current = book.get(id);
+    const current = feed.get(Number(id));
     if (current && current.status !== wanted) select.value = current.status;
   }
 }
@@ -672,10 +502,7 @@ function disarm(button, id) {
 // --- Token panel -----------------------------------------------------------
 
 function reconnectWithToken() {
-  if (queued !== null) return; // the reload in flight connects with it
-  if (socket.connected) socket.disconnect();
-  if (lastId === null && snapshot === null) reload();
-  else socket.connect();
+  feed.reconnect();
 }
 
 ui.tokenInput.value = sessionToken;
@@ -698,4 +525,7 @@ ui.tokenClear.addEventListener('click', () => {
 
 for (const status of STATUSES) ui.createStatus.append(make('option', { value: status, text: status }));
 setState('connecting');
-reload();
+startPipeline({
+  feed,
+  request: (path) => fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) }),
+});

@@ -50,6 +50,19 @@ if command -v npm >/dev/null 2>&1; then
   done
 fi
 
+# python-socketio for the Python example (examples/python), which
+# tests/js_client.rs runs: a venv of the project's own under target/.
+venv=target/python-venv
+if ! "$venv/bin/python" -c 'import socketio, requests' >/dev/null 2>&1; then
+  log "python venv for examples/python"
+  python3 -m venv "$venv" >/dev/null 2>&1 || {
+    apt-get install -y -qq python3-venv >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q -r examples/python/requirements.txt
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

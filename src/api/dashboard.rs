@@ -2,8 +2,9 @@
 //! binary so that a single `walcast` serves everything (no CDN, no files to
 //! deploy next to it).
 //!
-//! `/` is the page; `/dashboard/{*path}` its scripts, styles and the
-//! vendored socket.io-client. Every response carries a strong `ETag` (a hash
+//! `/` is the page; `/dashboard/{*path}` its scripts, styles, the
+//! vendored socket.io-client and walcast-client (`clients/js`, the library
+//! the page is built on, served as it is published). Every response carries a strong `ETag` (a hash
 //! of the bytes) and `Cache-Control: no-cache`: a browser revalidates on each
 //! load and gets a 304 until a new binary ships different files, so an
 //! upgrade never runs a stale script against a new server. The page gets a
@@ -12,7 +13,8 @@
 //! data with `textContent` only.
 //!
 //! This module serves bytes; the dashboard's logic (listing, snapshot
-//! hand-off, reconnects) lives in `dashboard/*.js`.
+//! hand-off, reconnects) lives in `clients/js/walcast-client.js`, its
+//! rendering in `dashboard/*.js`.
 
 use std::sync::OnceLock;
 
@@ -32,7 +34,7 @@ struct Asset {
 }
 
 /// The page (first, served at `/`), then everything under `/dashboard/`.
-const FILES: [Asset; 6] = [
+const FILES: [Asset; 7] = [
     Asset {
         path: "index.html",
         content_type: "text/html; charset=utf-8",
@@ -44,9 +46,14 @@ const FILES: [Asset; 6] = [
         bytes: include_bytes!("../../dashboard/app.js"),
     },
     Asset {
-        path: "orders.js",
+        path: "pipeline.js",
         content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../../dashboard/orders.js"),
+        bytes: include_bytes!("../../dashboard/pipeline.js"),
+    },
+    Asset {
+        path: "walcast-client.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../clients/js/walcast-client.js"),
     },
     Asset {
         path: "style.css",

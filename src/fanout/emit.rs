@@ -1,8 +1,8 @@
 //! How the hub reaches a socket: the [`Emit`] trait, and the `change`
 //! packet encoded once ([`ChangePacket`]).
 //!
-//! The hub never calls socketioxide directly. It emits `change` and
-//! `resync` packets and disconnects slow sockets through [`Emit`], which
+//! The hub never calls socketioxide directly. It emits `change`,
+//! `resync` and `ready` packets and disconnects slow sockets through [`Emit`], which
 //! [`SioSocket`] (a socketioxide socket and walcast's adapter) implements
 //! for production and a recording double implements in tests, so
 //! `deliver`, `attach` and catch-up are unit tested without sockets (as
@@ -85,6 +85,8 @@ pub(crate) trait Emit: Send + Sync + 'static {
     fn emit_change(&self, packet: &ChangePacket) -> Result<(), EmitError>;
     /// Queues a `resync` packet.
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError>;
+    /// Queues the `ready` packet (the socket has caught up).
+    fn emit_ready(&self, payload: &Value) -> Result<(), EmitError>;
     /// Queues a Socket.IO disconnect and closes the socket's namespace
     /// session; `Full` when the disconnect packet finds no room (retry).
     fn disconnect(&self) -> Result<(), EmitError>;
@@ -115,6 +117,10 @@ impl Emit for SioSocket {
 
     fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {
         self.socket.emit("resync", payload).map_err(send_error)
+    }
+
+    fn emit_ready(&self, payload: &Value) -> Result<(), EmitError> {
+        self.socket.emit("ready", payload).map_err(send_error)
     }
 
     fn disconnect(&self) -> Result<(), EmitError> {
@@ -172,6 +178,7 @@ pub(crate) mod test_socket {
     pub(crate) enum Sent {
         Change(String),
         Resync(Value),
+        Ready(Value),
         Disconnect,
     }
 
@@ -261,6 +268,10 @@ pub(crate) mod test_socket {
 
         fn emit_resync(&self, payload: &Value) -> Result<(), EmitError> {
             self.queue(Sent::Resync(payload.clone()))
+        }
+
+        fn emit_ready(&self, payload: &Value) -> Result<(), EmitError> {
+            self.queue(Sent::Ready(payload.clone()))
         }
 
         fn disconnect(&self) -> Result<(), EmitError> {

@@ -79,6 +79,38 @@ const context = await chromium.launchPersistentContext(profile, {
   colorScheme: 'light',
   timeout: STEP_TIMEOUT,
 });
+// "Live" only after `ready`: before any page script runs, every WebSocket
+// the page opens records when its first Socket.IO `ready` packet arrived
+// (this listener runs before socket.io-client's), and every change of the
+// connection badge to "live" is checked against the newest socket then.
+await context.addInitScript(() => {
+  window.__sockets = [];
+  window.__live = { shown: 0, beforeReady: [] };
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      const record = { readyAt: null };
+      window.__sockets.push(record);
+      this.addEventListener('message', (message) => {
+        if (typeof message.data === 'string' && message.data.startsWith('42["ready"')) {
+          record.readyAt ??= performance.now();
+        }
+      });
+    }
+  };
+  document.addEventListener('DOMContentLoaded', () => {
+    const badge = document.getElementById('connection');
+    new MutationObserver(() => {
+      if (badge.dataset.state !== 'live') return;
+      window.__live.shown += 1;
+      const current = window.__sockets.at(-1);
+      if (!current || current.readyAt === null) {
+        window.__live.beforeReady.push({ at: performance.now(), sockets: window.__sockets.length });
+      }
+    }).observe(badge, { attributes: true, attributeFilter: ['data-state'] });
+  });
+});
 const page = context.pages()[0] ?? (await context.newPage());
 page.setDefaultTimeout(STEP_TIMEOUT);
 page.on('pageerror', (error) => {
@@ -268,7 +300,7 @@ async function run() {
   emit({ step: 'ready-for-restart' });
   command = await nextCommand(RESTART_TIMEOUT);
   check(command.go === 'down', `expected {"go":"down"}, got ${JSON.stringify(command)}`);
-  const downState = await waitForState(['reconnecting', 'resyncing', 'connecting']);
+  const downState = await waitForState(['offline', 'resyncing', 'connecting']);
   emit({ step: 'saw-disconnect', state: downState, ms: t() });
   command = await nextCommand(RESTART_TIMEOUT);
   await waitForRow(command.id, { status: command.status, customer: command.customer }, RESTART_TIMEOUT);
@@ -305,7 +337,7 @@ async function run() {
     if (holding && route.request().method() === 'GET') heldListings.push(route);
     else route.continue();
   });
-  await waitForState(['reconnecting', 'connecting']);
+  await waitForState(['offline', 'connecting']);
   emit({ step: 'saw-disconnect-again', ms: t() });
   await waitForState(['resyncing'], RESTART_TIMEOUT);
   await waitUntil('the resync reload to ask for the listing', () => heldListings.length > 0, RESTART_TIMEOUT);
@@ -329,6 +361,28 @@ async function run() {
   phase = 'after-resync';
   emit({ step: 'saw-queued-change-logged', id: queuedEvent.id, states, ms: t() });
 
+  // The pipeline panel: while the test runs a load with psql, its
+  // changes/s shows a rate above zero and its sparkline draws it.
+  emit({ step: 'ready-for-load' });
+  command = await nextCommand(STEP_TIMEOUT);
+  check(command.go === 'load', `expected {"go":"load"}, got ${JSON.stringify(command)}`);
+  const sparkBefore = await page.locator('#metric-changes path.spark-1').getAttribute('d');
+  await page.waitForFunction(() => Number(document.getElementById('metric-changes').dataset.rate) > 0, null, {
+    timeout: STEP_TIMEOUT,
+    polling: 100,
+  });
+  const rate = Number(await page.locator('#metric-changes').getAttribute('data-rate'));
+  const sparkDuring = await page.locator('#metric-changes path.spark-1').getAttribute('d');
+  check(sparkDuring && sparkDuring !== sparkBefore, 'the changes/s sparkline did not move');
+  const components = await page.locator('#components li').evaluateAll((items) =>
+    items.map((item) => ({ name: item.dataset.component, state: item.querySelector('.component-state').textContent })),
+  );
+  const lag = await page.locator('#metric-lag [data-value]').textContent();
+  emit({ step: 'saw-load', rate, components, lag, ms: t() });
+  command = await nextCommand(STEP_TIMEOUT);
+  check(command.go === 'load-done', `expected {"go":"load-done"}, got ${JSON.stringify(command)}`);
+  await waitForState(['live']);
+
   // Still live after the restart: one more psql change arrives.
   emit({ step: 'ready-for-live-check' });
   command = await nextCommand(STEP_TIMEOUT);
@@ -344,6 +398,8 @@ async function run() {
     state: await page.locator('#connection').getAttribute('data-state'),
     logEntries: await page.locator('#log li').count(),
     states: await page.evaluate(() => window.__states),
+    live: await page.evaluate(() => window.__live),
+    sockets: await page.evaluate(() => window.__sockets.length),
     pageErrors,
     consoleErrors,
     ms: t(),
@@ -386,7 +442,14 @@ async function runAuth() {
   await waitForState(['live']);
   await page.waitForSelector(`#orders-body tr[data-id="${created}"]`);
   await screenshot();
-  emit({ step: 'done', ids: await tableIds(), pageErrors, consoleErrors, ms: t() });
+  emit({
+    step: 'done',
+    ids: await tableIds(),
+    live: await page.evaluate(() => window.__live),
+    pageErrors,
+    consoleErrors,
+    ms: t(),
+  });
 }
 
 let exitCode = 0;

@@ -1,6 +1,7 @@
 //! The dashboard's files as the API router serves them (no database needed:
-//! the API connects lazily), and the unit tests of its state logic
-//! (`tests/e2e/orders.test.mjs`, run with `node --test`).
+//! the API connects lazily), and the unit tests of walcast-client's hand-off
+//! rules, which the page is built on (`clients/js/test/rowbook.test.mjs`,
+//! run with `node --test`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -88,21 +89,38 @@ async fn the_vendored_socket_io_client_and_the_scripts_are_served() {
     assert!(body.starts_with("/*!\n * Socket.IO v4."), "{}", &body[..40]);
     assert!(body.len() > 40_000);
 
-    for (path, content_type) in [
-        ("/dashboard/app.js", "text/javascript; charset=utf-8"),
-        ("/dashboard/orders.js", "text/javascript; charset=utf-8"),
-        ("/dashboard/style.css", "text/css; charset=utf-8"),
-        ("/dashboard/favicon.svg", "image/svg+xml"),
+    // walcast-client is the library's own file, as published (clients/js).
+    for (path, file, content_type) in [
+        (
+            "/dashboard/app.js",
+            "dashboard/app.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/dashboard/pipeline.js",
+            "dashboard/pipeline.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/dashboard/walcast-client.js",
+            "clients/js/walcast-client.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/dashboard/style.css",
+            "dashboard/style.css",
+            "text/css; charset=utf-8",
+        ),
+        (
+            "/dashboard/favicon.svg",
+            "dashboard/favicon.svg",
+            "image/svg+xml",
+        ),
     ] {
         let response = get(path).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         assert_eq!(header(&response, CONTENT_TYPE), content_type, "{path}");
-        let on_disk = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("dashboard")
-                .join(path.trim_start_matches("/dashboard/")),
-        )
-        .unwrap();
+        let on_disk = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         assert_eq!(response.bytes().await.unwrap(), on_disk, "{path}");
     }
 
@@ -170,8 +188,8 @@ async fn revalidation_answers_304_and_unknown_files_are_api_404s() {
 }
 
 #[test]
-fn dashboard_state_logic_passes_its_node_unit_tests() {
-    let test = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/orders.test.mjs");
+fn walcast_client_passes_its_node_unit_tests() {
+    let test = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/test/rowbook.test.mjs");
     let out = std::process::Command::new("node")
         .arg("--test")
         .arg(&test)

@@ -16,10 +16,14 @@
 //! the replay dir, so the page's cursor is unknown and it resyncs: the
 //! listing it reloads is held in the browser until a psql change has
 //! arrived, which the page queues and then applies, and which shows in the
-//! event log; one more psql change proves it is live again. At the end the
-//! table must hold exactly the database's rows, and the page must not have
-//! logged an unexpected error. The screenshot goes to
-//! `tests/artifacts/dashboard.png`.
+//! event log; (e) while psql runs a load, the pipeline panel's changes/s
+//! shows a rate and its sparkline moves, and the panel lists every /readyz
+//! component; one more psql change proves it is live again. At the end the
+//! table must hold exactly the database's rows, the page must have shown
+//! "Live" only when its current connection had received `ready` (checked in
+//! the page on every change of the badge), and it must not have logged an
+//! unexpected error. The page is built on walcast-client (clients/js). The
+//! screenshot goes to `tests/artifacts/dashboard.png`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,7 +38,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::support::pgtest::TestDb;
+use crate::support::pgtest::{self, TestDb};
 use crate::support::{self, stack};
 
 /// Bound on each step of the page (the script has its own, shorter ones).
@@ -475,6 +479,38 @@ async fn dashboard_follows_psql_form_writes_and_a_walcast_restart_in_chromium() 
         "{resynced}"
     );
 
+    // The pipeline panel's changes/s moves while a load runs: 40
+    // transactions of 5 rows, a few a second.
+    browser.expect("ready-for-load", &setup).await;
+    let load = {
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            for n in 0..40 {
+                pgtest::psql(
+                    &url,
+                    &format!(
+                        "INSERT INTO orders (customer_name, product_name) \
+                         SELECT 'load ' || g, 'batch {n}' FROM generate_series(1, 5) g"
+                    ),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    browser.send(json!({"go": "load"})).await;
+    let panel = browser.expect("saw-load", &setup).await;
+    assert!(panel["rate"].as_f64().unwrap() > 0.0, "{panel}");
+    // Every /readyz component, each with its state (all ready here).
+    let components = panel["components"].as_array().unwrap();
+    assert!(
+        components.len() >= 3 && components.iter().any(|c| c["name"] == "api_postgres"),
+        "{panel}"
+    );
+    assert!(components.iter().all(|c| c["state"] == "ready"), "{panel}");
+    load.await.unwrap();
+    browser.send(json!({"go": "load-done"})).await;
+
     browser.expect("ready-for-live-check", &setup).await;
     db.psql(&format!(
         "UPDATE orders SET status = 'processing' WHERE id = {created_id}"
@@ -494,6 +530,14 @@ async fn dashboard_follows_psql_form_writes_and_a_walcast_restart_in_chromium() 
         .collect();
     assert_eq!(ids(&done["ids"]), in_db);
     assert_eq!(done["state"], "live");
+    // "Live" was shown only once the current connection had its `ready`:
+    // at the start, after the restart and after the resync.
+    assert_eq!(done["live"]["beforeReady"], json!([]), "{}", done["live"]);
+    assert!(
+        done["live"]["shown"].as_u64().unwrap() >= 3,
+        "{}",
+        done["live"]
+    );
     assert_eq!(done["pageErrors"], json!([]), "errors thrown in the page");
     // The browser logs failed requests as errors: expected for the 422 and
     // while walcast is down, a bug anywhere else (a CSP violation, a 404).
@@ -568,6 +612,7 @@ async fn dashboard_with_auth_on_asks_for_a_token_and_uses_it_for_writes_and_live
     );
     let done = browser.expect("done", &setup).await;
     assert!(ids(&done["ids"]).contains(&id));
+    assert_eq!(done["live"]["beforeReady"], json!([]), "{}", done["live"]);
     assert_eq!(done["pageErrors"], json!([]));
     // The refused handshake is not a console error; the 401 is expected.
     let unexpected: Vec<&Value> = done["consoleErrors"]

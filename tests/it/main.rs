@@ -53,6 +53,7 @@ mod fanout_projection;
 mod fanout_replay;
 mod fanout_source;
 mod fanout_storm;
+mod js_client;
 mod metrics_readyz;
 mod pg_tls;
 mod publisher_oversize;

@@ -8,6 +8,7 @@
 //   {"t":"connect","id":...}
 //   {"t":"change","raw":"<the change payload exactly as received>"}
 //   {"t":"event","event":"resync","data":{...}}
+//   {"t":"event","event":"ready","data":{...}}   (with options.ready only)
 //   {"t":"ack","seq":n,"data":...} / {"t":"ack","seq":n,"error":"..."}
 //   {"t":"connect_error","message":"...","data":...}
 //   {"t":"disconnect","reason":"..."}
@@ -84,8 +85,11 @@ if (mode === "client") {
     out({ t: "disconnect", reason });
     process.exit(0);
   });
+  // `ready` (once per connection) only when asked for, so that tests
+  // reading a plain sequence of changes need not skip it.
   socket.onAny((event, ...args) => {
-    if (event !== "change") out({ t: "event", event, data: args[0] ?? null });
+    if (event === "change" || (event === "ready" && !options.ready)) return;
+    out({ t: "event", event, data: args[0] ?? null });
   });
   const rl = readline.createInterface({ input: process.stdin });
   rl.on("line", (line) => {

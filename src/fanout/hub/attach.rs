@@ -1,6 +1,7 @@
 //! Attaching a socket to the [`Hub`]: the resync-or-replay decision under
 //! the delivery lock, the catch-up that replays held changes batch by
-//! batch until the socket goes live, and `subscribe`/`unsubscribe`.
+//! batch until the socket goes live (and says so with `ready`), and
+//! `subscribe`/`unsubscribe`.
 //!
 //! It does not deliver live changes (`Hub::deliver`) and does not
 //! disconnect sockets itself (`disconnect`).
@@ -8,15 +9,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use socketioxide::socket::Sid;
 use tracing::debug;
 
 use super::packets::Packets;
 use super::{passes_snapshot, send_resync, Client, Hub, Phase, Step, CATCH_UP_BATCH};
+use crate::event::EventId;
 use crate::fanout::budget::{drain_horizon, SendBudget};
 use crate::fanout::emit::{Emit, EmitError};
 use crate::fanout::handshake::StartAt;
-use crate::fanout::replay::ResyncReason;
+use crate::fanout::replay::{ReplayBuffer, ResyncReason};
 use crate::fanout::stats::DisconnectReason;
 use crate::fanout::subscription::{parse_command, Index, Subscriptions};
 
@@ -32,11 +35,18 @@ impl Hub {
     /// batch that reaches the newest held change flips it to live, still
     /// under the lock. Changes evicted before the replay reached them turn
     /// into a `resync` ("replay_overrun").
+    ///
+    /// Every socket goes live through a catch-up step, also one with no
+    /// replay (it starts at the newest held change): the step that finds
+    /// nothing more to send queues `ready` and flips it to live under the
+    /// lock, so `ready` follows every replayed change and precedes every
+    /// live one (contract section 3), once per connection, after a
+    /// `resync` if there was one.
     pub(crate) fn attach(&self, socket: Arc<dyn Emit>, start: StartAt) {
         let sid = socket.sid();
         let stats = &self.inner.stats;
         let options = &self.inner.options;
-        let catching_up = {
+        {
             let mut guard = self.lock();
             let state = &mut *guard;
             let expiry = state
@@ -46,7 +56,9 @@ impl Hub {
             let mut client = Client {
                 socket: socket.clone(),
                 subs: Subscriptions::default(),
-                phase: Phase::Live,
+                phase: Phase::CatchingUp {
+                    cursor: live_from(&state.buffer),
+                },
                 snapshot: None,
                 snapshot_passed_at: None,
                 floor: None,
@@ -76,21 +88,17 @@ impl Hub {
                     Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
             }
-            let catching_up = matches!(client.phase, Phase::CatchingUp { .. });
             state.clients.insert(sid, client);
             state.index.add_socket(sid);
             stats.set_connected_sockets(state.clients.len());
-            catching_up
-        };
+        }
         debug!(%sid, "socket attached");
-        if catching_up {
-            match self.catch_up_step(sid) {
-                Step::Done | Step::Gone => {}
-                Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
-                Step::Yield | Step::Full { .. } => {
-                    let hub = self.clone();
-                    self.tasks().spawn(async move { hub.catch_up(sid).await });
-                }
+        match self.catch_up_step(sid) {
+            Step::Done | Step::Gone => {}
+            Step::Cut(socket, reason) => self.disconnect_slow(socket, reason, "replay"),
+            Step::Yield | Step::Full { .. } => {
+                let hub = self.clone();
+                self.tasks().spawn(async move { hub.catch_up(sid).await });
             }
         }
         // The socket may have closed before it was registered, in which case
@@ -179,7 +187,6 @@ impl Hub {
             return Step::Done;
         };
         if state.buffer.evicted_after(cursor) {
-            client.phase = Phase::Live;
             client.snapshot = None;
             send_resync(
                 &*client.socket,
@@ -187,7 +194,7 @@ impl Hub {
                 state.buffer.latest_id(),
                 stats,
             );
-            return Step::Done;
+            cursor = live_from(&state.buffer);
         }
         let start = cursor;
         let now = Instant::now();
@@ -239,6 +246,18 @@ impl Hub {
                 None => Step::Gone,
             };
         }
+        if let Step::Done = outcome {
+            // Caught up: `ready`, then live. No room for it yet: wait, as
+            // for a change.
+            let ready = json!({ "latest_id": state.buffer.latest_id().map(|id| id.to_string()) });
+            outcome = match client.socket.emit_ready(&ready) {
+                Ok(()) => Step::Done,
+                Err(EmitError::Full) => Step::Full {
+                    progressed: cursor != start,
+                },
+                Err(EmitError::Closed) => Step::Gone,
+            };
+        }
         match outcome {
             Step::Done => client.phase = Phase::Live,
             Step::Gone => {
@@ -249,4 +268,10 @@ impl Hub {
         }
         outcome
     }
+}
+
+/// Where a socket that wants nothing held starts its catch-up: past every
+/// change held or evicted, so its only step finds nothing to replay.
+pub(super) fn live_from(buffer: &ReplayBuffer) -> Option<EventId> {
+    buffer.latest_id().max(buffer.horizons().max_evicted)
 }

@@ -177,7 +177,10 @@ impl State {
                 stats.set_buffer(0, 0);
                 for client in self.clients.values_mut() {
                     send_resync(&*client.socket, ResyncReason::SourceChanged, None, stats);
-                    client.phase = Phase::Live;
+                    // One still catching up has its `ready` to come.
+                    if let Phase::CatchingUp { cursor } = &mut client.phase {
+                        *cursor = None;
+                    }
                     client.floor = None;
                     client.snapshot = None;
                 }

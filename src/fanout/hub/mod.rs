@@ -687,10 +687,138 @@ mod tests {
         );
     }
 
+    /// What a socket was sent, as `change:<n>` (commit LSN), `ready:<n>`
+    /// (its `latest_id`, `-` for null) and `resync`.
+    fn packets(socket: &TestSocket) -> Vec<String> {
+        let lsn = |id: &str| u64::from_str_radix(id.split('-').next().unwrap(), 16).unwrap();
+        socket
+            .sent()
+            .iter()
+            .map(|sent| match sent {
+                Sent::Change(raw) => {
+                    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+                    format!("change:{}", lsn(v["id"].as_str().unwrap()))
+                }
+                Sent::Ready(v) => match v["latest_id"].as_str() {
+                    Some(id) => format!("ready:{}", lsn(id)),
+                    None => "ready:-".into(),
+                },
+                Sent::Resync(_) => "resync".into(),
+                Sent::Disconnect => "disconnect".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ready_comes_once_after_the_replay_and_before_live_changes() {
+        let hub = hub();
+        let generation = hub.history_start_needed().unwrap();
+        assert!(hub.offer_history_start(&"10:10:".parse().unwrap(), generation));
+        let empty = attach(&hub, 100, StartAt::Live);
+        for n in 1..=3 {
+            hub.deliver(change(n, "orders", Some(1), 10 + n as u32), SOURCE)
+                .unwrap();
+        }
+        let live = attach(&hub, 100, StartAt::Live);
+        let since = attach(&hub, 100, StartAt::Since(id(1)));
+        let snapshot = attach(&hub, 100, StartAt::Snapshot("11:12:".parse().unwrap()));
+        hub.deliver(change(4, "orders", Some(1), 14), SOURCE)
+            .unwrap();
+        assert_eq!(
+            packets(&empty),
+            ["ready:-", "change:1", "change:2", "change:3", "change:4"]
+        );
+        assert_eq!(packets(&live), ["ready:3", "change:4"]);
+        assert_eq!(
+            packets(&since),
+            ["change:2", "change:3", "ready:3", "change:4"]
+        );
+        // The snapshot sees xid 11 (change 1), not 12 and 13.
+        assert_eq!(
+            packets(&snapshot),
+            ["change:2", "change:3", "ready:3", "change:4"]
+        );
+    }
+
+    #[test]
+    fn ready_follows_a_resync() {
+        let hub = hub_with(HubOptions {
+            replay_buffer: 2,
+            ..HubOptions::default()
+        });
+        for n in 1..=5 {
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
+        }
+        let socket = attach(&hub, 100, StartAt::Since(id(1)));
+        hub.deliver(change(6, "orders", Some(1), 10), SOURCE)
+            .unwrap();
+        assert_eq!(packets(&socket), ["resync", "ready:5", "change:6"]);
+    }
+
+    #[tokio::test]
+    async fn a_ready_without_room_waits_like_a_change_and_live_changes_wait_for_it() {
+        let hub = hub();
+        for n in 1..=3 {
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
+        }
+        // Room for the replay only.
+        let socket = attach(&hub, 2, StartAt::Since(id(1)));
+        hub.deliver(change(4, "orders", Some(1), 10), SOURCE)
+            .unwrap();
+        assert_eq!(packets(&socket), ["change:2", "change:3"]);
+        socket.drain(10);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while socket.sent().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("ready goes out once there is room");
+        assert_eq!(packets(&socket), ["change:4", "ready:4"]);
+    }
+
+    #[tokio::test]
+    async fn a_source_change_during_a_replay_sends_resync_then_ready() {
+        let hub = hub_with(HubOptions {
+            replay_buffer: 1000,
+            ..HubOptions::default()
+        });
+        for n in 1..=300 {
+            hub.deliver(change(n, "orders", Some(1), 10), SOURCE)
+                .unwrap();
+        }
+        // The first batch (256) leaves the rest to a task, which this
+        // single-threaded test runs only when it awaits: the source changes
+        // in the middle of the replay.
+        let socket = attach(&hub, 1000, StartAt::Since(id(1)));
+        hub.deliver(change(1, "orders", Some(1), 10), "9999/other/walcast")
+            .unwrap();
+        let sent = packets(&socket);
+        assert_eq!(sent.len(), CATCH_UP_BATCH + 1);
+        assert_eq!(sent.last().unwrap(), "resync");
+        socket.drain(1000);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !socket
+                .sent()
+                .iter()
+                .any(|sent| matches!(sent, Sent::Ready(_)))
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("ready comes once the replay of the new history is done");
+        // The new source's change, from its own history, then ready.
+        assert_eq!(packets(&socket), ["change:1", "ready:1"]);
+    }
+
     #[tokio::test]
     async fn a_socket_whose_queue_is_full_is_detached_and_disconnected() {
         let hub = hub();
-        let slow = attach(&hub, 1, StartAt::Live);
+        // Room for its `ready` and one change.
+        let slow = attach(&hub, 2, StartAt::Live);
         let fast = attach(&hub, 100, StartAt::Live);
         hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
             .unwrap();
@@ -702,7 +830,7 @@ mod tests {
         assert_eq!(hub.stats().snapshot().connected_sockets, 1);
         assert_eq!(fast.change_ids().len(), 2);
         assert_eq!(slow.change_ids(), vec![id(1).to_string()]);
-        assert_eq!(slow.drain(1).len(), 1);
+        assert_eq!(slow.drain(1).len(), 2);
         tokio::time::timeout(Duration::from_secs(5), async {
             while slow.sent() != vec![Sent::Disconnect] {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1003,7 +1131,7 @@ mod tests {
         hub.attach(Arc::new(socket.clone()), StartAt::Live);
         assert_eq!(metrics.num_alive_tasks(), tasks_before + 1);
         tokio::time::timeout(Duration::from_secs(5), async {
-            while socket.sent() != vec![Sent::Disconnect] {
+            while socket.sent().last() != Some(&Sent::Disconnect) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })

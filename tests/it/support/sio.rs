@@ -477,8 +477,6 @@ impl Line {
         self.0["raw"].as_str().expect("a change line")
     }
     /// The id of a `change` line.
-    // Only the fault-injection modules use it.
-    #[cfg(feature = "fault-injection")]
     pub fn change_id(&self) -> String {
         let v: Value = serde_json::from_str(self.raw()).unwrap();
         v["id"].as_str().unwrap().to_owned()

@@ -68,6 +68,17 @@ impl Walcast {
     /// [`Walcast::start`] with extra environment (auth, log level), set
     /// after the defaults so it may override them.
     pub async fn start_with_env(db: &TestDb, spec: &RunSpec, env: &[(&str, &str)]) -> Walcast {
+        Self::start_on(db, spec, env, "127.0.0.1:0").await
+    }
+
+    /// [`Walcast::start_with_env`] on the address `listen`: a restart that
+    /// clients must find again where the previous process was.
+    pub async fn start_on(
+        db: &TestDb,
+        spec: &RunSpec,
+        env: &[(&str, &str)],
+        listen: &str,
+    ) -> Walcast {
         let mut cmd = db.walcast(&[
             "run",
             "--role",
@@ -77,7 +88,7 @@ impl Walcast {
             "--exchange",
             &spec.exchange,
             "--listen",
-            "127.0.0.1:0",
+            listen,
         ]);
         cmd.env("WALCAST_RABBITMQ_QUEUE", &spec.queue)
             .env("WALCAST_RABBITMQ_MAX_BACKOFF_MS", "1000")
