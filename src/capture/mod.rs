@@ -649,8 +649,8 @@ mod tests {
         // A commit time ahead of this clock counts as no lag.
         assert_eq!(stats.last_commit_to_publish_lag(), Some(Duration::ZERO));
         let lag = stats.commit_to_publish_lag();
-        assert_eq!(lag.count, 3);
-        assert!(lag.sum_seconds >= 4.0, "{lag:?}");
+        assert_eq!(lag.count(), 3);
+        assert!(lag.sum() >= 4.0, "{lag:?}");
     }
 
     #[test]

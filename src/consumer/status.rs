@@ -5,11 +5,19 @@
 //! the active one.
 //!
 //! It only records and reports: the session in `consumer` sets the state.
+//! [`ConsumerStatus::register`] adds the `walcast_consumer_*` families to
+//! the process's registry; they are read from the counters at each scrape.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -130,6 +138,11 @@ impl ConsumerStatus {
         }
     }
 
+    /// Adds the `walcast_consumer_*` families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Families(self.clone())));
+    }
+
     /// The broker refused to let this gateway consume (`Some`), or did
     /// not (`None`: a refusal shown so far no longer holds).
     pub(super) fn set_refused(&self, reason: Option<String>) {
@@ -184,6 +197,74 @@ impl ConsumerStatus {
             *state = new;
             changed
         });
+    }
+}
+
+/// The consumer's families, read from its counters at each scrape.
+#[derive(Debug)]
+struct Families(ConsumerStatus);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = &self.0;
+        let mut counter = |name: &str, help: &str, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)
+        };
+        counter(
+            "walcast_consumer_received",
+            "Deliveries received from this gateway's RabbitMQ queue.",
+            status.received(),
+        )?;
+        counter(
+            "walcast_consumer_acked",
+            "Deliveries acknowledged after the fan-out took them.",
+            status.acked(),
+        )?;
+        counter(
+            "walcast_consumer_rejected",
+            "Deliveries not taken by the fan-out (dead-lettered, any reason).",
+            status.rejected(),
+        )?;
+        let mut dead = encoder.encode_descriptor(
+            "walcast_consumer_dead_letters",
+            "Messages published to the dead-letter queue (rabbitmq.dead_letter), by x-walcast-reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in DeadReason::ALL {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(status.dead_letters(reason)).encode(dead.encode_family(&labels)?)?;
+        }
+        let mut counter = |name: &str, help: &str, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)
+        };
+        counter(
+            "walcast_consumer_redelivered",
+            "Deliveries RabbitMQ flagged as redelivered.",
+            status.redelivered(),
+        )?;
+        counter(
+            "walcast_consumer_sessions",
+            "Consuming sessions started (1 + reconnects).",
+            status.sessions(),
+        )?;
+        let consuming = ConstGauge::new(i64::from(status.is_consuming()));
+        consuming.encode(encoder.encode_descriptor(
+            "walcast_consumer_consuming",
+            "Whether a consuming session is up.",
+            None,
+            consuming.metric_type(),
+        )?)
     }
 }
 

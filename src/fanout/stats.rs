@@ -1,8 +1,9 @@
 //! Fan-out counters for metrics: cheap atomics behind a cloneable handle.
 //!
 //! Counters only go up; gauges (`connected_sockets`, `buffered_events`,
-//! `buffered_bytes`) are set by the hub. Nothing here formats metrics; the
-//! HTTP `/metrics` endpoint reads a [`StatsSnapshot`].
+//! `buffered_bytes`) are set by the hub. [`FanoutStats::register`] adds the
+//! `walcast_fanout_*` families to the process's registry, read from the
+//! counters at each scrape; the text format is `prometheus_client`'s.
 //!
 //! Labels stay bounded whatever the gateway receives: deliveries are
 //! counted by table only for the tables it follows (`postgres.tables`),
@@ -13,6 +14,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::config::TableName;
 use crate::event::Op;
@@ -152,6 +160,11 @@ impl FanoutStats {
         }))
     }
 
+    /// Adds the `walcast_fanout_*` families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Families(self.clone())));
+    }
+
     /// Sockets disconnected by the hub, by reason (every reason, zeros
     /// included).
     pub fn disconnects(&self) -> [(DisconnectReason, u64); 4] {
@@ -270,6 +283,102 @@ impl FanoutStats {
             .buffered_events
             .store(events as u64, Ordering::Relaxed);
         self.0.buffered_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// The fan-out's families, read from its counters at each scrape.
+#[derive(Debug)]
+struct Families(FanoutStats);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fanout = &self.0;
+        let mut delivered = encoder.encode_descriptor(
+            "walcast_fanout_delivered",
+            "Changes accepted from RabbitMQ and fanned out (duplicates excluded), by table and op.",
+            None,
+            MetricType::Counter,
+        )?;
+        for count in fanout.delivered_by_table() {
+            let labels = [("table", count.table.as_str()), ("op", count.op.as_str())];
+            ConstCounter::new(count.count).encode(delivered.encode_family(&labels)?)?;
+        }
+        let stats = fanout.snapshot();
+        for (name, help, value) in [
+            (
+                "walcast_fanout_duplicates",
+                "Changes dropped because their id was seen already.",
+                stats.duplicates,
+            ),
+            (
+                "walcast_fanout_malformed",
+                "RabbitMQ bodies that were not change events.",
+                stats.malformed,
+            ),
+            (
+                "walcast_fanout_source_changes",
+                "Times the stream's x-walcast-source changed and the replay history restarted.",
+                stats.source_changes,
+            ),
+            (
+                "walcast_fanout_emitted",
+                "change packets handed to sockets, live and replayed.",
+                stats.emitted,
+            ),
+            (
+                "walcast_fanout_slow_disconnects",
+                "Sockets disconnected as too slow: send queue full (packets or bytes) or replay stalled.",
+                stats.slow_disconnects,
+            ),
+            (
+                "walcast_fanout_resyncs",
+                "resync events sent.",
+                stats.resyncs,
+            ),
+            (
+                "walcast_fanout_connects_refused",
+                "Socket.IO handshakes refused.",
+                stats.connects_refused,
+            ),
+        ] {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let mut disconnects = encoder.encode_descriptor(
+            "walcast_fanout_disconnects",
+            "Sockets the gateway disconnected, by reason (queue_full, queue_bytes, replay_stall, token_expired).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in fanout.disconnects() {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(count).encode(disconnects.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "walcast_fanout_connected_sockets",
+                "Socket.IO sockets currently attached.",
+                stats.connected_sockets,
+            ),
+            (
+                "walcast_fanout_replay_buffer_events",
+                "Changes held in the replay buffer.",
+                stats.buffered_events,
+            ),
+            (
+                "walcast_fanout_replay_buffer_bytes",
+                "Approximate bytes held in the replay buffer.",
+                stats.buffered_bytes,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

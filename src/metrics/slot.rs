@@ -2,7 +2,8 @@
 //! [`poll_slot`] asks the catalog for the slot's row of
 //! `pg_replication_slots` every few seconds and keeps the latest answer in
 //! [`SlotStats`]. The query itself lives in `catalog`; this module only
-//! schedules it, bounds it by a timeout and renders the answer.
+//! schedules it, bounds it by a timeout and, at each scrape, encodes the
+//! latest answer ([`SlotStats::register`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::render::{Exposition, Kind};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
 use crate::catalog::{Catalog, SlotInfo};
 use crate::config::Config;
 use crate::event::Lsn;
@@ -57,6 +64,12 @@ impl SlotStats {
             .as_deref()?
             .parse()
             .ok()
+    }
+
+    /// Adds the `walcast_slot_*` families to `registry`, read from the last
+    /// poll at each scrape.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Families(self.clone())));
     }
 
     pub(super) fn record(&self, info: Option<SlotInfo>) {
@@ -136,64 +149,85 @@ pub async fn poll_slot(
     }
 }
 
-pub(super) fn render_slot(out: &mut Exposition, slot: &SlotStats) {
-    let state = slot.lock();
-    let labels = [("slot", state.slot.as_str())];
-    out.family(
-        "walcast_slot_poll_success",
-        Kind::Gauge,
-        "Whether the last read of pg_replication_slots succeeded within its timeout.",
-    );
-    out.sample("walcast_slot_poll_success", &labels, state.last_poll_ok);
-    out.family(
-        "walcast_slot_poll_failures_total",
-        Kind::Counter,
-        "Reads of pg_replication_slots that failed or timed out.",
-    );
-    out.sample("walcast_slot_poll_failures_total", &labels, state.failures);
-    if !state.last_poll_ok {
-        return;
-    }
-    out.family(
-        "walcast_slot_exists",
-        Kind::Gauge,
-        "Whether the replication slot exists.",
-    );
-    out.sample("walcast_slot_exists", &labels, state.info.is_some());
-    let Some(info) = &state.info else {
-        return;
-    };
-    out.family(
-        "walcast_slot_active",
-        Kind::Gauge,
-        "Whether a replication connection is streaming from the slot.",
-    );
-    out.sample("walcast_slot_active", &labels, info.active);
-    let confirmed = info
-        .confirmed_flush_lsn
-        .as_deref()
-        .and_then(|text| text.parse::<Lsn>().ok());
-    let gauges = [
-        (
-            "walcast_slot_confirmed_flush_lsn",
-            "The slot's confirmed_flush_lsn, as a WAL position in bytes.",
-            confirmed.and_then(|lsn| i64::try_from(lsn.0).ok()),
-        ),
-        (
-            "walcast_slot_retained_wal_bytes",
-            "WAL the server keeps for the slot: current WAL position minus restart_lsn.",
-            info.retained_wal_bytes,
-        ),
-        (
-            "walcast_slot_safe_wal_size_bytes",
-            "WAL that can still be written before the slot is invalidated (max_slot_wal_keep_size).",
-            info.safe_wal_size,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        if let Some(value) = value {
-            out.family(name, Kind::Gauge, help);
-            out.sample(name, &labels, value);
+/// The slot's families, from the last poll.
+#[derive(Debug)]
+struct Families(SlotStats);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.0.lock();
+        let labels = [("slot", state.slot.as_str())];
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            ConstGauge::new(value).encode(
+                encoder
+                    .encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_family(&labels)?,
+            )
+        };
+        gauge(
+            "walcast_slot_poll_success",
+            "Whether the last read of pg_replication_slots succeeded within its timeout.",
+            i64::from(state.last_poll_ok),
+        )?;
+        ConstCounter::new(state.failures).encode(
+            encoder
+                .encode_descriptor(
+                    "walcast_slot_poll_failures",
+                    "Reads of pg_replication_slots that failed or timed out.",
+                    None,
+                    MetricType::Counter,
+                )?
+                .encode_family(&labels)?,
+        )?;
+        if !state.last_poll_ok {
+            return Ok(());
         }
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            ConstGauge::new(value).encode(
+                encoder
+                    .encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_family(&labels)?,
+            )
+        };
+        gauge(
+            "walcast_slot_exists",
+            "Whether the replication slot exists.",
+            i64::from(state.info.is_some()),
+        )?;
+        let Some(info) = &state.info else {
+            return Ok(());
+        };
+        gauge(
+            "walcast_slot_active",
+            "Whether a replication connection is streaming from the slot.",
+            i64::from(info.active),
+        )?;
+        let confirmed = info
+            .confirmed_flush_lsn
+            .as_deref()
+            .and_then(|text| text.parse::<Lsn>().ok());
+        let gauges = [
+            (
+                "walcast_slot_confirmed_flush_lsn",
+                "The slot's confirmed_flush_lsn, as a WAL position in bytes.",
+                confirmed.and_then(|lsn| i64::try_from(lsn.0).ok()),
+            ),
+            (
+                "walcast_slot_retained_wal_bytes",
+                "WAL the server keeps for the slot: current WAL position minus restart_lsn.",
+                info.retained_wal_bytes,
+            ),
+            (
+                "walcast_slot_safe_wal_size_bytes",
+                "WAL that can still be written before the slot is invalidated (max_slot_wal_keep_size).",
+                info.safe_wal_size,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                gauge(name, help, value)?;
+            }
+        }
+        Ok(())
     }
 }
