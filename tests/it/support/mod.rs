@@ -103,10 +103,12 @@ where
             },
             Err(_) => return Err(format!("the check itself hung; before that: {last}")),
         }
-        if Instant::now() + pause > deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(last);
         }
-        tokio::time::sleep(pause).await;
+        // The last check at the deadline itself.
+        tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
