@@ -294,7 +294,6 @@ async fn run(options: Options) -> Result<Value> {
         _ => None,
     };
 
-
     let groups: Vec<Value> = shared
         .groups
         .iter()
