@@ -40,9 +40,7 @@
 //! received, expected, latency p50/p99/max in ms, disconnects, the span of
 //! receipts (first to last, ms); and `cpu`: user+system seconds of this
 //! client and of walcast from the start of the load to the end of the drain,
-//! with the wall time in between, and walcast's write system calls in that
-//! time (`/proc/PID/io` `syscw`: its socket writes, so writes per delivery
-//! show how many changes each write carried).
+//! with the wall time in between.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -261,7 +259,6 @@ async fn run(options: Options) -> Result<Value> {
         cpu_seconds(std::process::id()),
         options.server_pid.and_then(cpu_seconds),
         Instant::now(),
-        options.server_pid.and_then(write_calls),
     );
     shared.counting.store(true, Ordering::SeqCst);
     let mut load = Value::Null;
@@ -293,10 +290,6 @@ async fn run(options: Options) -> Result<Value> {
     let wall = cpu_start.2.elapsed().as_secs_f64();
     let client_cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_start.0.unwrap_or(0.0);
     let server_cpu = match (options.server_pid.and_then(cpu_seconds), cpu_start.1) {
-        (Some(end), Some(start)) => Some(end - start),
-        _ => None,
-    };
-    let server_writes = match (options.server_pid.and_then(write_calls), cpu_start.3) {
         (Some(end), Some(start)) => Some(end - start),
         _ => None,
     };
@@ -339,7 +332,7 @@ async fn run(options: Options) -> Result<Value> {
             "connected": server_connected,
             "peak": options.server_pid.and_then(|pid| status_kib(pid, "VmHWM")),
         },
-        "cpu": {"wallSec": wall, "clientSec": client_cpu, "serverSec": server_cpu, "serverWrites": server_writes, "clientThreads": options.threads.max(1)},
+        "cpu": {"wallSec": wall, "clientSec": client_cpu, "serverSec": server_cpu, "clientThreads": options.threads.max(1)},
         "load": load,
         "groups": groups,
     }))
@@ -469,16 +462,6 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let fields: HashMap<&str, &str> = status.lines().filter_map(|l| l.split_once(':')).collect();
     fields.get(field)?.split_whitespace().next()?.parse().ok()
-}
-
-/// Write-type system calls (write, sendto, writev, …) of a process so far.
-fn write_calls(pid: u32) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// User + system CPU seconds of a process so far.

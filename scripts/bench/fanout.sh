@@ -16,8 +16,7 @@
 # it) and disconnects (walcast drops a socket that falls socket_buffer
 # events behind), plus the CPU seconds the client and walcast used while
 # the load ran and drained, and the headline: walcast's CPU time (user +
-# system) per socket delivery, with its write system calls per delivery
-# (below 1 when a write carries several changes to a socket).
+# system) per socket delivery.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -46,6 +45,6 @@ jq -r --arg rate "$rate" '
   | .groups[0] as $g
   | ($s.serverKiB.connected - $s.serverKiB.before) as $grown
   | "| fan-out: walcast memory per socket | \($grown / $g.connected | . * 10 | round / 10) KiB | RSS \($s.serverKiB.before / 1024 | round) MiB → \($s.serverKiB.connected / 1024 | round) MiB with \($g.connected) idle sockets connected (\($g.failed) failed) in \($s.connectMs / 1000 | . * 10 | round / 10) s; peak \($s.serverKiB.peak / 1024 | round) MiB |",
-    "| fan-out: walcast CPU per socket delivery | \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 100 | round / 100) else "n/a" end) µs | \($s.cpu.serverSec | . * 100 | round / 100) CPU-s for \($g.received) deliveries to \($g.connected) sockets at \($rate) changes/s; \(if ($s.cpu.serverWrites // null) != null and $g.received > 0 then "\($s.cpu.serverWrites / $g.received | . * 1000 | round / 1000) write calls per delivery" else "write calls n/a" end) |",
+    "| fan-out: walcast CPU per socket delivery | \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 100 | round / 100) else "n/a" end) µs | \($s.cpu.serverSec | . * 100 | round / 100) CPU-s for \($g.received) deliveries to \($g.connected) sockets at \($rate) changes/s |",
     "| fan-out: deliveries to \($g.connected) sockets | \(if $g.spanMs > 0 then ($g.received / $g.spanMs * 1000 | round) else 0 end) deliveries/s | \($s.load.rate | round) changes/s (\($rate)/s asked); delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); latency p50 \($g.latencyMs.p50 // 0 | round) ms, p99 \($g.latencyMs.p99 // 0 | round) ms; \($g.disconnects) disconnects; CPU while loaded: walcast \($s.cpu.serverSec / $s.cpu.wallSec * 100 | round) %, client \($s.cpu.clientSec / $s.cpu.wallSec * 100 | round) % of a core (\($s.cpu.clientThreads) thread(s), RSS \($s.clientRssMiB) MiB) |"' \
   <<<"$summary"

@@ -18,8 +18,7 @@
 # Each row: latency p50/p99/max (commit → client), delivery ratio, the
 # API's achieved rate, and each process's CPU in % of one core over the
 # load and drain: walcast, the Node clients, the API load generator (its
-# own measure); walcast's CPU per socket delivery and write calls per
-# delivery. A `top` row adds Postgres and RabbitMQ (both Node processes
+# own measure); walcast's CPU per socket delivery. A `top` row adds Postgres and RabbitMQ (both Node processes
 # count as "client" there).
 #
 # BENCH_NODE_SUBSCRIBE='{"table": "public.orders", "fields": ["status"], "old": false}'
@@ -58,7 +57,7 @@ for round in $(seq 1 "$rounds"); do
   jq -r --arg rate "$rate" --arg round "$round" '
     . as $s | .groups[0] as $g
     | def pct(x): if x == null then "n/a" else (x / $s.cpu.wallSec * 100 | round | tostring) end;
-    "| node clients \($round): \($g.connected) sockets (\($g.name)), \($rate) API writes/s | p50 \($g.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \($g.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \($g.latencyMs.max // 0 | round) ms | delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); API \($s.load.rate | round)/s of \($rate)/s asked (\($s.load.committed) writes, \($s.load.failed) failed, max \($s.load.max_late_ms | round) ms behind, HTTP p99 \($s.load.http_ms.p99 // 0 | round) ms); \($g.disconnects) disconnects; CPU % of a core: walcast \(pct($s.cpu.serverSec)), Node clients \(pct($s.cpu.clientSec)), API load \(pct($s.cpu.loadSec)); walcast \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 10 | round / 10) else "n/a" end) µs and \(if $g.received > 0 and $s.cpu.serverWrites != null then ($s.cpu.serverWrites / $g.received | . * 100 | round / 100) else "n/a" end) write calls per delivery |"' \
+    "| node clients \($round): \($g.connected) sockets (\($g.name)), \($rate) API writes/s | p50 \($g.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \($g.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \($g.latencyMs.max // 0 | round) ms | delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); API \($s.load.rate | round)/s of \($rate)/s asked (\($s.load.committed) writes, \($s.load.failed) failed, max \($s.load.max_late_ms | round) ms behind, HTTP p99 \($s.load.http_ms.p99 // 0 | round) ms); \($g.disconnects) disconnects; CPU % of a core: walcast \(pct($s.cpu.serverSec)), Node clients \(pct($s.cpu.clientSec)), API load \(pct($s.cpu.loadSec)); walcast \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 10 | round / 10) else "n/a" end) µs CPU per socket delivery |"' \
     <<<"$summary"
   cpu_watch_row "node clients $round" "$top_file"
   rm -f "$top_file"

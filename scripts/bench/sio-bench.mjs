@@ -31,8 +31,7 @@
 // expected, latency p50/p99/max in ms, disconnects, and the span of
 // receipts; and `cpu`: user+system seconds of this client and of walcast
 // from the start of the load to the end of the drain, the wall time in
-// between, walcast's write system calls in that time (/proc/PID/io syscw:
-// its socket writes), and the load generator's own CPU if it reports it.
+// between, and the load generator's own CPU if it reports it.
 
 import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
@@ -170,14 +169,6 @@ function cpuSeconds(pid) {
     return null;
   }
 }
-// Write-type system calls of a process so far (write, sendto, writev...).
-function writeCalls(pid) {
-  try {
-    return Number(readFileSync(`/proc/${pid}/io`, "utf8").match(/^syscw: (\d+)$/m)[1]);
-  } catch {
-    return null;
-  }
-}
 const serverRssBefore = serverKiB("VmRSS");
 const connectMs = await connectAll();
 log(`connected ${groups.map((g) => `${g.name}: ${g.connected}/${g.count}`).join(", ")} in ${Math.round(connectMs)} ms`);
@@ -190,7 +181,6 @@ if (options.serverPid) {
 const cpuStart = {
   client: process.cpuUsage(),
   server: options.serverPid ? cpuSeconds(options.serverPid) : null,
-  writes: options.serverPid ? writeCalls(options.serverPid) : null,
   wall: now(),
 };
 counting = true;
@@ -207,7 +197,6 @@ if (options.load) {
 counting = false;
 const clientCpu = process.cpuUsage(cpuStart.client);
 const serverEnd = options.serverPid ? cpuSeconds(options.serverPid) : null;
-const writesEnd = options.serverPid ? writeCalls(options.serverPid) : null;
 const summary = {
   connectMs: Math.round(connectMs),
   clientRssMiB: Math.round(memory / 1048576),
@@ -217,7 +206,6 @@ const summary = {
     wallSec: (now() - cpuStart.wall) / 1000,
     clientSec: (clientCpu.user + clientCpu.system) / 1e6,
     serverSec: serverEnd !== null && cpuStart.server !== null ? serverEnd - cpuStart.server : null,
-    serverWrites: writesEnd !== null && cpuStart.writes !== null ? writesEnd - cpuStart.writes : null,
     loadSec: load?.cpuSec ?? null,
     cores: os.cpus().length,
   },
