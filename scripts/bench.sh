@@ -6,7 +6,7 @@
 # results. Only numbers are printed; nothing here passes or fails on time.
 #
 #   scripts/bench.sh                        # everything (about 5 minutes on a quiet 2-core machine)
-#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout large
+#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout large backfill
 #   BENCH_ROWS=50000 BENCH_SECONDS=5 BENCH_LARGE_ROWS=100000 scripts/bench.sh   # quick
 #
 # Sizes (environment):
@@ -18,6 +18,7 @@
 #   BENCH_FANOUT_SECONDS  fan-out: seconds of load (default 10)
 #   BENCH_CLIENT_THREADS  fan-out: worker threads of the Rust client (default 1)
 #   BENCH_LARGE_ROWS      large transaction: rows of the UPDATE (default 1000000)
+#   BENCH_BACKFILL_ROWS   backfill: existing rows (default 1000000)
 #
 # Every benchmark uses its own database, slots, exchanges and queues and
 # removes them; all traffic stays on 127.0.0.1.
@@ -31,11 +32,11 @@ cd "$root"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 selected=("$@")
-[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout large)
+[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout large backfill)
 for name in "${selected[@]}"; do
   case "$name" in
-    decoder | drain | latency | fanout | large) ;;
-    *) log "unknown benchmark $name (decoder drain latency fanout large)"; exit 2 ;;
+    decoder | drain | latency | fanout | large | backfill) ;;
+    *) log "unknown benchmark $name (decoder drain latency fanout large backfill)"; exit 2 ;;
   esac
 done
 
@@ -85,6 +86,10 @@ for name in "${selected[@]}"; do
     large)
       log "large transaction"
       bash scripts/bench/large_txn.sh "${BENCH_LARGE_ROWS:-1000000}" update >>"$rows"
+      ;;
+    backfill)
+      log "backfill"
+      bash scripts/bench/backfill.sh "${BENCH_BACKFILL_ROWS:-1000000}" >>"$rows"
       ;;
   esac
 done
