@@ -6,7 +6,7 @@
 # results. Only numbers are printed; nothing here passes or fails on time.
 #
 #   scripts/bench.sh                        # everything (about 5 minutes on a quiet 2-core machine)
-#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout node large
+#   scripts/bench.sh decoder drain          # some: decoder drain latency fanout node large backfill
 #   BENCH_ROWS=50000 BENCH_SECONDS=5 BENCH_LARGE_ROWS=100000 scripts/bench.sh   # quick
 #
 # Sizes (environment):
@@ -22,6 +22,7 @@
 #   BENCH_NODE_SECONDS    node clients: seconds of load per round (default 30)
 #   BENCH_NODE_ROUNDS     node clients: rounds, medians reported (default 3)
 #   BENCH_LARGE_ROWS      large transaction: rows of the UPDATE (default 1000000)
+#   BENCH_BACKFILL_ROWS   backfill: existing rows (default 1000000)
 #
 # Every benchmark uses its own database, slots, exchanges and queues and
 # removes them; all traffic stays on 127.0.0.1.
@@ -35,11 +36,11 @@ cd "$root"
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 selected=("$@")
-[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout node large)
+[ ${#selected[@]} -gt 0 ] || selected=(decoder drain latency fanout node large backfill)
 for name in "${selected[@]}"; do
   case "$name" in
-    decoder | drain | latency | fanout | node | large) ;;
-    *) log "unknown benchmark $name (decoder drain latency fanout node large)"; exit 2 ;;
+    decoder | drain | latency | fanout | node | large | backfill) ;;
+    *) log "unknown benchmark $name (decoder drain latency fanout node large backfill)"; exit 2 ;;
   esac
 done
 
@@ -90,6 +91,10 @@ for name in "${selected[@]}"; do
     large)
       log "large transaction"
       bash scripts/bench/large_txn.sh "${BENCH_LARGE_ROWS:-1000000}" update >>"$rows"
+      ;;
+    backfill)
+      log "backfill"
+      bash scripts/bench/backfill.sh "${BENCH_BACKFILL_ROWS:-1000000}" >>"$rows"
       ;;
   esac
 done

@@ -8,6 +8,8 @@
 # rows/s, and walcast's peak resident memory (VmHWM) read afterwards.
 #
 #   scripts/bench/backfill.sh [ROWS] [CHUNK]
+# BENCH_MODE=txn measures the reference instead: the same rows changed by
+# one UPDATE (the large-transaction benchmark's statement), same process.
 # Prints one markdown row | benchmark | result | details | (scripts/bench.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -46,10 +48,23 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz
 done
 baseline=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
 start=$(date +%s.%N)
-"$bin" "${common[@]}" backfill --chunk "$chunk" --timeout 600 >&2
+if [ "${BENCH_MODE:-backfill}" = txn ]; then
+  # The reference: the same rows as one UPDATE (REPLICA IDENTITY FULL),
+  # the large-transaction benchmark's statement, through the same process.
+  psql "$url" -qc "UPDATE orders SET status = 'shipped'"
+  target=$(psql "$url" -Atc "SELECT pg_current_wal_lsn()")
+  until [ "$(psql "$url" -Atc "SELECT confirmed_flush_lsn >= '$target' FROM pg_replication_slots WHERE slot_name = '$db'")" = t ]; do
+    kill -0 "$pid" || { echo "walcast died" >&2; exit 1; }
+    sleep 0.2
+  done
+else
+  "$bin" "${common[@]}" backfill --chunk "$chunk" --timeout 600 >&2
+fi
 done_at=$(date +%s.%N)
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
 published=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^walcast_backfill_rows_total / {print $2}')
-awk -v rows="$rows" -v chunk="$chunk" -v s="$start" -v d="$done_at" -v hwm="$hwm" -v base="$baseline" -v got="$published" -v roles="${BENCH_ROLES:-capture,gateway}" 'BEGIN {
-  printf "| backfill: %d existing rows, chunks of %d | %.1f s until the capture confirmed the last chunk (%.0f rows/s) | walcast_backfill_rows_total %d; walcast (%s) peak RSS %.1f MiB (%.1f MiB before) |\n",
-    rows, chunk, d - s, rows / (d - s), got, roles, hwm / 1024, base / 1024 }'
+what="backfill: %d existing rows, chunks of $chunk"
+[ "${BENCH_MODE:-backfill}" = txn ] && what="reference, same setup: one %d-row UPDATE"
+awk -v what="$what" -v rows="$rows" -v chunk="$chunk" -v s="$start" -v d="$done_at" -v hwm="$hwm" -v base="$baseline" -v got="$published" -v roles="${BENCH_ROLES:-capture,gateway}" 'BEGIN {
+  printf "| " what " | %.1f s until the slot was confirmed past the last change (%.0f rows/s) | walcast_backfill_rows_total %d; walcast (%s) peak RSS %.1f MiB (%.1f MiB before) |\n",
+    rows, d - s, rows / (d - s), got, roles, hwm / 1024, base / 1024 }'
