@@ -461,6 +461,8 @@ fn tail_on(db: &TestDb) -> (Tail, tokio::time::Instant) {
 /// Nothing is lost either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_re_sends_at_most_about_a_second_of_changes() {
+    // Counts re-sent changes against time: not beside another load test.
+    let _heavy = support::heavy().await;
     let _fault_cluster = pgtest::lock_fault_cluster().await;
     const TRANSACTIONS: usize = 1_000;
     const ROWS: usize = 5;
@@ -663,6 +665,8 @@ impl Deliveries {
 /// avoids re-sending from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fault_re_sends_at_most_about_a_second_of_changes_through_rabbitmq() {
+    // Counts re-sent changes against time: not beside another load test.
+    let _heavy = support::heavy().await;
     let _fault_cluster = pgtest::lock_fault_cluster().await;
     const TRANSACTIONS: usize = 1_000;
     const ROWS: usize = 5;
