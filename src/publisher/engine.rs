@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
@@ -192,6 +192,10 @@ pub(crate) struct Engine {
     broker_max: Option<usize>,
     /// Stopped for good; the error is in `progress`.
     failed: bool,
+    /// Every message up to this sequence number is confirmed.
+    confirmed: u64,
+    /// Bytes and messages confirmed since the last [`Engine::report_confirmed`].
+    releasing: (usize, usize),
 }
 
 /// Why a link is torn down.
@@ -229,6 +233,8 @@ impl Engine {
             attempt: 0,
             broker_max: None,
             failed: false,
+            confirmed: 0,
+            releasing: (0, 0),
         }
     }
 
@@ -243,6 +249,19 @@ impl Engine {
                 event = next_event(&mut self.link) => self.on_event(event),
                 (seq, written_at, confirmation) = next_confirm(&mut self.confirms) => {
                     self.on_confirm(seq, written_at, confirmation);
+                    // Confirms come in bursts (the broker acks with
+                    // `multiple`): every one already resolved is taken
+                    // before the Publisher hears of them, so the capture
+                    // wakes once per burst rather than once per message.
+                    while self.link.is_some() && !self.failed {
+                        let Some((seq, written_at, confirmation)) =
+                            next_confirm(&mut self.confirms).now_or_never()
+                        else {
+                            break;
+                        };
+                        self.on_confirm(seq, written_at, confirmation);
+                    }
+                    self.report_confirmed();
                 }
                 (seq, result) = next_write(&mut self.writing) => match result {
                     Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
@@ -259,18 +278,16 @@ impl Engine {
                     }
                 },
                 outgoing = self.incoming.recv() => match outgoing {
-                    Some(Outgoing { seq, message, stub, charge }) => {
-                        let mut pending = Unconfirmed { seq, message, stub, charge };
-                        // Once the broker has told its limit, a message
-                        // over it is stubbed before it is ever written.
-                        let fitted = match self.broker_max {
-                            Some(max) => fit(&mut pending, max, &self.stats, &self.settings.endpoint.url()),
-                            None => Ok(false),
-                        };
-                        self.unconfirmed.push_back(pending);
-                        if let Err(e) = fitted {
-                            error!(error = %e, "publisher stopped");
-                            self.fail(*e);
+                    Some(outgoing) => {
+                        self.on_outgoing(outgoing);
+                        // Whatever else is waiting goes out in the same
+                        // burst of writes: lapin wakes its I/O thread per
+                        // write, and a burst finds it awake.
+                        while !self.failed && self.unwritten() < MAX_WRITES_IN_FLIGHT {
+                            let Ok(outgoing) = self.incoming.try_recv() else {
+                                break;
+                            };
+                            self.on_outgoing(outgoing);
                         }
                     }
                     None => break,
@@ -295,6 +312,43 @@ impl Engine {
         }
         self.stats.set_connected(false);
         debug!("publisher task ended");
+    }
+
+    /// Messages accepted and not yet written on the current channel.
+    fn unwritten(&self) -> usize {
+        self.unconfirmed.len() - self.written
+    }
+
+    /// Takes a message from the [`super::Publisher`] into `unconfirmed`.
+    fn on_outgoing(&mut self, outgoing: Outgoing) {
+        let Outgoing {
+            seq,
+            message,
+            stub,
+            charge,
+        } = outgoing;
+        let mut pending = Unconfirmed {
+            seq,
+            message,
+            stub,
+            charge,
+        };
+        // Once the broker has told its limit, a message over it is stubbed
+        // before it is ever written.
+        let fitted = match self.broker_max {
+            Some(max) => fit(
+                &mut pending,
+                max,
+                &self.stats,
+                &self.settings.endpoint.url(),
+            ),
+            None => Ok(false),
+        };
+        self.unconfirmed.push_back(pending);
+        if let Err(e) = fitted {
+            error!(error = %e, "publisher stopped");
+            self.fail(*e);
+        }
     }
 
     /// Starts the next write, or the next connection attempt.
@@ -404,14 +458,11 @@ impl Engine {
                     .map_or(("", 0), |c| (c.message.routing_key.as_str(), c.charge));
                 self.stats.confirmed(routing_key, written_at.elapsed());
                 self.attempt = 0;
-                self.progress.send_if_modified(|p| {
-                    let moved = seq > p.confirmed;
-                    p.confirmed = p.confirmed.max(seq);
-                    moved
-                });
-                // After the progress, so that sent - confirmed, as the
-                // Publisher sees it, never exceeds the window.
-                self.window.release(charge);
+                // Reported (and its share of the window given back) by
+                // `report_confirmed`, once per burst of confirms.
+                self.confirmed = self.confirmed.max(seq);
+                self.releasing.0 += charge as usize;
+                self.releasing.1 += 1;
             }
             Ok(Confirmation::Nack(_)) => {
                 self.stats.nacked();
@@ -422,6 +473,23 @@ impl Engine {
             }
             Err(e) => self.on_error(e),
         }
+    }
+
+    /// Tells the Publisher how far everything is confirmed, then gives the
+    /// confirmed messages' share of the window back (in that order, so that
+    /// sent - confirmed, as the Publisher sees it, never exceeds the window).
+    fn report_confirmed(&mut self) {
+        let (bytes, messages) = std::mem::take(&mut self.releasing);
+        if messages == 0 {
+            return;
+        }
+        let confirmed = self.confirmed;
+        self.progress.send_if_modified(|p| {
+            let moved = confirmed > p.confirmed;
+            p.confirmed = p.confirmed.max(confirmed);
+            moved
+        });
+        self.window.release_many(bytes, messages);
     }
 
     /// A failed write or confirm, or a connection error: the broker
