@@ -12,6 +12,14 @@ use tracing_subscriber::EnvFilter;
 use walcast::cli::Cli;
 use walcast::config::{Config, LogConfig};
 
+/// mimalloc rather than glibc's malloc. The pipeline allocates on one
+/// thread and frees on another (lapin's I/O threads and tokio's workers
+/// hand every message across), which glibc's per-thread arenas serve
+/// slowly: malloc and free were a quarter of `walcast run`'s CPU while it
+/// drained a backlog (BENCHMARKS.md, backlog drain).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
