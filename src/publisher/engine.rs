@@ -36,26 +36,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, Stream, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
+use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
-use super::error::{publish_refusal, PublishError, Refusal, Step};
+use super::error::{publish_refusal, PublishError, Refusal};
+use super::link::{close_in_background, open_link, reconnect_delay, Link, CLOSE_TIMEOUT};
 use super::stats::PublisherStats;
 use super::unconfirmed::{fit, Unconfirmed};
 use super::window::Window;
-use crate::amqp::{self, Connected, Endpoint, CONNECT_TIMEOUT};
-use crate::retry::Backoff;
+use crate::amqp::Endpoint;
 
 /// Writes handed to lapin but not yet flushed to the socket, at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
-
-/// Longest wait for a graceful `connection.close`.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -85,84 +82,6 @@ pub(crate) struct Progress {
     pub confirmed: u64,
     /// Set when the task stopped on an error a reconnect cannot heal.
     pub failed: Option<PublishError>,
-}
-
-/// One connection with a confirming channel and the exchange declared.
-pub(crate) struct Link {
-    /// The broker URL (redacted) this link went to.
-    url: String,
-    connection: Connection,
-    channel: Channel,
-    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
-}
-
-/// Connects, opens a channel in confirm mode and declares the exchange.
-pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError> {
-    let Connected { connection, url } = amqp::connect(&settings.endpoint, "walcast publisher")
-        .await
-        .map_err(|e| PublishError::from_connect(e, &settings.exchange))?;
-    let redacted = url.as_str();
-    let classify = |step| {
-        move |e: lapin::Error| PublishError::from_setup(e, step, redacted, &settings.exchange)
-    };
-    // Subscribe before anything can go wrong: lapin only queues events
-    // while someone listens.
-    let events = Box::pin(connection.events_listener());
-    let setup = async {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(classify(Step::Other))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(classify(Step::Other))?;
-        amqp::declare_exchange(&channel, &settings.exchange)
-            .await
-            .map_err(classify(Step::DeclareExchange))?;
-        Ok(channel)
-    };
-    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => {
-            close_in_background(connection);
-            return Err(e);
-        }
-        Err(_) => {
-            close_in_background(connection);
-            return Err(PublishError::ConnectTimeout {
-                url: redacted.to_owned(),
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            });
-        }
-    };
-    Ok(Link {
-        url,
-        connection,
-        channel,
-        events,
-    })
-}
-
-/// Closes a connection without waiting for it; a dead one just errors.
-fn close_in_background(connection: Connection) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            connection.close(200, "walcast publisher reconnecting".into()),
-        )
-        .await;
-    });
-}
-
-/// Reconnect delay: at once after a first failure (a broker that closed
-/// one connection usually takes the next), then [`Backoff`] from 100 ms,
-/// capped at `max`, jittered so that many walcasts do not reconnect in step.
-pub(crate) fn reconnect_delay(attempt: u32, max: Duration) -> Duration {
-    match attempt.checked_sub(1) {
-        None => Duration::ZERO,
-        Some(n) => Backoff::new(Duration::from_millis(100), max).delay(n),
-    }
 }
 
 /// The background task's state.
