@@ -3,6 +3,8 @@
 //!
 //!   cargo run --release --example bench_amqp -- publish --exchange X --queue Q \
 //!       --count 1000000 --size 560 --window 1024
+//!   cargo run --release --example bench_amqp -- pipeline --exchange X --queue Q \
+//!       --count 200000 --size 480 --window 1024 --prefetch 1000
 //!   cargo run --release --example bench_amqp -- delete --exchange X --queue Q
 //!
 //! `publish` declares a durable topic exchange and a durable queue bound to
@@ -14,6 +16,21 @@
 //! line: `{"messages":…,"seconds":…,"rate":…}`, timed from the first publish
 //! to the last confirm, and deletes the queue and exchange unless `--keep`.
 //!
+//! `pipeline` is the baseline of walcast's whole pipeline (capture,
+//! publisher, gateway consumer): the same publisher, plus a consumer on a
+//! connection of its own consuming the bound queue at the same time, as a
+//! gateway does: the queue declared with a gateway's arguments
+//! (`x-queue-type` classic, `x-expires`), `basic.qos` of walcast's
+//! `rabbitmq.prefetch`, and acks as the gateway sends them (one
+//! `multiple` ack for up to 256 deliveries, sent once none is waiting). It
+//! prints `{"messages":…,"seconds":…,"rate":…,"cpu_seconds":…}`, timed from
+//! the first publish until the consumer has acked the last message, with
+//! this process's CPU time over the run.
+//!
+//! `declare --gateway` declares the queue with a gateway's arguments, so
+//! that `walcast run` consumes a queue that was bound before its capture
+//! published anything.
+//!
 //! `delete` deletes the named queues and exchanges (missing ones are fine).
 
 use std::time::Instant;
@@ -21,9 +38,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -55,12 +74,32 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Publish as `publish` does while a consumer on another connection
+    /// consumes the queue as a gateway does.
+    Pipeline {
+        #[arg(long)]
+        exchange: String,
+        #[arg(long)]
+        queue: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// `basic.qos` of the consumer (walcast's `rabbitmq.prefetch`).
+        #[arg(long, default_value_t = 1000)]
+        prefetch: u16,
+    },
     /// Declare the durable topic exchange and a durable queue bound with `#`.
     Declare {
         #[arg(long)]
         exchange: String,
         #[arg(long)]
         queue: String,
+        /// With a gateway queue's arguments (`x-queue-type`, `x-expires`).
+        #[arg(long)]
+        gateway: bool,
     },
     Delete {
         #[arg(long)]
@@ -85,7 +124,9 @@ async fn main() -> Result<()> {
             window,
             keep,
         } => {
-            let result = publish(&connection, &exchange, &queue, count, size, window.max(1)).await;
+            let channel = connection.create_channel().await?;
+            declare(&channel, &exchange, &queue, false).await?;
+            let result = publish(&channel, &exchange, count, size, window.max(1)).await;
             if !keep {
                 delete(&connection, &[exchange], &[queue]).await?;
             }
@@ -95,9 +136,38 @@ async fn main() -> Result<()> {
                 confirmed as f64 / seconds
             );
         }
-        Command::Declare { exchange, queue } => {
+        Command::Pipeline {
+            exchange,
+            queue,
+            count,
+            size,
+            window,
+            prefetch,
+        } => {
+            let result = pipeline(
+                &args.url,
+                &connection,
+                (&exchange, &queue),
+                count,
+                size,
+                (window.max(1), prefetch.max(1)),
+            )
+            .await;
+            delete(&connection, &[exchange], &[queue]).await?;
+            let seconds = result?;
+            println!(
+                "{{\"messages\":{count},\"seconds\":{seconds:.3},\"rate\":{:.0},\"cpu_seconds\":{:.2}}}",
+                count as f64 / seconds,
+                cpu_seconds().unwrap_or(f64::NAN)
+            );
+        }
+        Command::Declare {
+            exchange,
+            queue,
+            gateway,
+        } => {
             let channel = connection.create_channel().await?;
-            declare(&channel, &exchange, &queue).await?;
+            declare(&channel, &exchange, &queue, gateway).await?;
         }
         Command::Delete { exchange, queue } => delete(&connection, &exchange, &queue).await?,
     }
@@ -105,16 +175,16 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Publishes `count` messages on `channel` (declared already); returns
+/// the seconds from the first publish to the last confirm and how many
+/// were confirmed.
 async fn publish(
-    connection: &Connection,
+    channel: &Channel,
     exchange: &str,
-    queue: &str,
     count: u64,
     size: usize,
     window: usize,
 ) -> Result<(f64, u64)> {
-    let channel = connection.create_channel().await?;
-    declare(&channel, exchange, queue).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -181,6 +251,94 @@ async fn publish(
     Ok((seconds, confirmed))
 }
 
+/// Declares the gateway's queue setup, starts consuming it on a connection
+/// of its own, then publishes; returns the seconds from the first publish
+/// until the consumer has acked `count` messages.
+async fn pipeline(
+    url: &str,
+    connection: &Connection,
+    (exchange, queue): (&str, &str),
+    count: u64,
+    size: usize,
+    (window, prefetch): (usize, u16),
+) -> Result<f64> {
+    let channel = connection.create_channel().await?;
+    declare(&channel, exchange, queue, true).await?;
+    let consuming = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("connect the consumer to rabbitmq")?;
+    let consumer_channel = consuming.create_channel().await?;
+    consumer_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = consumer_channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    // The gateway's ack policy: while deliveries are waiting, take them;
+    // then one `multiple` ack on the last (at most 256 per ack).
+    let consume = tokio::spawn(async move {
+        let mut acked = 0u64;
+        let mut last = None;
+        let mut batch = 0u64;
+        while acked < count {
+            let ready = if batch < 256 {
+                deliveries.next().now_or_never()
+            } else {
+                None
+            };
+            let next = match ready {
+                Some(next) => next,
+                None => {
+                    if let Some(acker) = last.take() {
+                        let acker: lapin::Acker = acker;
+                        acker.ack(BasicAckOptions { multiple: true }).await?;
+                        acked += std::mem::take(&mut batch);
+                        if acked >= count {
+                            break;
+                        }
+                    }
+                    deliveries.next().await
+                }
+            };
+            let delivery = next.context("the consumer was cancelled")??;
+            last = Some(delivery.acker);
+            batch += 1;
+        }
+        let _ = consuming.close(200, "bench done".into()).await;
+        anyhow::Ok(Instant::now())
+    });
+    let start = Instant::now();
+    let (_, confirmed) = publish(&channel, exchange, count, size, window).await?;
+    if confirmed < count {
+        bail!("only {confirmed} of {count} messages were confirmed");
+    }
+    let consumed = tokio::time::timeout(std::time::Duration::from_secs(600), consume)
+        .await
+        .context("the consumer did not get every message within 10 minutes")???;
+    Ok((consumed - start).as_secs_f64())
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
 async fn delete(connection: &Connection, exchanges: &[String], queues: &[String]) -> Result<()> {
     // A failed delete closes the channel, so one channel per object.
     for queue in queues {
@@ -198,7 +356,7 @@ async fn delete(connection: &Connection, exchanges: &[String], queues: &[String]
     Ok(())
 }
 
-async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<()> {
+async fn declare(channel: &Channel, exchange: &str, queue: &str, gateway: bool) -> Result<()> {
     channel
         .exchange_declare(
             exchange.into(),
@@ -217,7 +375,11 @@ async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<()> {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            if gateway {
+                walcast::amqp::queue_arguments(&walcast::config::RabbitConfig::default())
+            } else {
+                FieldTable::default()
+            },
         )
         .await?;
     channel

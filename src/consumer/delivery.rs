@@ -115,7 +115,8 @@ impl Consumer {
     /// Acks are batched: while more deliveries are already waiting they
     /// are handed to the hub first, then one `multiple` ack covers the
     /// batch. A batch never waits for a delivery that has not arrived, so
-    /// the ack follows the last hand-over at once.
+    /// the ack follows the last hand-over at once; it is not waited for
+    /// before the next deliveries are taken (`ack`).
     pub(super) async fn deliver_all(
         &mut self,
         connection: &Connection,
@@ -139,8 +140,9 @@ impl Consumer {
     }
 
     /// The next delivery: one already waiting while the batch has room;
-    /// otherwise the batch is acked first, then it waits for one. `None`
-    /// on shutdown.
+    /// otherwise the batch is acked first (unless the previous ack is still
+    /// in flight: then when it settles), then it waits for one. `None` on
+    /// shutdown.
     async fn next_delivery(
         &mut self,
         connection: &Connection,
@@ -158,19 +160,30 @@ impl Consumer {
         let next = match ready {
             Some(next) => next,
             None => {
-                if batch.len > 0 {
-                    // Acked only once the replay log holds them.
-                    self.hub
-                        .wait_logged()
-                        .await
-                        .map_err(|e| SessionError::Stalled(e.into()))?;
+                // One ack in flight at a time: while it is, the batch grows
+                // (up to MAX_ACK_BATCH) rather than every delivery getting
+                // an ack of its own, which costs RabbitMQ more than the
+                // delivery itself.
+                if !batch.in_flight() || batch.len >= MAX_ACK_BATCH {
+                    self.ack(batch).await?;
                 }
-                let acked = batch.flush().await.map_err(SessionError::Lost)?;
-                self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
                 loop {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = shutdown.cancelled() => {
+                            // The last acks go out before the session closes.
+                            self.ack(batch).await?;
+                            let acked = batch.settle().await.map_err(SessionError::Lost)?;
+                            self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
+                            return Ok(None);
+                        }
+                        acked = batch.settle(), if batch.in_flight() => {
+                            let acked = acked.map_err(SessionError::Lost)?;
+                            self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
+                            if batch.len > 0 {
+                                self.ack(batch).await?;
+                            }
+                        }
                         event = events.next() => match event {
                             // lapin reports channel errors here too, e.g.
                             // the 404 of the passive declare: only a
@@ -193,6 +206,21 @@ impl Consumer {
             Some(Err(e)) => Err(lost(e)),
             Some(Ok(delivery)) => Ok(Some(delivery)),
         }
+    }
+
+    /// Acks the batch (once the replay log holds it), after the ack before
+    /// it; does not wait for this one (`ack`).
+    async fn ack(&mut self, batch: &mut AckBatch) -> Result<(), SessionError> {
+        if batch.len > 0 {
+            // Acked only once the replay log holds them.
+            self.hub
+                .wait_logged()
+                .await
+                .map_err(|e| SessionError::Stalled(e.into()))?;
+        }
+        let acked = batch.flush().await.map_err(SessionError::Lost)?;
+        self.status.0.acked.fetch_add(acked, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Hands one delivery to the hub, or to the dead letters, and adds it

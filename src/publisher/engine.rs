@@ -36,27 +36,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{Channel, Confirmation, Connection, Event, PublisherConfirm};
+use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::encoder::Encoded;
-use super::error::{publish_refusal, PublishError, Refusal, Step};
+use super::error::{publish_refusal, PublishError, Refusal};
+use super::link::{close_in_background, open_link, reconnect_delay, Link, CLOSE_TIMEOUT};
 use super::stats::PublisherStats;
 use super::unconfirmed::{fit, Unconfirmed};
 use super::window::Window;
-use crate::amqp::{self, Connected, Endpoint, CONNECT_TIMEOUT};
-use crate::retry::Backoff;
+use crate::amqp::Endpoint;
 
 /// Writes handed to lapin but not yet flushed to the socket, at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
-
-/// Longest wait for a graceful `connection.close`.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -90,84 +87,6 @@ pub(crate) struct Progress {
     pub failed: Option<PublishError>,
 }
 
-/// One connection with a confirming channel and the exchange declared.
-pub(crate) struct Link {
-    /// The broker URL (redacted) this link went to.
-    url: String,
-    connection: Connection,
-    channel: Channel,
-    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
-}
-
-/// Connects, opens a channel in confirm mode and declares the exchange.
-pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError> {
-    let Connected { connection, url } = amqp::connect(&settings.endpoint, "walcast publisher")
-        .await
-        .map_err(|e| PublishError::from_connect(e, &settings.exchange))?;
-    let redacted = url.as_str();
-    let classify = |step| {
-        move |e: lapin::Error| PublishError::from_setup(e, step, redacted, &settings.exchange)
-    };
-    // Subscribe before anything can go wrong: lapin only queues events
-    // while someone listens.
-    let events = Box::pin(connection.events_listener());
-    let setup = async {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(classify(Step::Other))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(classify(Step::Other))?;
-        amqp::declare_exchange(&channel, &settings.exchange)
-            .await
-            .map_err(classify(Step::DeclareExchange))?;
-        Ok(channel)
-    };
-    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => {
-            close_in_background(&settings.tasks, connection);
-            return Err(e);
-        }
-        Err(_) => {
-            close_in_background(&settings.tasks, connection);
-            return Err(PublishError::ConnectTimeout {
-                url: redacted.to_owned(),
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            });
-        }
-    };
-    Ok(Link {
-        url,
-        connection,
-        channel,
-        events,
-    })
-}
-
-/// Closes a connection without waiting for it; a dead one just errors.
-fn close_in_background(tasks: &TaskTracker, connection: Connection) {
-    tasks.spawn(async move {
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            connection.close(200, "walcast publisher reconnecting".into()),
-        )
-        .await;
-    });
-}
-
-/// Reconnect delay: at once after a first failure (a broker that closed
-/// one connection usually takes the next), then [`Backoff`] from 100 ms,
-/// capped at `max`, jittered so that many walcasts do not reconnect in step.
-pub(crate) fn reconnect_delay(attempt: u32, max: Duration) -> Duration {
-    match attempt.checked_sub(1) {
-        None => Duration::ZERO,
-        Some(n) => Backoff::new(Duration::from_millis(100), max).delay(n),
-    }
-}
-
 /// The background task's state.
 pub(crate) struct Engine {
     settings: Arc<Settings>,
@@ -195,6 +114,10 @@ pub(crate) struct Engine {
     broker_max: Option<usize>,
     /// Stopped for good; the error is in `progress`.
     failed: bool,
+    /// Every message up to this sequence number is confirmed.
+    confirmed: u64,
+    /// Bytes and messages confirmed since the last [`Engine::report_confirmed`].
+    releasing: (usize, usize),
 }
 
 /// Why a link is torn down.
@@ -232,6 +155,8 @@ impl Engine {
             attempt: 0,
             broker_max: None,
             failed: false,
+            confirmed: 0,
+            releasing: (0, 0),
         }
     }
 
@@ -246,6 +171,19 @@ impl Engine {
                 event = next_event(&mut self.link) => self.on_event(event),
                 (seq, written_at, confirmation) = next_confirm(&mut self.confirms) => {
                     self.on_confirm(seq, written_at, confirmation);
+                    // Confirms come in bursts (the broker acks with
+                    // `multiple`): every one already resolved is taken
+                    // before the Publisher hears of them, so the capture
+                    // wakes once per burst rather than once per message.
+                    while self.link.is_some() && !self.failed {
+                        let Some((seq, written_at, confirmation)) =
+                            next_confirm(&mut self.confirms).now_or_never()
+                        else {
+                            break;
+                        };
+                        self.on_confirm(seq, written_at, confirmation);
+                    }
+                    self.report_confirmed();
                 }
                 (seq, result) = next_write(&mut self.writing) => match result {
                     Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
@@ -262,18 +200,16 @@ impl Engine {
                     }
                 },
                 outgoing = self.incoming.recv() => match outgoing {
-                    Some(Outgoing { seq, message, stub, charge }) => {
-                        let mut pending = Unconfirmed { seq, message, stub, charge };
-                        // Once the broker has told its limit, a message
-                        // over it is stubbed before it is ever written.
-                        let fitted = match self.broker_max {
-                            Some(max) => fit(&mut pending, max, &self.stats, &self.settings.endpoint.url()),
-                            None => Ok(false),
-                        };
-                        self.unconfirmed.push_back(pending);
-                        if let Err(e) = fitted {
-                            error!(error = %e, "publisher stopped");
-                            self.fail(*e);
+                    Some(outgoing) => {
+                        self.on_outgoing(outgoing);
+                        // Whatever else is waiting goes out in the same
+                        // burst of writes: lapin wakes its I/O thread per
+                        // write, and a burst finds it awake.
+                        while !self.failed && self.unwritten() < MAX_WRITES_IN_FLIGHT {
+                            let Ok(outgoing) = self.incoming.try_recv() else {
+                                break;
+                            };
+                            self.on_outgoing(outgoing);
                         }
                     }
                     None => break,
@@ -298,6 +234,43 @@ impl Engine {
         }
         self.stats.set_connected(false);
         debug!("publisher task ended");
+    }
+
+    /// Messages accepted and not yet written on the current channel.
+    fn unwritten(&self) -> usize {
+        self.unconfirmed.len() - self.written
+    }
+
+    /// Takes a message from the [`super::Publisher`] into `unconfirmed`.
+    fn on_outgoing(&mut self, outgoing: Outgoing) {
+        let Outgoing {
+            seq,
+            message,
+            stub,
+            charge,
+        } = outgoing;
+        let mut pending = Unconfirmed {
+            seq,
+            message,
+            stub,
+            charge,
+        };
+        // Once the broker has told its limit, a message over it is stubbed
+        // before it is ever written.
+        let fitted = match self.broker_max {
+            Some(max) => fit(
+                &mut pending,
+                max,
+                &self.stats,
+                &self.settings.endpoint.url(),
+            ),
+            None => Ok(false),
+        };
+        self.unconfirmed.push_back(pending);
+        if let Err(e) = fitted {
+            error!(error = %e, "publisher stopped");
+            self.fail(*e);
+        }
     }
 
     /// Starts the next write, or the next connection attempt.
@@ -407,14 +380,11 @@ impl Engine {
                     .map_or(("", 0), |c| (c.message.routing_key.as_str(), c.charge));
                 self.stats.confirmed(routing_key, written_at.elapsed());
                 self.attempt = 0;
-                self.progress.send_if_modified(|p| {
-                    let moved = seq > p.confirmed;
-                    p.confirmed = p.confirmed.max(seq);
-                    moved
-                });
-                // After the progress, so that sent - confirmed, as the
-                // Publisher sees it, never exceeds the window.
-                self.window.release(charge);
+                // Reported (and its share of the window given back) by
+                // `report_confirmed`, once per burst of confirms.
+                self.confirmed = self.confirmed.max(seq);
+                self.releasing.0 += charge as usize;
+                self.releasing.1 += 1;
             }
             Ok(Confirmation::Nack(_)) => {
                 self.stats.nacked();
@@ -425,6 +395,23 @@ impl Engine {
             }
             Err(e) => self.on_error(e),
         }
+    }
+
+    /// Tells the Publisher how far everything is confirmed, then gives the
+    /// confirmed messages' share of the window back (in that order, so that
+    /// sent - confirmed, as the Publisher sees it, never exceeds the window).
+    fn report_confirmed(&mut self) {
+        let (bytes, messages) = std::mem::take(&mut self.releasing);
+        if messages == 0 {
+            return;
+        }
+        let confirmed = self.confirmed;
+        self.progress.send_if_modified(|p| {
+            let moved = confirmed > p.confirmed;
+            p.confirmed = p.confirmed.max(confirmed);
+            moved
+        });
+        self.window.release_many(bytes, messages);
     }
 
     /// A failed write or confirm, or a connection error: the broker

@@ -44,6 +44,7 @@
 pub mod encoder;
 mod engine;
 mod error;
+mod link;
 mod stats;
 mod tracker;
 mod unconfirmed;
@@ -151,13 +152,13 @@ impl Publisher {
                 let result = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Err(PublishError::Shutdown),
-                    result = engine::open_link(&settings) => result,
+                    result = link::open_link(&settings) => result,
                 };
                 match result {
                     Ok(link) => return Ok(link),
                     Err(e) if e.is_retryable() => {
                         attempt = attempt.saturating_add(1);
-                        let delay = engine::reconnect_delay(attempt, settings.max_backoff);
+                        let delay = link::reconnect_delay(attempt, settings.max_backoff);
                         warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "cannot reach rabbitmq; retrying");
                         tokio::select! {
                             biased;

@@ -69,9 +69,15 @@ impl Window {
     }
 
     /// Gives back what a confirmed message took.
-    pub(crate) fn release(&self, charge: u32) {
-        self.bytes.add_permits(charge as usize);
-        self.messages.add_permits(1);
+    #[cfg(test)]
+    fn release(&self, charge: u32) {
+        self.release_many(charge as usize, 1);
+    }
+
+    /// Gives back what `messages` confirmed messages took, `bytes` in all.
+    pub(crate) fn release_many(&self, bytes: usize, messages: usize) {
+        self.bytes.add_permits(bytes);
+        self.messages.add_permits(messages);
     }
 
     /// Wakes every waiter with [`Closed`], for good.
