@@ -29,6 +29,7 @@ use clap::Args;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::backfill_plan::Plan;
@@ -95,7 +96,10 @@ pub async fn run(
         .connect()
         .await
         .context("cannot connect to Postgres (postgres.url)")?;
-    tokio::spawn(async move {
+    // The connection's task ends when `client` is dropped; waited for at
+    // the end, so the command returns with nothing left running.
+    let tasks = TaskTracker::new();
+    tasks.spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "backfill connection closed");
         }
@@ -123,6 +127,9 @@ pub async fn run(
             return Ok(ExitCode::from(130));
         }
     }
+    drop(client);
+    tasks.close();
+    tasks.wait().await;
     Ok(ExitCode::SUCCESS)
 }
 
