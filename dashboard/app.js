@@ -328,6 +328,8 @@ function describeChange(event) {
   switch (event.op) {
     case 'insert':
       return 'new row';
+    case 'read':
+      return 'existing row (backfill)';
     case 'delete':
       return 'row deleted';
     case 'truncate':
