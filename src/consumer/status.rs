@@ -171,6 +171,11 @@ impl ConsumerStatus {
     /// A standby became the active consumer (a no-op otherwise: this runs
     /// on every delivery).
     pub(super) fn became_active(&self) {
+        // A shared read first: this runs on every delivery, and only a
+        // standby's first delivery changes anything.
+        if *self.0.state.borrow() != ConsumerState::Standby {
+            return;
+        }
         self.0.state.send_if_modified(|state| {
             let standby = *state == ConsumerState::Standby;
             if standby {
