@@ -34,7 +34,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config.log);
+    let cpus = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads(cpus))
         .enable_all()
         .build()
     {

@@ -13,7 +13,7 @@
 //! secrets are [`Redacted`]).
 //!
 //! Layout: this file loads, layers and validates; each section
-//! (`postgres`, `rabbitmq`, `http`, `fanout`, `auth`, `log`) has its own
+//! (`postgres`, `rabbitmq`, `http`, `fanout`, `auth`, `log`, `runtime`) has its own
 //! file with its struct, its defaults as named constants, its `Debug` and
 //! its own `validate`, whose numeric settings are a table of named ranges
 //! checked by `check_ranges`. Table names live in `catalog`.
@@ -33,6 +33,7 @@ mod log;
 mod postgres;
 mod rabbitmq;
 mod redacted;
+mod runtime;
 
 pub use self::auth::{AuthConfig, DEFAULT_JWT_LEEWAY_SECS, MIN_JWT_SECRET_LEN, MIN_TOKEN_LEN};
 pub use self::fanout::{
@@ -46,6 +47,7 @@ pub use self::rabbitmq::{
     RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use self::redacted::Redacted;
+pub use self::runtime::{RuntimeConfig, AUTO_WORKER_THREADS};
 // Table names live with the catalog; these paths stay for existing callers.
 pub use crate::catalog::{quote_identifier, TableName};
 
@@ -117,6 +119,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub runtime: RuntimeConfig,
 }
 
 impl fmt::Debug for Config {
@@ -128,6 +131,7 @@ impl fmt::Debug for Config {
             .field("fanout", &self.fanout)
             .field("log", &self.log)
             .field("auth", &self.auth)
+            .field("runtime", &self.runtime)
             .finish()
     }
 }
@@ -147,7 +151,9 @@ pub struct Overrides {
 }
 
 /// The sections a `WALCAST_<SECTION>_<KEY>` variable may name.
-const SECTIONS: [&str; 6] = ["postgres", "rabbitmq", "http", "fanout", "log", "auth"];
+const SECTIONS: [&str; 7] = [
+    "postgres", "rabbitmq", "http", "fanout", "log", "auth", "runtime",
+];
 
 impl Config {
     /// Loads the layered configuration and validates it.
@@ -229,6 +235,7 @@ impl Config {
         self.http.validate(&mut problems);
         self.auth.validate(&mut problems);
         self.log.validate(&mut problems);
+        self.runtime.validate(&mut problems);
         problems
     }
 
@@ -406,13 +413,14 @@ const BOOLEAN_KEYS: [&str; 3] = ["enabled", "replay_fsync", "allow_anonymous"];
 const LIST_KEYS: [&str; 2] = ["tables", "tokens"];
 /// Keys whose environment value is a number: by suffix, and by name.
 const NUMBER_SUFFIXES: [&str; 3] = ["_ms", "_bytes", "_secs"];
-const NUMBER_KEYS: [&str; 6] = [
+const NUMBER_KEYS: [&str; 7] = [
     "prefetch",
     "publish_window",
     "replay_buffer",
     "socket_buffer",
     "pool_size",
     "max_subscriptions",
+    "worker_threads",
 ];
 
 /// Environment values are strings; numbers and lists are converted by key.
@@ -503,13 +511,14 @@ mod tests {
     /// belongs to), so no setting goes undocumented.
     #[test]
     fn every_setting_is_documented_in_config_toml() {
-        let sections: [(&str, &[&str]); 6] = [
+        let sections: [(&str, &[&str]); 7] = [
             ("postgres", struct_fields::<PostgresConfig>()),
             ("rabbitmq", struct_fields::<RabbitConfig>()),
             ("http", struct_fields::<HttpConfig>()),
             ("fanout", struct_fields::<FanoutConfig>()),
             ("log", struct_fields::<LogConfig>()),
             ("auth", struct_fields::<AuthConfig>()),
+            ("runtime", struct_fields::<RuntimeConfig>()),
         ];
         // The hand list above (and SECTIONS) is exactly Config's sections.
         let mut names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
@@ -590,6 +599,21 @@ mod tests {
         assert_eq!(config.postgres.url, "postgres://common@h/d");
         assert_eq!(config.postgres.status_interval_ms, 2500);
         assert_eq!(config.postgres.tables, vec!["public.orders", "shop.items"]);
+    }
+
+    #[test]
+    fn runtime_worker_threads_comes_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let none = Config::load(Some(&path), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(none.runtime.worker_threads, AUTO_WORKER_THREADS);
+        let vars = env(&[("WALCAST_RUNTIME_WORKER_THREADS", "3")]);
+        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.runtime.worker_threads, 3);
+        let vars = env(&[("WALCAST_RUNTIME_WORKER_THREADS", "5000")]);
+        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
     }
 
     #[test]
