@@ -20,7 +20,8 @@ rows="${1:-1000000}"
 mode="${2:-insert}"
 bash scripts/ensure-services.sh >/dev/null 2>&1
 [ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --release --quiet --bin walcast --example bench_amqp --example bench_sio
-bin="$root/target/release/walcast"
+# BENCH_WALCAST_BIN runs another build of walcast (e.g. an older commit's).
+bin="${BENCH_WALCAST_BIN:-$root/target/release/walcast}"
 amqp_tool="$root/target/release/examples/bench_amqp"
 sio_tool="$root/target/release/examples/bench_sio"
 
