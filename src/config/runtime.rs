@@ -1,14 +1,14 @@
 //! `[runtime]`: how many threads run walcast's async tasks.
 //!
-//! walcast is a sidecar: it shares its host with PostgreSQL (and often
-//! RabbitMQ). By default it runs its tasks on half the CPUs the process
-//! may use (at least one), so that it does not oversubscribe the host it
-//! serves. On a 2-core machine that is one worker thread: every hand-off
-//! between capture, publisher, consumer and hub then stays on one thread,
-//! which measured 17 % less walcast CPU per change draining a backlog and
-//! 25 % less per socket delivery, at the price of a fan-out ceiling of one
-//! core's worth of deliveries (BENCHMARKS.md). A gateway with many
-//! sockets on a host of its own raises `worker_threads`.
+//! By default one per CPU the process may use (tokio's own default). One
+//! thread keeps every hand-off between capture, publisher, consumer and
+//! hub on one thread: on a 2-core host that measured 13 % less walcast CPU
+//! per change draining a backlog and 25 % less per socket delivery, but a
+//! latency tail two to four times longer for 100 browsers fed by the API
+//! on a busy host (one thread descheduled stalls every role), and a
+//! fan-out ceiling of one core (BENCHMARKS.md). So it is a setting for a
+//! host that mostly drains (a capture-only sidecar, a backlog catch-up),
+//! not the default.
 //!
 //! lapin's I/O threads, the replay log's writer thread and the blocking
 //! pool are not counted here. Building the runtime is `main`'s job.
@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{check_ranges, Problem};
 
-/// `worker_threads = 0`: half the available CPUs, at least one.
+/// `worker_threads = 0`: one per available CPU.
 pub const AUTO_WORKER_THREADS: usize = 0;
 
 const WORKER_THREADS: RangeInclusive<u64> = 0..=1024;
@@ -28,8 +28,8 @@ const WORKER_THREADS: RangeInclusive<u64> = 0..=1024;
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Threads of the async runtime; 0 (the default) is half the CPUs the
-    /// process may use, at least one.
+    /// Threads of the async runtime; 0 (the default) is one per CPU the
+    /// process may use.
     pub worker_threads: usize,
 }
 
@@ -51,7 +51,7 @@ impl RuntimeConfig {
     /// and affinity).
     pub fn worker_threads(&self, cpus: NonZeroUsize) -> usize {
         match self.worker_threads {
-            AUTO_WORKER_THREADS => (cpus.get() / 2).max(1),
+            AUTO_WORKER_THREADS => cpus.get(),
             n => n,
         }
     }
@@ -66,13 +66,12 @@ mod tests {
     }
 
     #[test]
-    fn automatic_is_half_the_cpus_and_at_least_one() {
+    fn automatic_is_one_per_cpu() {
         let auto = RuntimeConfig::default();
         assert_eq!(auto.worker_threads, AUTO_WORKER_THREADS);
         assert_eq!(auto.worker_threads(cpus(1)), 1);
-        assert_eq!(auto.worker_threads(cpus(2)), 1);
-        assert_eq!(auto.worker_threads(cpus(3)), 1);
-        assert_eq!(auto.worker_threads(cpus(8)), 4);
+        assert_eq!(auto.worker_threads(cpus(2)), 2);
+        assert_eq!(auto.worker_threads(cpus(8)), 8);
     }
 
     #[test]
