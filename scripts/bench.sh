@@ -18,7 +18,7 @@
 #   BENCH_FANOUT_SECONDS  fan-out: seconds of load (default 10)
 #   BENCH_CLIENT_THREADS  fan-out: worker threads of the Rust client (default 1)
 #   BENCH_NODE_SOCKETS    node clients: socket.io-client sockets (default 100)
-#   BENCH_NODE_RATE       node clients: API writes/s (default 300)
+#   BENCH_NODE_RATE       node clients: API writes/s (default 300; e.g. 3000: unpaced)
 #   BENCH_NODE_SECONDS    node clients: seconds of load per round (default 30)
 #   BENCH_NODE_ROUNDS     node clients: rounds, medians reported (default 3)
 #   BENCH_LARGE_ROWS      large transaction: rows of the UPDATE (default 1000000)
