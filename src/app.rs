@@ -150,7 +150,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             (&fatal, &failure),
         );
     }
-    info!(%address, roles = ?roles.0, "walcast is running");
+    // The runtime's own count, not the setting: what `runtime.worker_threads`
+    // came to on this host.
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(%address, roles = ?roles.0, worker_threads, "walcast is running");
     let serve_stop = stop.clone();
     let mut server = tracker.spawn(async move {
         // TCP_NODELAY: events are small writes that must leave at once;

@@ -204,6 +204,38 @@ async fn a_non_loopback_listener_with_auth_off_is_refused_unless_allowed_explici
     run.stop().await;
 }
 
+/// `runtime.worker_threads` decides how many worker threads the runtime
+/// has (the "walcast is running" line reports the runtime's own count);
+/// 0, the default, is one per CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_worker_threads_sets_the_runtimes_workers() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (setting, expected) in [("3", 3), ("1", 1), ("0", cpus)] {
+        let mut run = spawn(
+            &[
+                "--role",
+                "capture",
+                "--database-url",
+                "postgres://walcast@127.0.0.1:1/nowhere",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[("WALCAST_RUNTIME_WORKER_THREADS", setting)],
+        );
+        run.serving().await;
+        let log = run.log();
+        let running = log
+            .lines()
+            .find(|line| line.contains("walcast is running"))
+            .unwrap_or_else(|| panic!("no running line:\n{log}"));
+        assert!(
+            running.contains(&format!("worker_threads={expected}")),
+            "setting {setting}: {running}"
+        );
+        run.stop().await;
+    }
+}
+
 /// A capture whose Postgres is unreachable: `/readyz` says `reconnecting`
 /// and nothing of the error (host, port, password, the OS's message); the
 /// log has the reason.
