@@ -5,6 +5,7 @@
 //! throughout. Twice on the same table, once with the CLI killed halfway
 //! and resumed; and the errors an operator meets.
 
+use crate::support::publisher_fixtures::BoundQueue;
 use crate::support::{pgtest, stack};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
@@ -12,13 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use pgtest::TestDb;
 use serde_json::Value;
 use stack::{unique, RunSpec, Walcast};
@@ -29,78 +23,14 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// before anything is published.
 struct Collector {
     events: Arc<Mutex<Vec<Value>>>,
-    connection: Connection,
-    queue: String,
-    exchange: String,
+    queue: BoundQueue,
 }
 
 impl Collector {
     async fn start(exchange: &str, queue: &str) -> Collector {
-        let connection =
-            Connection::connect(&stack::shared_amqp_url(), ConnectionProperties::default())
-                .await
-                .expect("connect to rabbitmq");
-        let channel = connection.create_channel().await.unwrap();
-        let durable = |durable| ExchangeDeclareOptions {
-            durable,
-            ..Default::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                durable(true),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "backfill-test".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let event: Value = serde_json::from_slice(&delivery.data).expect("event JSON");
-                sink.lock().unwrap().push(event);
-            }
-        });
-        Collector {
-            events,
-            connection,
-            queue: queue.to_owned(),
-            exchange: exchange.to_owned(),
-        }
+        let queue = BoundQueue::declare(&stack::shared_amqp_url(), exchange, queue).await;
+        let (events, _task) = queue.collect_json("backfill-test").await;
+        Collector { events, queue }
     }
 
     fn events(&self) -> Vec<Value> {
@@ -136,15 +66,7 @@ impl Collector {
     }
 
     async fn delete(self) {
-        if let Ok(channel) = self.connection.create_channel().await {
-            let _ = channel
-                .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-            let _ = channel
-                .exchange_delete(self.exchange.as_str().into(), Default::default())
-                .await;
-        }
-        let _ = self.connection.close(200, "done".into()).await;
+        self.queue.delete().await;
     }
 }
 

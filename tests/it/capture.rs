@@ -8,11 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support::pgtest::{Tail, TestDb};
+use crate::support::publisher_fixtures::BoundQueue;
 use crate::support::stack::{spawn_writer, unique, Audit, RunSpec, Walcast};
 use crate::support::{self, pgtest, stack};
 
@@ -539,97 +541,42 @@ async fn a_fault_re_sends_at_most_about_a_second_of_changes() {
 /// Every message RabbitMQ routed to a queue of the test's own, repeats
 /// included (auto-ack: the broker is not restarted here).
 struct Deliveries {
-    ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    events: Arc<Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
+    queue: BoundQueue,
 }
 
 impl Deliveries {
     async fn start(amqp_url: &str, exchange: &str, queue: &str) -> Deliveries {
-        use futures_util::StreamExt;
-        use lapin::options::{
-            BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-        };
-        use lapin::types::FieldTable;
-        let connection =
-            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
-                .await
-                .expect("connect to rabbitmq");
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .exchange_declare(
-                exchange.into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "count".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = ids.clone();
-        let task = tokio::spawn(async move {
-            let _connection = connection;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let event: Value = serde_json::from_slice(&delivery.data).expect("event JSON");
-                sink.lock()
-                    .unwrap()
-                    .push(event["id"].as_str().unwrap().to_owned());
-            }
-        });
-        Deliveries { ids, task }
+        let queue = BoundQueue::declare(amqp_url, exchange, queue).await;
+        let (events, task) = queue.collect_json("count").await;
+        Deliveries {
+            events,
+            task,
+            queue,
+        }
+    }
+
+    /// The event ids delivered so far, in arrival order.
+    fn ids(&self) -> Vec<String> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .map(|event| event["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     fn count(&self) -> usize {
-        self.ids.lock().unwrap().len()
+        self.events.lock().unwrap().len()
     }
 
     fn distinct(&self) -> usize {
-        self.ids
-            .lock()
-            .unwrap()
-            .iter()
-            .collect::<BTreeSet<_>>()
-            .len()
+        self.ids().into_iter().collect::<BTreeSet<_>>().len()
     }
 
     /// Deliveries in `from..to` whose id was delivered before.
     fn repeats_between(&self, from: usize, to: usize) -> usize {
-        let ids = self.ids.lock().unwrap();
+        let ids = self.ids();
         let mut seen: BTreeSet<&String> = ids[..from].iter().collect();
         ids[from..to].iter().filter(|id| !seen.insert(id)).count()
     }
@@ -737,6 +684,7 @@ async fn a_fault_re_sends_at_most_about_a_second_of_changes_through_rabbitmq() {
     eprintln!(
         "re-sent through rabbitmq: {repeats:?} (before any fault, after kill, after Postgres restart, after kill); {expected} changes"
     );
+    deliveries.queue.delete().await;
     assert_eq!(repeats[0], 0, "repeats without a fault");
     for (fault, repeats) in repeats.iter().enumerate().skip(1) {
         assert!(

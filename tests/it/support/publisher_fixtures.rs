@@ -5,7 +5,7 @@
 //! them at the end, so tests run in parallel against the shared broker.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,6 +16,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::task::JoinHandle;
 use walcast::config::RabbitConfig;
 use walcast::event::{ChangeEvent, Datum, EventId, Lsn, Op, PgTimestamp, Row};
 
@@ -216,6 +218,34 @@ impl BoundQueue {
         })
         .await;
         deliveries
+    }
+
+    /// Consumes the queue in the background (auto-ack) and keeps every
+    /// delivery's body, parsed as JSON, in arrival order (repeats
+    /// included); abort the task to stop.
+    pub async fn collect_json(&self, tag: &str) -> (Arc<Mutex<Vec<Value>>>, JoinHandle<()>) {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = Arc::clone(&events);
+        let task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let event: Value = serde_json::from_slice(&delivery.data).expect("event JSON");
+                sink.lock().unwrap().push(event);
+            }
+        });
+        (events, task)
     }
 
     /// Reads until `n` deliveries arrived (or `limit`).
