@@ -188,17 +188,12 @@ impl BoundQueue {
         }
     }
 
-    /// Reads deliveries until `done` says so or `limit` passes; auto-ack.
-    pub async fn read_until(
-        &self,
-        limit: Duration,
-        mut done: impl FnMut(&[Delivery]) -> bool,
-    ) -> Vec<Delivery> {
-        let mut consumer = self
-            .channel
+    /// A consumer of the queue with auto-ack (`no_ack`).
+    async fn consume(&self, tag: &str) -> lapin::Consumer {
+        self.channel
             .basic_consume(
                 self.queue.as_str().into(),
-                "".into(),
+                tag.into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -206,7 +201,16 @@ impl BoundQueue {
                 FieldTable::default(),
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Reads deliveries until `done` says so or `limit` passes; auto-ack.
+    pub async fn read_until(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&[Delivery]) -> bool,
+    ) -> Vec<Delivery> {
+        let mut consumer = self.consume("").await;
         let mut deliveries = Vec::new();
         let _ = tokio::time::timeout(limit, async {
             while !done(&deliveries) {
@@ -224,19 +228,7 @@ impl BoundQueue {
     /// delivery's body, parsed as JSON, in arrival order (repeats
     /// included); abort the task to stop.
     pub async fn collect_json(&self, tag: &str) -> (Arc<Mutex<Vec<Value>>>, JoinHandle<()>) {
-        let mut consumer = self
-            .channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = self.consume(tag).await;
         let events: Arc<Mutex<Vec<Value>>> = Arc::default();
         let sink = Arc::clone(&events);
         let task = tokio::spawn(async move {
