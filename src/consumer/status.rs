@@ -205,6 +205,21 @@ impl ConsumerStatus {
     }
 }
 
+/// One unlabelled counter family, `value` read at this scrape.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
 /// The consumer's families, read from its counters at each scrape.
 #[derive(Debug)]
 struct Families(ConsumerStatus);
@@ -212,25 +227,20 @@ struct Families(ConsumerStatus);
 impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = &self.0;
-        let mut counter = |name: &str, help: &str, value: u64| {
-            ConstCounter::new(value).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)
-        };
         counter(
+            &mut encoder,
             "walcast_consumer_received",
             "Deliveries received from this gateway's RabbitMQ queue.",
             status.received(),
         )?;
         counter(
+            &mut encoder,
             "walcast_consumer_acked",
             "Deliveries acknowledged after the fan-out took them.",
             status.acked(),
         )?;
         counter(
+            &mut encoder,
             "walcast_consumer_rejected",
             "Deliveries not taken by the fan-out (dead-lettered, any reason).",
             status.rejected(),
@@ -245,20 +255,14 @@ impl Collector for Families {
             let labels = [("reason", reason.as_str())];
             ConstCounter::new(status.dead_letters(reason)).encode(dead.encode_family(&labels)?)?;
         }
-        let mut counter = |name: &str, help: &str, value: u64| {
-            ConstCounter::new(value).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)
-        };
         counter(
+            &mut encoder,
             "walcast_consumer_redelivered",
             "Deliveries RabbitMQ flagged as redelivered.",
             status.redelivered(),
         )?;
         counter(
+            &mut encoder,
             "walcast_consumer_sessions",
             "Consuming sessions started (1 + reconnects).",
             status.sessions(),

@@ -149,6 +149,21 @@ pub async fn poll_slot(
     }
 }
 
+/// One gauge family with the slot's label, `value` from the last poll.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    labels: &[(&str, &str)],
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_family(&labels)?,
+    )
+}
+
 /// The slot's families, from the last poll.
 #[derive(Debug)]
 struct Families(SlotStats);
@@ -157,14 +172,9 @@ impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = self.0.lock();
         let labels = [("slot", state.slot.as_str())];
-        let mut gauge = |name: &str, help: &str, value: i64| {
-            ConstGauge::new(value).encode(
-                encoder
-                    .encode_descriptor(name, help, None, MetricType::Gauge)?
-                    .encode_family(&labels)?,
-            )
-        };
         gauge(
+            &mut encoder,
+            &labels,
             "walcast_slot_poll_success",
             "Whether the last read of pg_replication_slots succeeded within its timeout.",
             i64::from(state.last_poll_ok),
@@ -182,14 +192,9 @@ impl Collector for Families {
         if !state.last_poll_ok {
             return Ok(());
         }
-        let mut gauge = |name: &str, help: &str, value: i64| {
-            ConstGauge::new(value).encode(
-                encoder
-                    .encode_descriptor(name, help, None, MetricType::Gauge)?
-                    .encode_family(&labels)?,
-            )
-        };
         gauge(
+            &mut encoder,
+            &labels,
             "walcast_slot_exists",
             "Whether the replication slot exists.",
             i64::from(state.info.is_some()),
@@ -198,6 +203,8 @@ impl Collector for Families {
             return Ok(());
         };
         gauge(
+            &mut encoder,
+            &labels,
             "walcast_slot_active",
             "Whether a replication connection is streaming from the slot.",
             i64::from(info.active),
@@ -225,7 +232,7 @@ impl Collector for Families {
         ];
         for (name, help, value) in gauges {
             if let Some(value) = value {
-                gauge(name, help, value)?;
+                gauge(&mut encoder, &labels, name, help, value)?;
             }
         }
         Ok(())
