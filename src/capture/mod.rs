@@ -596,42 +596,25 @@ mod tests {
         }
     }
 
-    fn change(table: &str, op: Op, commit_time: PgTimestamp) -> ChangeEvent {
-        ChangeEvent {
-            id: crate::event::EventId {
-                commit_lsn: Lsn(0x100),
-                ordinal: 0,
-            },
-            op,
-            schema: Arc::from("public"),
-            table: Arc::from(table),
-            key: None,
-            new: None,
-            old: None,
-            changed: None,
-            unchanged_toast: vec![],
-            lsn: Lsn(0xF0),
-            commit_lsn: Lsn(0x100),
-            xid: 7,
-            commit_time,
-        }
-    }
-
     #[tokio::test]
     async fn metered_sink_counts_what_it_passes_on() {
         let stats = CaptureStats::default();
         let mut inner = Immediate::default();
         let mut sink = Metered::new(&mut inner, stats.clone());
         let two_seconds_ago = PgTimestamp(PgTimestamp::now().0 - 2_000_000);
-        sink.send(change("orders", Op::Insert, two_seconds_ago))
+        sink.send(ChangeEvent::bare("orders", Op::Insert, two_seconds_ago))
             .await
             .unwrap();
-        sink.send(change("orders", Op::Insert, two_seconds_ago))
+        sink.send(ChangeEvent::bare("orders", Op::Insert, two_seconds_ago))
             .await
             .unwrap();
-        sink.send(change("items", Op::Delete, PgTimestamp(i64::MAX)))
-            .await
-            .unwrap();
+        sink.send(ChangeEvent::bare(
+            "items",
+            Op::Delete,
+            PgTimestamp(i64::MAX),
+        ))
+        .await
+        .unwrap();
         sink.end_transaction(Lsn(0x200)).await.unwrap();
         assert_eq!(sink.durable().await.unwrap(), Lsn(0x200));
         assert_eq!(inner.sent.len(), 3);

@@ -100,6 +100,32 @@ impl ChangeEvent {
 }
 
 #[cfg(test)]
+impl ChangeEvent {
+    /// A change of `public.<table>` without key or rows, for the tests of
+    /// what counts changes (the capture's sink, the metrics).
+    pub(crate) fn bare(table: &str, op: Op, commit_time: PgTimestamp) -> ChangeEvent {
+        ChangeEvent {
+            id: EventId {
+                commit_lsn: Lsn(0x100),
+                ordinal: 0,
+            },
+            op,
+            schema: Arc::from("public"),
+            table: Arc::from(table),
+            key: None,
+            new: None,
+            old: None,
+            changed: None,
+            unchanged_toast: vec![],
+            lsn: Lsn(0xF0),
+            commit_lsn: Lsn(0x100),
+            xid: 7,
+            commit_time,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     /// xorshift64*, for the comparisons with `core::fmt`, chrono and
     /// serde_json in the submodules' tests.

@@ -10,7 +10,6 @@
 //!     metrics::sample::hot_path --ignored --exact
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -21,7 +20,7 @@ use crate::api::{ComponentState, Health, RequestStats};
 use crate::capture::{Metered, Sink};
 use crate::catalog::SlotInfo;
 use crate::consumer::ConsumerStatus;
-use crate::event::{ChangeEvent, EventId, Lsn, Op, PgTimestamp};
+use crate::event::{ChangeEvent, Lsn, Op, PgTimestamp};
 use crate::fanout::{DisconnectReason, FanoutStats};
 
 /// A sink that takes everything at once and keeps nothing.
@@ -43,27 +42,6 @@ impl Sink for Discard {
     }
 }
 
-fn change(table: &str, op: Op) -> ChangeEvent {
-    ChangeEvent {
-        id: EventId {
-            commit_lsn: Lsn(0x100),
-            ordinal: 0,
-        },
-        op,
-        schema: Arc::from("public"),
-        table: Arc::from(table),
-        key: None,
-        new: None,
-        old: None,
-        changed: None,
-        unchanged_toast: vec![],
-        lsn: Lsn(0xF0),
-        commit_lsn: Lsn(0x100),
-        xid: 7,
-        commit_time: PgTimestamp::now(),
-    }
-}
-
 /// Every role wired, with a sample in each family that the crate can fill
 /// without a broker: the consumer's counters are only zeros.
 pub(super) fn populated() -> Metrics {
@@ -79,7 +57,7 @@ pub(super) fn populated() -> Metrics {
         ("orders", Op::Insert),
         ("items", Op::Delete),
     ] {
-        sink.send(change(table, op))
+        sink.send(ChangeEvent::bare(table, op, PgTimestamp::now()))
             .now_or_never()
             .unwrap()
             .unwrap();
@@ -172,7 +150,7 @@ fn hot_path() {
     let metrics = Metrics::new(Health::new());
     let capture = metrics.capture("walcast");
     let publisher = capture.publisher.clone();
-    let template = change("orders", Op::Insert);
+    let template = ChangeEvent::bare("orders", Op::Insert, PgTimestamp::now());
     let routing_key = String::from("public.orders.insert");
     let mut inner = Discard;
     if bare {
