@@ -487,18 +487,8 @@ mod tests {
         metrics.watch_gateway(FanoutStats::default(), ConsumerStatus::default());
         let capture = metrics.capture("walcast");
         capture.slot.record(Some(SlotInfo {
-            slot_name: "walcast".into(),
-            plugin: Some("pgoutput".into()),
-            slot_type: "logical".into(),
-            database: Some("walcast".into()),
-            temporary: false,
-            active: true,
-            active_pid: Some(42),
-            restart_lsn: Some("0/16B3700".into()),
-            confirmed_flush_lsn: Some("0/16B3800".into()),
-            retained_wal_bytes: Some(4096),
-            wal_status: Some("reserved".into()),
             safe_wal_size: None,
+            ..super::sample::slot_info()
         }));
         let samples = parse(&metrics.render().unwrap());
         let route = "method=\"GET\",route=\"/orders/{id}\",status=\"404\"";

@@ -42,6 +42,24 @@ impl Sink for Discard {
     }
 }
 
+/// A streaming slot as `pg_replication_slots` describes it.
+pub(super) fn slot_info() -> SlotInfo {
+    SlotInfo {
+        slot_name: "walcast".into(),
+        plugin: Some("pgoutput".into()),
+        slot_type: "logical".into(),
+        database: Some("walcast".into()),
+        temporary: false,
+        active: true,
+        active_pid: Some(42),
+        restart_lsn: Some("0/16B3700".into()),
+        confirmed_flush_lsn: Some("0/16B3800".into()),
+        retained_wal_bytes: Some(4096),
+        wal_status: Some("reserved".into()),
+        safe_wal_size: Some(1 << 30),
+    }
+}
+
 /// Every role wired, with a sample in each family that the crate can fill
 /// without a broker: the consumer's counters are only zeros.
 pub(super) fn populated() -> Metrics {
@@ -81,20 +99,7 @@ pub(super) fn populated() -> Metrics {
     publisher.reconnected();
     publisher.set_connected(true);
 
-    capture.slot.record(Some(SlotInfo {
-        slot_name: "walcast".into(),
-        plugin: Some("pgoutput".into()),
-        slot_type: "logical".into(),
-        database: Some("walcast".into()),
-        temporary: false,
-        active: true,
-        active_pid: Some(42),
-        restart_lsn: Some("0/16B3700".into()),
-        confirmed_flush_lsn: Some("0/16B3800".into()),
-        retained_wal_bytes: Some(4096),
-        wal_status: Some("reserved".into()),
-        safe_wal_size: Some(1 << 30),
-    }));
+    capture.slot.record(Some(slot_info()));
 
     let fanout = FanoutStats::for_tables(&["orders".into()]);
     fanout.record_delivered("public.orders", Op::Insert);
