@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config.log);
+    set_mmap_threshold(config.runtime.mmap_threshold_bytes);
     let cpus = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.worker_threads(cpus))
@@ -51,6 +52,34 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `runtime.mmap_threshold_bytes`: before any thread starts, so that
+/// every allocation sees the same threshold. glibc's own
+/// `MALLOC_MMAP_THRESHOLD_`, when set, was applied at startup and wins.
+fn set_mmap_threshold(bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        tracing::info!(
+            "MALLOC_MMAP_THRESHOLD_ is set: it is used instead of runtime.mmap_threshold_bytes"
+        );
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // validate() keeps it within glibc's 32 MiB limit.
+        let threshold = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes a tunable of glibc's allocator, which
+        // takes its own lock; no other thread exists yet.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) } != 1 {
+            tracing::warn!(
+                bytes,
+                "glibc refused runtime.mmap_threshold_bytes; keeping its default"
+            );
         }
     }
 }

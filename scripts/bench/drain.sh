@@ -36,7 +36,8 @@
 # Prints the median rate of each, walcast's capture rate as a fraction of
 # min(a, b), and the whole pipeline's as a fraction of (e) (medians of the
 # per-round fractions), with the CPU time walcast (and the baseline client,
-# and RabbitMQ) used per change.
+# and RabbitMQ) used per change; for (d) also the CPU time of the Postgres
+# walsender that decoded the slot for walcast, which (e) does not need.
 #
 # BENCH_DRAIN_ONLY=pipeline runs only (d) and (e), for quick comparisons.
 # BENCH_DRAIN_OTHER_BIN=path (and BENCH_DRAIN_OTHER_LABEL) runs (d) with a
@@ -116,8 +117,10 @@ backlog=$(psql "$url" -Atc "SELECT pg_size_pretty(pg_wal_lsn_diff('$endpos', res
 log "backlog committed in $(awk -v s="$gen_start" -v e="$(now)" 'BEGIN {printf "%.1f", e - s}') s: $backlog of WAL up to $endpos"
 
 # walcast_run BIN SLOT EXCHANGE: (d) with BIN on SLOT; sets run_rate,
-# run_cpu (CPU seconds), run_rabbit (RabbitMQ CPU seconds meanwhile) and
-# run_hwm (peak RSS, KiB).
+# run_cpu (CPU seconds), run_rabbit (RabbitMQ CPU seconds meanwhile),
+# run_walsender (the CPU seconds of the Postgres walsender that decoded the
+# slot for walcast: work the baseline (e) does not have) and run_hwm (peak
+# RSS, KiB).
 walcast_run() {
   local run_bin="$1" slot="$2" exchange="$3" port pid start started delivered rabbit_before
   "$amqp_tool" --url "$amqp_url" declare --gateway --exchange "$exchange" --queue "$exchange"
@@ -137,6 +140,7 @@ walcast_run() {
     sleep 0.1
   done
   wait_slot "$url" "$slot" "$endpos" "$pid" 3600
+  run_walsender=$(cpu_seconds "$(psql "$url" -Atc "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$slot'")" 2>/dev/null || echo 0)
   run_rate=$(awk -v n="$changes" -v s="$start" -v e="$(now)" 'BEGIN {printf "%.0f", n / (e - s)}')
   run_cpu=$(cpu_seconds "$pid")
   run_rabbit=$(awk -v a="$rabbit_before" -v b="$(cpu_seconds "$rabbit")" 'BEGIN {printf "%.2f", b - a}')
@@ -150,7 +154,7 @@ walcast_run() {
 
 rates_a=() rates_b=() rates_c=() fractions=() sizes=() hwms=()
 rates_d=() rates_e=() pipeline_fractions=() cpu_c=() cpu_d=() cpu_e=() rabbit_d=() rabbit_e=() hwms_d=()
-rates_o=() cpu_o=() rabbit_o=() other_fractions=()
+rates_o=() cpu_o=() rabbit_o=() other_fractions=() walsender_d=() walsender_o=()
 rabbit=$(rabbit_pid)
 # Until (c) has measured walcast's mean body size: the orders events of
 # this workload are about 480 bytes.
@@ -200,13 +204,13 @@ for r in $(seq 1 "$rounds"); do
   # any) first in every second round, so neither always goes first.
   if [ -n "$other_bin" ] && [ $((r % 2)) = 0 ]; then
     walcast_run "$other_bin" "${db}_o$r" "walcast.bench.drain.$$.o$r"
-    rates_o+=("$run_rate") cpu_o+=("$run_cpu") rabbit_o+=("$run_rabbit")
+    rates_o+=("$run_rate") cpu_o+=("$run_cpu") rabbit_o+=("$run_rabbit") walsender_o+=("$run_walsender")
   fi
   walcast_run "$bin" "${db}_p$r" "walcast.bench.drain.$$.p$r"
-  rates_d+=("$run_rate") cpu_d+=("$run_cpu") rabbit_d+=("$run_rabbit") hwms_d+=("$run_hwm")
+  rates_d+=("$run_rate") cpu_d+=("$run_cpu") rabbit_d+=("$run_rabbit") hwms_d+=("$run_hwm") walsender_d+=("$run_walsender")
   if [ -n "$other_bin" ] && [ $((r % 2)) = 1 ]; then
     walcast_run "$other_bin" "${db}_o$r" "walcast.bench.drain.$$.o$r"
-    rates_o+=("$run_rate") cpu_o+=("$run_cpu") rabbit_o+=("$run_rabbit")
+    rates_o+=("$run_rate") cpu_o+=("$run_cpu") rabbit_o+=("$run_rabbit") walsender_o+=("$run_walsender")
   fi
 
   # (e) plain lapin publisher + consumer on the same kind of queue
@@ -219,11 +223,11 @@ for r in $(seq 1 "$rounds"); do
 
   d="${rates_d[-1]}"
   pipeline_fraction=$(awk -v d="$d" -v e="$e" 'BEGIN {printf "%.2f", d / e}')
-  log "round $r: walcast run $d/s, lapin publish + consume $e/s (${pipeline_fraction}); walcast ${cpu_d[-1]} CPU-s, RabbitMQ ${rabbit_d[-1]} vs ${rabbit_e[-1]} CPU-s"
+  log "round $r: walcast run $d/s, lapin publish + consume $e/s (${pipeline_fraction}); walcast ${cpu_d[-1]} CPU-s, RabbitMQ ${rabbit_d[-1]} vs ${rabbit_e[-1]} CPU-s, walsender ${walsender_d[-1]} CPU-s"
   rates_e+=("$e") pipeline_fractions+=("$pipeline_fraction")
   if [ -n "$other_bin" ]; then
     other_fractions+=("$(awk -v d="${rates_o[-1]}" -v e="$e" 'BEGIN {printf "%.2f", d / e}')")
-    log "round $r: $other_bin: ${rates_o[-1]}/s (${other_fractions[-1]}); ${cpu_o[-1]} CPU-s, RabbitMQ ${rabbit_o[-1]} CPU-s"
+    log "round $r: $other_bin: ${rates_o[-1]}/s (${other_fractions[-1]}); ${cpu_o[-1]} CPU-s, RabbitMQ ${rabbit_o[-1]} CPU-s, walsender ${walsender_o[-1]} CPU-s"
   fi
 done
 
@@ -248,15 +252,17 @@ d=$(med "${rates_d[@]}") e=$(med "${rates_e[@]}")
 printf '| backlog drain: plain lapin publish (confirms) + consume (e) | %s msgs/s | median of %d; %s persistent msgs of %s B, window %s, one consumer (prefetch %s, multiple acks); client %s µs, RabbitMQ %s µs CPU per message |\n' \
   "$(fmt "$e")" "$rounds" "$(fmt "$changes")" "$size" "$window" "$prefetch" \
   "$(per_change "$(med "${cpu_e[@]}")")" "$(per_change "$(med "${rabbit_e[@]}")")"
-printf '| backlog drain: walcast run, all roles (d) | %s changes/s | median of %d; default settings; start → every change acked by the gateway and slot confirmed; peak RSS %.0f MiB; walcast %s µs, RabbitMQ %s µs CPU per change |\n' \
+printf '| backlog drain: walcast run, all roles (d) | %s changes/s | median of %d; default settings; start → every change acked by the gateway and slot confirmed; peak RSS %.0f MiB; walcast %s µs, RabbitMQ %s µs, Postgres walsender %s µs CPU per change |\n' \
   "$(fmt "$d")" "$rounds" "$(awk -v k="$(med "${hwms_d[@]}")" 'BEGIN {print k / 1024}')" \
-  "$(per_change "$(med "${cpu_d[@]}")")" "$(per_change "$(med "${rabbit_d[@]}")")"
+  "$(per_change "$(med "${cpu_d[@]}")")" "$(per_change "$(med "${rabbit_d[@]}")")" \
+  "$(per_change "$(med "${walsender_d[@]}")")"
 printf '| backlog drain: walcast run / publish + consume (d / e) | **%s** | goal ≥ 0.85; per round: %s |\n' \
   "$(med "${pipeline_fractions[@]}")" "${pipeline_fractions[*]}"
 if [ -n "$other_bin" ]; then
-  printf '| backlog drain: walcast run, all roles, %s (d) | %s changes/s | median of %d, rounds interleaved with the row above; walcast %s µs, RabbitMQ %s µs CPU per change |\n' \
+  printf '| backlog drain: walcast run, all roles, %s (d) | %s changes/s | median of %d, rounds interleaved with the row above; walcast %s µs, RabbitMQ %s µs, Postgres walsender %s µs CPU per change |\n' \
     "$other_label" "$(fmt "$(med "${rates_o[@]}")")" "$rounds" \
-    "$(per_change "$(med "${cpu_o[@]}")")" "$(per_change "$(med "${rabbit_o[@]}")")"
+    "$(per_change "$(med "${cpu_o[@]}")")" "$(per_change "$(med "${rabbit_o[@]}")")" \
+    "$(per_change "$(med "${walsender_o[@]}")")"
   printf '| backlog drain: walcast run, %s / publish + consume | **%s** | per round: %s |\n' \
     "$other_label" "$(med "${other_fractions[@]}")" "${other_fractions[*]}"
 fi

@@ -21,6 +21,11 @@
 # own measure); walcast's CPU per socket delivery. A `top` row adds Postgres and RabbitMQ (both Node processes
 # count as "client" there).
 #
+# BENCH_NODE_THREADS (default 1) spreads the sockets over that many Node
+# worker threads, each with an event loop of its own: for loads a single
+# event loop cannot parse in time (BENCH_NODE_RATE=3000 is the unpaced
+# case), so that the clients' own queueing does not pass for walcast's.
+#
 # BENCH_NODE_SUBSCRIBE='{"table": "public.orders", "fields": ["status"], "old": false}'
 # makes every socket send that `subscribe` first (smaller events: the
 # projection's effect on the clients' CPU and on latency).
@@ -31,6 +36,7 @@ sockets="${BENCH_NODE_SOCKETS:-100}"
 rate="${BENCH_NODE_RATE:-300}"
 seconds="${BENCH_NODE_SECONDS:-30}"
 rounds="${BENCH_NODE_ROUNDS:-3}"
+threads="${BENCH_NODE_THREADS:-1}"
 [ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 bash scripts/ensure-services.sh >/dev/null 2>&1
 bench_build
@@ -43,21 +49,21 @@ for round in $(seq 1 "$rounds"); do
   load=$(jq -cn --arg url "$walcast_url" --argjson rate "$rate" --argjson seconds "$seconds" \
     '{url: $url, rate: $rate, seconds: $seconds, concurrency: 16, keys: 1000}')
   options=$(jq -cn --arg url "$walcast_url" --argjson sockets "$sockets" --argjson pid "$walcast_pid" \
-    --arg load "$load" --argjson subscribe "${BENCH_NODE_SUBSCRIBE:-null}" \
-    '{url: $url, serverPid: $pid, drainMs: 30000, concurrency: 50,
+    --arg load "$load" --argjson subscribe "${BENCH_NODE_SUBSCRIBE:-null}" --argjson threads "$threads" \
+    '{url: $url, serverPid: $pid, drainMs: 30000, concurrency: 50, threads: $threads,
       groups: [{name: (if $subscribe then "projected" else "all" end), count: $sockets}
                + (if $subscribe then {subscribe: $subscribe} else {} end)],
       load: ["node", "scripts/bench/api-load.mjs", $load]}')
-  log "round $round: $sockets Node sockets, $rate API writes/s for $seconds s"
+  log "round $round: $sockets Node sockets on $threads thread(s), $rate API writes/s for $seconds s"
   top_file=$(mktemp)
   cpu_watch_start "$top_file"
   summary=$(node scripts/bench/sio-bench.mjs "$options")
   cpu_watch_stop
   log "$(jq -c '{load, cpu}' <<<"$summary")"
-  jq -r --arg rate "$rate" --arg round "$round" '
+  jq -r --arg rate "$rate" --arg round "$round" --arg threads "$threads" '
     . as $s | .groups[0] as $g
     | def pct(x): if x == null then "n/a" else (x / $s.cpu.wallSec * 100 | round | tostring) end;
-    "| node clients \($round): \($g.connected) sockets (\($g.name)), \($rate) API writes/s | p50 \($g.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \($g.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \($g.latencyMs.max // 0 | round) ms | delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); API \($s.load.rate | round)/s of \($rate)/s asked (\($s.load.committed) writes, \($s.load.failed) failed, max \($s.load.max_late_ms | round) ms behind, HTTP p99 \($s.load.http_ms.p99 // 0 | round) ms); \($g.disconnects) disconnects; CPU % of a core: walcast \(pct($s.cpu.serverSec)), Node clients \(pct($s.cpu.clientSec)), API load \(pct($s.cpu.loadSec)); walcast \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 10 | round / 10) else "n/a" end) µs CPU per socket delivery |"' \
+    "| node clients \($round): \($g.connected) sockets (\($g.name)) on \($threads) Node thread(s), \($rate) API writes/s | p50 \($g.latencyMs.p50 // 0 | . * 10 | round / 10) ms, p99 \($g.latencyMs.p99 // 0 | . * 10 | round / 10) ms, max \($g.latencyMs.max // 0 | round) ms | delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); API \($s.load.rate | round)/s of \($rate)/s asked (\($s.load.committed) writes, \($s.load.failed) failed, max \($s.load.max_late_ms | round) ms behind, HTTP p99 \($s.load.http_ms.p99 // 0 | round) ms); \($g.disconnects) disconnects; CPU % of a core: walcast \(pct($s.cpu.serverSec)), Node clients \(pct($s.cpu.clientSec)), API load \(pct($s.cpu.loadSec)); walcast \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 10 | round / 10) else "n/a" end) µs CPU per socket delivery |"' \
     <<<"$summary"
   cpu_watch_row "node clients $round" "$top_file"
   rm -f "$top_file"

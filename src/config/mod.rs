@@ -47,7 +47,7 @@ pub use self::rabbitmq::{
     RABBITMQ_DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use self::redacted::Redacted;
-pub use self::runtime::{RuntimeConfig, AUTO_WORKER_THREADS};
+pub use self::runtime::{RuntimeConfig, AUTO_WORKER_THREADS, DEFAULT_MMAP_THRESHOLD_BYTES};
 // Table names live with the catalog; these paths stay for existing callers.
 pub use crate::catalog::{quote_identifier, TableName};
 
@@ -614,6 +614,27 @@ mod tests {
         let vars = env(&[("WALCAST_RUNTIME_WORKER_THREADS", "5000")]);
         let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
+    }
+
+    #[test]
+    fn runtime_mmap_threshold_comes_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let none = Config::load(Some(&path), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            none.runtime.mmap_threshold_bytes,
+            DEFAULT_MMAP_THRESHOLD_BYTES
+        );
+        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "0")]);
+        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.runtime.mmap_threshold_bytes, 0);
+        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "999999999")]);
+        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("runtime.mmap_threshold_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

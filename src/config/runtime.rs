@@ -1,4 +1,5 @@
-//! `[runtime]`: how many threads run walcast's async tasks.
+//! `[runtime]`: how many threads run walcast's async tasks, and where the
+//! allocator serves large allocations from.
 //!
 //! By default one per CPU the process may use (tokio's own default). One
 //! thread keeps every hand-off between capture, publisher, consumer and
@@ -12,6 +13,14 @@
 //!
 //! lapin's I/O threads, the replay log's writer thread and the blocking
 //! pool are not counted here. Building the runtime is `main`'s job.
+//!
+//! `mmap_threshold_bytes` (glibc's `M_MMAP_THRESHOLD`): allocations of at
+//! least this size come from their own mappings, returned to the OS when
+//! freed. hyper's 8 KiB per-connection read buffer, freed once a socket has
+//! become a WebSocket, otherwise leaves a hole on the heap that glibc never
+//! returns: about 4.6 KiB of RSS per idle socket (BENCHMARKS.md). 0 leaves
+//! glibc's own adaptive threshold; `MALLOC_MMAP_THRESHOLD_` in the
+//! environment, glibc's own knob, wins over this setting.
 
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
@@ -25,12 +34,30 @@ pub const AUTO_WORKER_THREADS: usize = 0;
 
 const WORKER_THREADS: RangeInclusive<u64> = 0..=1024;
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+/// The default `mmap_threshold_bytes`: hyper's read buffer is 8 KiB.
+pub const DEFAULT_MMAP_THRESHOLD_BYTES: usize = 8 * 1024;
+
+/// glibc refuses a threshold above 32 MiB (`HEAP_MAX_SIZE / 2` on 64-bit).
+const MMAP_THRESHOLD_BYTES: RangeInclusive<u64> = 0..=32 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads of the async runtime; 0 (the default) is one per CPU the
     /// process may use.
     pub worker_threads: usize,
+    /// Allocations of at least this many bytes get mappings of their own
+    /// (glibc); 0 keeps glibc's adaptive threshold.
+    pub mmap_threshold_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: AUTO_WORKER_THREADS,
+            mmap_threshold_bytes: DEFAULT_MMAP_THRESHOLD_BYTES,
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -38,11 +65,18 @@ impl RuntimeConfig {
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
         check_ranges(
             problems,
-            &[(
-                "runtime.worker_threads",
-                self.worker_threads as u64,
-                WORKER_THREADS,
-            )],
+            &[
+                (
+                    "runtime.worker_threads",
+                    self.worker_threads as u64,
+                    WORKER_THREADS,
+                ),
+                (
+                    "runtime.mmap_threshold_bytes",
+                    self.mmap_threshold_bytes as u64,
+                    MMAP_THRESHOLD_BYTES,
+                ),
+            ],
         );
     }
 
@@ -76,7 +110,10 @@ mod tests {
 
     #[test]
     fn an_explicit_count_is_taken_as_is() {
-        let set = RuntimeConfig { worker_threads: 3 };
+        let set = RuntimeConfig {
+            worker_threads: 3,
+            ..RuntimeConfig::default()
+        };
         assert_eq!(set.worker_threads(cpus(2)), 3);
         assert_eq!(set.worker_threads(cpus(64)), 3);
     }
@@ -86,9 +123,24 @@ mod tests {
         let mut problems = Vec::new();
         RuntimeConfig {
             worker_threads: 1025,
+            ..RuntimeConfig::default()
         }
         .validate(&mut problems);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "runtime.worker_threads");
+    }
+
+    #[test]
+    fn the_mmap_threshold_is_8_kib_and_at_most_what_glibc_takes() {
+        assert_eq!(RuntimeConfig::default().mmap_threshold_bytes, 8192);
+        for (bytes, problems_expected) in [(0, 0), (32 << 20, 0), ((32 << 20) + 1, 1)] {
+            let mut problems = Vec::new();
+            RuntimeConfig {
+                mmap_threshold_bytes: bytes,
+                ..RuntimeConfig::default()
+            }
+            .validate(&mut problems);
+            assert_eq!(problems.len(), problems_expected, "{bytes}: {problems:?}");
+        }
     }
 }

@@ -48,6 +48,7 @@ mod fanout_budget_rss;
 #[cfg(feature = "fault-injection")]
 mod fanout_e2e;
 mod fanout_limits;
+mod fanout_memory;
 mod fanout_projection;
 #[cfg(feature = "fault-injection")]
 mod fanout_replay;

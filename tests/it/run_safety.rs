@@ -236,6 +236,34 @@ async fn runtime_worker_threads_sets_the_runtimes_workers() {
     }
 }
 
+/// glibc's own `MALLOC_MMAP_THRESHOLD_` wins over
+/// `runtime.mmap_threshold_bytes`, and the log says so; without it, nothing
+/// is said (the setting applies quietly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mallocs_own_mmap_threshold_variable_wins_and_is_logged() {
+    let notice = "MALLOC_MMAP_THRESHOLD_ is set";
+    for (env, expected) in [
+        (vec![("MALLOC_MMAP_THRESHOLD_", "65536")], true),
+        (vec![], false),
+    ] {
+        let mut run = spawn(
+            &[
+                "--role",
+                "capture",
+                "--database-url",
+                "postgres://walcast@127.0.0.1:1/nowhere",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &env,
+        );
+        run.serving().await;
+        let log = run.log();
+        assert_eq!(log.contains(notice), expected, "{env:?}:\n{log}");
+        run.stop().await;
+    }
+}
+
 /// A capture whose Postgres is unreachable: `/readyz` says `reconnecting`
 /// and nothing of the error (host, port, password, the OS's message); the
 /// log has the reason.
