@@ -626,9 +626,9 @@ mod tests {
             none.runtime.mmap_threshold_bytes,
             DEFAULT_MMAP_THRESHOLD_BYTES
         );
-        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "0")]);
+        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "8192")]);
         let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
-        assert_eq!(config.runtime.mmap_threshold_bytes, 0);
+        assert_eq!(config.runtime.mmap_threshold_bytes, 8192);
         let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "999999999")]);
         let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
         assert!(

@@ -18,9 +18,15 @@
 //! least this size come from their own mappings, returned to the OS when
 //! freed. hyper's 8 KiB per-connection read buffer, freed once a socket has
 //! become a WebSocket, otherwise leaves a hole on the heap that glibc never
-//! returns: about 4.6 KiB of RSS per idle socket (BENCHMARKS.md). 0 leaves
-//! glibc's own adaptive threshold; `MALLOC_MMAP_THRESHOLD_` in the
-//! environment, glibc's own knob, wins over this setting.
+//! returns: 8192 saves about 4.6 KiB of RSS per idle socket. It is not the
+//! default because every buffer between 8 and 32 KiB that grows and shrinks
+//! then does so through `mremap`: rustls's read buffer on a TLS replication
+//! connection did about 220 times a second at 5,000 changes/s, and the
+//! latency at that rate rose (p50 5.0 → 6.7 ms, p99 93 → 112 ms, medians
+//! of 6 rounds; BENCHMARKS.md). So: a setting for a gateway holding many
+//! idle sockets. 0, the default, leaves glibc's own adaptive threshold;
+//! `MALLOC_MMAP_THRESHOLD_` in the environment, glibc's own knob, wins over
+//! this setting.
 
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
@@ -34,8 +40,8 @@ pub const AUTO_WORKER_THREADS: usize = 0;
 
 const WORKER_THREADS: RangeInclusive<u64> = 0..=1024;
 
-/// The default `mmap_threshold_bytes`: hyper's read buffer is 8 KiB.
-pub const DEFAULT_MMAP_THRESHOLD_BYTES: usize = 8 * 1024;
+/// The default `mmap_threshold_bytes`: glibc's own adaptive threshold.
+pub const DEFAULT_MMAP_THRESHOLD_BYTES: usize = 0;
 
 /// glibc refuses a threshold above 32 MiB (`HEAP_MAX_SIZE / 2` on 64-bit).
 const MMAP_THRESHOLD_BYTES: RangeInclusive<u64> = 0..=32 * 1024 * 1024;
@@ -131,8 +137,8 @@ mod tests {
     }
 
     #[test]
-    fn the_mmap_threshold_is_8_kib_and_at_most_what_glibc_takes() {
-        assert_eq!(RuntimeConfig::default().mmap_threshold_bytes, 8192);
+    fn the_mmap_threshold_is_glibcs_own_and_at_most_what_glibc_takes() {
+        assert_eq!(RuntimeConfig::default().mmap_threshold_bytes, 0);
         for (bytes, problems_expected) in [(0, 0), (32 << 20, 0), ((32 << 20) + 1, 1)] {
             let mut problems = Vec::new();
             RuntimeConfig {

@@ -31,8 +31,8 @@
 //! its first block of 32 slots up front; about 5 KiB), the WebSocket read
 //! buffer ([`WS_READ_BUFFER`]), the request head, and heap fragmentation
 //! left by hyper's 8-16 KiB per-connection read buffers, freed once the
-//! WebSocket takes over (`MALLOC_MMAP_THRESHOLD_=8192` in walcast's
-//! environment returns those to the OS: about 4.5 KiB less per socket).
+//! WebSocket takes over (`runtime.mmap_threshold_bytes = 8192` returns
+//! those to the OS: about 4.6 KiB less per socket).
 
 use std::convert::Infallible;
 use std::sync::Arc;

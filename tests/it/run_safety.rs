@@ -242,9 +242,10 @@ async fn runtime_worker_threads_sets_the_runtimes_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mallocs_own_mmap_threshold_variable_wins_and_is_logged() {
     let notice = "MALLOC_MMAP_THRESHOLD_ is set";
+    let setting = ("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "8192");
     for (env, expected) in [
-        (vec![("MALLOC_MMAP_THRESHOLD_", "65536")], true),
-        (vec![], false),
+        (vec![setting, ("MALLOC_MMAP_THRESHOLD_", "65536")], true),
+        (vec![setting], false),
     ] {
         let mut run = spawn(
             &[
