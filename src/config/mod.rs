@@ -602,39 +602,38 @@ mod tests {
     }
 
     #[test]
-    fn runtime_worker_threads_comes_from_the_environment() {
+    fn runtime_keys_come_from_the_environment_and_are_validated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.toml");
         std::fs::write(&path, "").unwrap();
-        let none = Config::load(Some(&path), &env(&[]), &Overrides::default()).unwrap();
-        assert_eq!(none.runtime.worker_threads, AUTO_WORKER_THREADS);
-        let vars = env(&[("WALCAST_RUNTIME_WORKER_THREADS", "3")]);
-        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
-        assert_eq!(config.runtime.worker_threads, 3);
-        let vars = env(&[("WALCAST_RUNTIME_WORKER_THREADS", "5000")]);
-        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
-    }
-
-    #[test]
-    fn runtime_mmap_threshold_comes_from_the_environment() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("empty.toml");
-        std::fs::write(&path, "").unwrap();
-        let none = Config::load(Some(&path), &env(&[]), &Overrides::default()).unwrap();
-        assert_eq!(
-            none.runtime.mmap_threshold_bytes,
-            DEFAULT_MMAP_THRESHOLD_BYTES
-        );
-        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "8192")]);
-        let config = Config::load(Some(&path), &vars, &Overrides::default()).unwrap();
-        assert_eq!(config.runtime.mmap_threshold_bytes, 8192);
-        let vars = env(&[("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "999999999")]);
-        let err = Config::load(Some(&path), &vars, &Overrides::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("runtime.mmap_threshold_bytes"),
-            "{err}"
-        );
+        let load =
+            |vars: &[(&str, &str)]| Config::load(Some(&path), &env(vars), &Overrides::default());
+        let none = load(&[]).unwrap().runtime;
+        assert_eq!(none.worker_threads, AUTO_WORKER_THREADS);
+        assert_eq!(none.mmap_threshold_bytes, DEFAULT_MMAP_THRESHOLD_BYTES);
+        let set = load(&[
+            ("WALCAST_RUNTIME_WORKER_THREADS", "3"),
+            ("WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES", "8192"),
+        ])
+        .unwrap()
+        .runtime;
+        assert_eq!(set.worker_threads, 3);
+        assert_eq!(set.mmap_threshold_bytes, 8192);
+        for (var, value, field) in [
+            (
+                "WALCAST_RUNTIME_WORKER_THREADS",
+                "5000",
+                "runtime.worker_threads",
+            ),
+            (
+                "WALCAST_RUNTIME_MMAP_THRESHOLD_BYTES",
+                "999999999",
+                "runtime.mmap_threshold_bytes",
+            ),
+        ] {
+            let err = load(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 
     #[test]

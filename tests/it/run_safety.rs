@@ -204,6 +204,23 @@ async fn a_non_loopback_listener_with_auth_off_is_refused_unless_allowed_explici
     run.stop().await;
 }
 
+/// A capture-only `walcast run` whose Postgres is unreachable (nothing
+/// listens on port 1): it serves health and metrics while it retries, which
+/// is all a test of process-wide settings needs.
+fn spawn_idle_capture(env: &[(&str, &str)]) -> Run {
+    spawn(
+        &[
+            "--role",
+            "capture",
+            "--database-url",
+            "postgres://walcast@127.0.0.1:1/nowhere",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        env,
+    )
+}
+
 /// `runtime.worker_threads` decides how many worker threads the runtime
 /// has (the "walcast is running" line reports the runtime's own count);
 /// 0, the default, is one per CPU.
@@ -211,17 +228,7 @@ async fn a_non_loopback_listener_with_auth_off_is_refused_unless_allowed_explici
 async fn runtime_worker_threads_sets_the_runtimes_workers() {
     let cpus = std::thread::available_parallelism().unwrap().get();
     for (setting, expected) in [("3", 3), ("1", 1), ("0", cpus)] {
-        let mut run = spawn(
-            &[
-                "--role",
-                "capture",
-                "--database-url",
-                "postgres://walcast@127.0.0.1:1/nowhere",
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[("WALCAST_RUNTIME_WORKER_THREADS", setting)],
-        );
+        let mut run = spawn_idle_capture(&[("WALCAST_RUNTIME_WORKER_THREADS", setting)]);
         run.serving().await;
         let log = run.log();
         let running = log
@@ -247,17 +254,7 @@ async fn mallocs_own_mmap_threshold_variable_wins_and_is_logged() {
         (vec![setting, ("MALLOC_MMAP_THRESHOLD_", "65536")], true),
         (vec![setting], false),
     ] {
-        let mut run = spawn(
-            &[
-                "--role",
-                "capture",
-                "--database-url",
-                "postgres://walcast@127.0.0.1:1/nowhere",
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &env,
-        );
+        let mut run = spawn_idle_capture(&env);
         run.serving().await;
         let log = run.log();
         assert_eq!(log.contains(notice), expected, "{env:?}:\n{log}");
