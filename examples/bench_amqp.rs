@@ -12,7 +12,8 @@
 //! messages of `size` bytes on one channel in confirm mode, keeping up to
 //! `window` unconfirmed at once (walcast's `rabbitmq.publish_window`), with
 //! the properties walcast sets (content type, message id, timestamp, app
-//! id) and routing keys cycling insert/update/delete. It prints one JSON
+//! id, and with `--source` its `x-walcast-source` header) and routing keys
+//! cycling insert/update/delete. It prints one JSON
 //! line: `{"messages":…,"seconds":…,"rate":…}`, timed from the first publish
 //! to the last confirm, and deletes the queue and exchange unless `--keep`.
 //!
@@ -44,7 +45,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 #[derive(Parser)]
@@ -70,6 +71,10 @@ enum Command {
         /// Unconfirmed messages in flight at most.
         #[arg(long, default_value_t = 1024)]
         window: usize,
+        /// The `x-walcast-source` header every message carries, as
+        /// walcast's do (`<system id>/<database>/<slot>`); none if absent.
+        #[arg(long)]
+        source: Option<String>,
         /// Leave the exchange and queue in place.
         #[arg(long)]
         keep: bool,
@@ -90,6 +95,9 @@ enum Command {
         /// `basic.qos` of the consumer (walcast's `rabbitmq.prefetch`).
         #[arg(long, default_value_t = 1000)]
         prefetch: u16,
+        /// As for `publish`.
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Declare the durable topic exchange and a durable queue bound with `#`.
     Declare {
@@ -122,11 +130,17 @@ async fn main() -> Result<()> {
             count,
             size,
             window,
+            source,
             keep,
         } => {
             let channel = connection.create_channel().await?;
             declare(&channel, &exchange, &queue, false).await?;
-            let result = publish(&channel, &exchange, count, size, window.max(1)).await;
+            let messages = Messages {
+                count,
+                size,
+                source,
+            };
+            let result = publish(&channel, &exchange, &messages, window.max(1)).await;
             if !keep {
                 delete(&connection, &[exchange], &[queue]).await?;
             }
@@ -143,13 +157,18 @@ async fn main() -> Result<()> {
             size,
             window,
             prefetch,
+            source,
         } => {
+            let messages = Messages {
+                count,
+                size,
+                source,
+            };
             let result = pipeline(
                 &args.url,
                 &connection,
                 (&exchange, &queue),
-                count,
-                size,
+                &messages,
                 (window.max(1), prefetch.max(1)),
             )
             .await;
@@ -175,14 +194,25 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Publishes `count` messages on `channel` (declared already); returns
-/// the seconds from the first publish to the last confirm and how many
-/// were confirmed.
+/// What `publish` sends: `count` messages with bodies of `size` bytes,
+/// with walcast's source header when `source` is set.
+struct Messages {
+    count: u64,
+    size: usize,
+    source: Option<String>,
+}
+
+/// Publishes the messages on `channel` (declared already); returns the
+/// seconds from the first publish to the last confirm and how many were
+/// confirmed.
 async fn publish(
     channel: &Channel,
     exchange: &str,
-    count: u64,
-    size: usize,
+    &Messages {
+        count,
+        size,
+        ref source,
+    }: &Messages,
     window: usize,
 ) -> Result<(f64, u64)> {
     channel
@@ -193,6 +223,14 @@ async fn publish(
     let mut body = b"{\"pad\":\"".to_vec();
     body.resize(size.saturating_sub(2).max(body.len()), b'x');
     body.extend_from_slice(b"\"}");
+    let headers = source.as_ref().map(|source| {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("x-walcast-source"),
+            AMQPValue::LongString(LongString::from(source.as_str())),
+        );
+        headers
+    });
     let keys = [
         ShortString::from("public.orders.insert"),
         ShortString::from("public.orders.update"),
@@ -217,6 +255,10 @@ async fn publish(
             .with_message_id(format!("{:016X}-{:010}", 0x16B_3800 + seq / 10, seq % 10).into())
             .with_timestamp(now)
             .with_app_id("walcast".into());
+        let properties = match &headers {
+            Some(headers) => properties.with_headers(headers.clone()),
+            None => properties,
+        };
         async move {
             let confirm = channel
                 .basic_publish(
@@ -258,10 +300,10 @@ async fn pipeline(
     url: &str,
     connection: &Connection,
     (exchange, queue): (&str, &str),
-    count: u64,
-    size: usize,
+    messages: &Messages,
     (window, prefetch): (usize, u16),
 ) -> Result<f64> {
+    let count = messages.count;
     let channel = connection.create_channel().await?;
     declare(&channel, exchange, queue, true).await?;
     let consuming = Connection::connect(url, ConnectionProperties::default())
@@ -316,7 +358,7 @@ async fn pipeline(
         anyhow::Ok(Instant::now())
     });
     let start = Instant::now();
-    let (_, confirmed) = publish(&channel, exchange, count, size, window).await?;
+    let (_, confirmed) = publish(&channel, exchange, messages, window).await?;
     if confirmed < count {
         bail!("only {confirmed} of {count} messages were confirmed");
     }

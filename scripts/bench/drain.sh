@@ -17,9 +17,10 @@
 #       the slot confirmed at that position (status interval 100 ms);
 #   (b) examples/bench_amqp: a plain lapin publisher sending the same number
 #       of persistent messages of walcast's average body size (measured from
-#       walcast's queue in (c)) with publisher confirms, pipelined, with
-#       walcast's publish window (1024), to an exchange with a bound durable
-#       queue.
+#       walcast's queue in (c)), with walcast's properties and its
+#       x-walcast-source header (this database's system id, name and slot),
+#       with publisher confirms, pipelined, with walcast's publish window
+#       (1024), to an exchange with a bound durable queue.
 #   (d) walcast run (all roles: capture, gateway, api; default settings,
 #       release build) on its own slot, with its gateway queue declared
 #       and bound beforehand (examples/bench_amqp declare --gateway), from
@@ -40,6 +41,8 @@
 # walsender that decoded the slot for walcast, which (e) does not need.
 #
 # BENCH_DRAIN_ONLY=pipeline runs only (d) and (e), for quick comparisons.
+# BENCH_DRAIN_BARE_BASELINE=1 also runs (e) without the source header in
+# every round (the baseline as it was before 2026-12-02's third sitting).
 # BENCH_DRAIN_OTHER_BIN=path (and BENCH_DRAIN_OTHER_LABEL) runs (d) with a
 # second build of walcast too, in every round right after the first one,
 # on a slot of its own: a before/after comparison in one sitting.
@@ -53,6 +56,7 @@ prefetch="${WALCAST_RABBITMQ_PREFETCH:-1000}"
 only="${BENCH_DRAIN_ONLY:-}"
 other_bin="${BENCH_DRAIN_OTHER_BIN:-}"
 other_label="${BENCH_DRAIN_OTHER_LABEL:-other build}"
+bare="${BENCH_DRAIN_BARE_BASELINE:-0}"
 case "$only" in
   "" | pipeline) ;;
   *) log "BENCH_DRAIN_ONLY must be empty or pipeline"; exit 2 ;;
@@ -86,6 +90,7 @@ cleanup() {
 trap cleanup EXIT
 
 psql "$admin" -qc "CREATE DATABASE $db"
+system_id=$(psql "$url" -Atc "SELECT system_identifier FROM pg_control_system()")
 "$bin" --database-url "$url" --publication "$pub" setup --no-slot >/dev/null
 for r in $(seq 1 "$rounds"); do
   psql "$url" -qAtc "SELECT pg_create_logical_replication_slot('${db}_w$r', 'pgoutput'), pg_create_logical_replication_slot('${db}_r$r', 'pgoutput'), pg_create_logical_replication_slot('${db}_p$r', 'pgoutput'), pg_create_logical_replication_slot('${db}_o$r', 'pgoutput')" >/dev/null
@@ -155,6 +160,7 @@ walcast_run() {
 rates_a=() rates_b=() rates_c=() fractions=() sizes=() hwms=()
 rates_d=() rates_e=() pipeline_fractions=() cpu_c=() cpu_d=() cpu_e=() rabbit_d=() rabbit_e=() hwms_d=()
 rates_o=() cpu_o=() rabbit_o=() other_fractions=() walsender_d=() walsender_o=()
+rates_e0=() cpu_e0=() rabbit_e0=() bare_fractions=()
 rabbit=$(rabbit_pid)
 # Until (c) has measured walcast's mean body size: the orders events of
 # this workload are about 480 bytes.
@@ -191,7 +197,7 @@ for r in $(seq 1 "$rounds"); do
     "$amqp_tool" --url "$amqp_url" delete --exchange "$exchange" --queue "$exchange"
 
     # (b) plain lapin publisher, same count, size and window
-    b=$("$amqp_tool" --url "$amqp_url" publish --exchange "walcast.bench.drain.$$.l$r" \
+    b=$("$amqp_tool" --url "$amqp_url" publish --source "$system_id/$db/${db}_w$r" --exchange "walcast.bench.drain.$$.l$r" \
       --queue "walcast.bench.drain.$$.l$r" --count "$changes" --size "$size" --window "$window" |
       jq -r '.rate | floor')
 
@@ -215,11 +221,22 @@ for r in $(seq 1 "$rounds"); do
 
   # (e) plain lapin publisher + consumer on the same kind of queue
   rabbit_before=$(cpu_seconds "$rabbit")
-  read -r e e_cpu < <("$amqp_tool" --url "$amqp_url" pipeline --exchange "walcast.bench.drain.$$.e$r" \
+  read -r e e_cpu < <("$amqp_tool" --url "$amqp_url" pipeline --source "$system_id/$db/${db}_p$r" \
+    --exchange "walcast.bench.drain.$$.e$r" \
     --queue "walcast.bench.drain.$$.e$r" --count "$changes" --size "$size" --window "$window" \
     --prefetch "$prefetch" | jq -r '"\(.rate | floor) \(.cpu_seconds)"')
   rabbit_e+=("$(awk -v a="$rabbit_before" -v b="$(cpu_seconds "$rabbit")" 'BEGIN {printf "%.2f", b - a}')")
   cpu_e+=("$e_cpu")
+  if [ "$bare" = 1 ]; then
+    rabbit_before=$(cpu_seconds "$rabbit")
+    read -r e0 e0_cpu < <("$amqp_tool" --url "$amqp_url" pipeline --exchange "walcast.bench.drain.$$.e$r" \
+      --queue "walcast.bench.drain.$$.e$r" --count "$changes" --size "$size" --window "$window" \
+      --prefetch "$prefetch" | jq -r '"\(.rate | floor) \(.cpu_seconds)"')
+    rabbit_e0+=("$(awk -v a="$rabbit_before" -v b="$(cpu_seconds "$rabbit")" 'BEGIN {printf "%.2f", b - a}')")
+    cpu_e0+=("$e0_cpu") rates_e0+=("$e0")
+    bare_fractions+=("$(awk -v d="${rates_d[-1]}" -v e="$e0" 'BEGIN {printf "%.2f", d / e}')")
+    log "round $r: publish + consume without the source header $e0/s (walcast run ${bare_fractions[-1]} of it); RabbitMQ ${rabbit_e0[-1]} CPU-s"
+  fi
 
   d="${rates_d[-1]}"
   pipeline_fraction=$(awk -v d="$d" -v e="$e" 'BEGIN {printf "%.2f", d / e}')
@@ -249,9 +266,14 @@ if [ -z "$only" ]; then
     "$fraction" "${fractions[*]}"
 fi
 d=$(med "${rates_d[@]}") e=$(med "${rates_e[@]}")
-printf '| backlog drain: plain lapin publish (confirms) + consume (e) | %s msgs/s | median of %d; %s persistent msgs of %s B, window %s, one consumer (prefetch %s, multiple acks); client %s µs, RabbitMQ %s µs CPU per message |\n' \
+printf '| backlog drain: plain lapin publish (confirms) + consume (e) | %s msgs/s | median of %d; %s persistent msgs of %s B with walcast'"'"'s source header, window %s, one consumer (prefetch %s, multiple acks); client %s µs, RabbitMQ %s µs CPU per message |\n' \
   "$(fmt "$e")" "$rounds" "$(fmt "$changes")" "$size" "$window" "$prefetch" \
   "$(per_change "$(med "${cpu_e[@]}")")" "$(per_change "$(med "${rabbit_e[@]}")")"
+if [ "$bare" = 1 ]; then
+  printf '| backlog drain: the same without the source header | %s msgs/s | median of %d, right after (e) in every round; client %s µs, RabbitMQ %s µs CPU per message; walcast run (d) ÷ this: %s (per round: %s) |\n' \
+    "$(fmt "$(med "${rates_e0[@]}")")" "$rounds" "$(per_change "$(med "${cpu_e0[@]}")")" \
+    "$(per_change "$(med "${rabbit_e0[@]}")")" "$(med "${bare_fractions[@]}")" "${bare_fractions[*]}"
+fi
 printf '| backlog drain: walcast run, all roles (d) | %s changes/s | median of %d; default settings; start → every change acked by the gateway and slot confirmed; peak RSS %.0f MiB; walcast %s µs, RabbitMQ %s µs, Postgres walsender %s µs CPU per change |\n' \
   "$(fmt "$d")" "$rounds" "$(awk -v k="$(med "${hwms_d[@]}")" 'BEGIN {print k / 1024}')" \
   "$(per_change "$(med "${cpu_d[@]}")")" "$(per_change "$(med "${rabbit_d[@]}")")" \
