@@ -82,6 +82,11 @@ fn set_mmap_threshold(bytes: usize) {
             );
         }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    tracing::warn!(
+        bytes,
+        "runtime.mmap_threshold_bytes applies to glibc only; this build's C library ignores it"
+    );
 }
 
 /// Logs go to stderr (stdout belongs to `tail`'s events). RUST_LOG wins over

@@ -46,7 +46,9 @@ pub const DEFAULT_MMAP_THRESHOLD_BYTES: usize = 0;
 /// glibc refuses a threshold above 32 MiB (`HEAP_MAX_SIZE / 2` on 64-bit).
 const MMAP_THRESHOLD_BYTES: RangeInclusive<u64> = 0..=32 * 1024 * 1024;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// The derived default is [`AUTO_WORKER_THREADS`] and
+/// [`DEFAULT_MMAP_THRESHOLD_BYTES`], both 0.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Threads of the async runtime; 0 (the default) is one per CPU the
@@ -55,15 +57,6 @@ pub struct RuntimeConfig {
     /// Allocations of at least this many bytes get mappings of their own
     /// (glibc); 0 keeps glibc's adaptive threshold.
     pub mmap_threshold_bytes: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            worker_threads: AUTO_WORKER_THREADS,
-            mmap_threshold_bytes: DEFAULT_MMAP_THRESHOLD_BYTES,
-        }
-    }
 }
 
 impl RuntimeConfig {
