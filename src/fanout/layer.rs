@@ -14,7 +14,10 @@
 //! 3. `subscribe` / `unsubscribe` are also applied inside an extractor
 //!    ([`SubscriptionCommand`]), in the order the client sent them:
 //!    socketioxide spawns one task per message, and tasks can run out of
-//!    order, but extractors run on the socket's receive path.
+//!    order, but extractors run on the socket's receive path. A command
+//!    can arrive before step 2 has run (the client saw CONNECT and the
+//!    connect task has not reached the extractor yet): the hub holds it
+//!    and applies it, and sends its ack, when the socket attaches.
 //!
 //! Events the server does not know are ignored, or answered
 //! `{ok: false, error}` when the client asked for an ack.
@@ -224,19 +227,19 @@ impl<const SUBSCRIBE: bool> FromMessageParts<FanoutAdapter> for SubscriptionComm
             unreachable!("the layer always installs the hub as state");
         };
         let Ok(TryData(payload)) = TryData::<Value>::from_message_parts(socket, value, ack_id);
-        let result = match payload {
-            Ok(payload) => hub.update_subscription(socket.id, Some(&payload), SUBSCRIBE),
-            Err(_) => hub.update_subscription(socket.id, None, SUBSCRIBE),
-        };
-        let reply = match result {
-            Ok(()) => json!({"ok": true}),
-            Err(error) => {
-                debug!(sid = %socket.id, error, subscribe = SUBSCRIBE, "refusing subscription command");
-                json!({"ok": false, "error": error})
-            }
-        };
         let Ok(ack) = AckSender::from_message_parts(socket, value, ack_id);
-        ack.send(&reply).ok();
+        let sid = socket.id;
+        let reply = Box::new(move |result: Result<(), String>| {
+            let reply = match result {
+                Ok(()) => json!({"ok": true}),
+                Err(error) => {
+                    debug!(%sid, error, subscribe = SUBSCRIBE, "refusing subscription command");
+                    json!({"ok": false, "error": error})
+                }
+            };
+            ack.send(&reply).ok();
+        });
+        hub.update_subscription(sid, payload.ok().as_ref(), SUBSCRIBE, reply);
         Ok(SubscriptionCommand)
     }
 }

@@ -21,7 +21,38 @@ use crate::fanout::emit::{Emit, EmitError};
 use crate::fanout::handshake::StartAt;
 use crate::fanout::replay::{ReplayBuffer, ResyncReason};
 use crate::fanout::stats::DisconnectReason;
-use crate::fanout::subscription::{parse_command, Index, Subscriptions};
+use crate::fanout::subscription::{parse_command, Command, Index, Limits, Subscriptions};
+
+/// What a `subscribe`/`unsubscribe` answers: called once with its outcome.
+pub type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Commands a socket may send before it is attached (see
+/// [`Hub::update_subscription`]).
+pub const MAX_EARLY_COMMANDS: usize = 64;
+
+/// A command that came before its socket was attached.
+pub(super) struct EarlyCommand {
+    command: Command,
+    subscribe: bool,
+    reply: Reply,
+}
+
+/// Applies one command to an attached socket.
+fn apply(
+    index: &mut Index,
+    sid: Sid,
+    client: &mut Client,
+    command: Command,
+    subscribe: bool,
+    limits: &Limits,
+) -> Result<(), String> {
+    if subscribe {
+        index.subscribe(sid, &mut client.subs, command, limits)
+    } else {
+        index.unsubscribe(sid, &mut client.subs, &command.target);
+        Ok(())
+    }
+}
 
 impl Hub {
     /// Attaches a socket that passed the handshake: sends a `resync` if its
@@ -46,6 +77,7 @@ impl Hub {
         let sid = socket.sid();
         let stats = &self.inner.stats;
         let options = &self.inner.options;
+        let mut replies = Vec::new();
         {
             let mut guard = self.lock();
             let state = &mut *guard;
@@ -88,9 +120,24 @@ impl Hub {
                     Err(reason) => send_resync(&*socket, reason, state.buffer.latest_id(), stats),
                 },
             }
-            state.clients.insert(sid, client);
             state.index.add_socket(sid);
+            let client = state.clients.entry(sid).insert_entry(client).into_mut();
+            for early in state.early.remove(&sid).unwrap_or_default() {
+                let limits = &options.subscription_limits;
+                let result = apply(
+                    &mut state.index,
+                    sid,
+                    client,
+                    early.command,
+                    early.subscribe,
+                    limits,
+                );
+                replies.push((early.reply, result));
+            }
             stats.set_connected_sockets(state.clients.len());
+        }
+        for (reply, result) in replies {
+            reply(result);
         }
         debug!(%sid, "socket attached");
         match self.catch_up_step(sid) {
@@ -108,30 +155,48 @@ impl Hub {
         }
     }
 
-    /// Applies a `subscribe` (`subscribe == true`) or `unsubscribe` payload.
+    /// Applies a `subscribe` (`subscribe == true`) or `unsubscribe` payload
+    /// and calls `reply` with the outcome, outside the lock.
+    ///
+    /// A command for a socket that is not attached yet waits for
+    /// [`Hub::attach`], which applies it before the socket's first
+    /// delivery. That happens: socketioxide queues the CONNECT packet in a
+    /// task of its own and runs the connect handler (which attaches) right
+    /// after, so a client that subscribes as soon as it sees `connect` can
+    /// be read on another thread in between. At most
+    /// [`MAX_EARLY_COMMANDS`] wait per socket; more are refused.
     pub fn update_subscription(
         &self,
         sid: Sid,
         payload: Option<&serde_json::Value>,
         subscribe: bool,
-    ) -> Result<(), String> {
+        reply: Reply,
+    ) {
         let limits = &self.inner.options.subscription_limits;
-        let command = parse_command(payload, limits.key_bytes)?;
+        let command = match parse_command(payload, limits.key_bytes) {
+            Ok(command) => command,
+            Err(error) => return reply(Err(error)),
+        };
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(client) = state.clients.get_mut(&sid) else {
-            return Err("socket is not attached yet; retry".into());
+            let early = state.early.entry(sid).or_default();
+            if early.len() >= MAX_EARLY_COMMANDS {
+                drop(guard);
+                return reply(Err(format!(
+                    "more than {MAX_EARLY_COMMANDS} commands before the connection was set up; retry"
+                )));
+            }
+            early.push(EarlyCommand {
+                command,
+                subscribe,
+                reply,
+            });
+            return;
         };
-        if subscribe {
-            state
-                .index
-                .subscribe(sid, &mut client.subs, command, limits)
-        } else {
-            state
-                .index
-                .unsubscribe(sid, &mut client.subs, &command.target);
-            Ok(())
-        }
+        let result = apply(&mut state.index, sid, client, command, subscribe, limits);
+        drop(guard);
+        reply(result)
     }
 
     pub(super) async fn catch_up(&self, sid: Sid) {

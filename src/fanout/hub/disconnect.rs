@@ -20,6 +20,7 @@ impl Hub {
     pub fn detach(&self, sid: Sid) {
         let mut state = self.lock();
         state.admitted_until.remove(&sid);
+        state.early.remove(&sid);
         if state.detach(sid, &self.inner.stats).is_some() {
             debug!(%sid, "socket detached");
         }

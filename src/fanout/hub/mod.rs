@@ -85,6 +85,9 @@ use super::replay_log::{ReplayLog, ReplayLogError};
 use super::snapshot::Snapshot;
 use super::stats::{DisconnectReason, FanoutStats};
 use super::subscription::{Index, Limits, Subscriptions};
+use attach::EarlyCommand;
+#[cfg(test)]
+use attach::MAX_EARLY_COMMANDS;
 use packets::Packets;
 
 /// What the authorizer is given about a handshake.
@@ -252,6 +255,9 @@ struct State {
     /// Until when the token of a socket admitted but not yet attached is
     /// valid (see [`Hub::admitted_until`]).
     admitted_until: HashMap<Sid, SystemTime>,
+    /// Commands of sockets admitted but not yet attached, in the order
+    /// they came (see [`Hub::update_subscription`]).
+    early: HashMap<Sid, Vec<EarlyCommand>>,
 }
 
 struct Client {
@@ -354,6 +360,7 @@ impl Hub {
                     targets: Vec::new(),
                     packets: Packets::default(),
                     admitted_until: HashMap::new(),
+                    early: HashMap::new(),
                 }),
                 stats,
                 options,
@@ -878,8 +885,94 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Sends a subscription command; the receiver gets its answer.
+    fn command(
+        hub: &Hub,
+        socket: &TestSocket,
+        payload: serde_json::Value,
+        subscribe: bool,
+    ) -> std::sync::mpsc::Receiver<Result<(), String>> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        let reply = Box::new(move |result| {
+            answer.send(result).ok();
+        });
+        hub.update_subscription(socket.sid(), Some(&payload), subscribe, reply);
+        answered
+    }
+
     fn subscribe(hub: &Hub, socket: &TestSocket, payload: serde_json::Value) -> Result<(), String> {
-        hub.update_subscription(socket.sid(), Some(&payload), true)
+        command(hub, socket, payload, true)
+            .try_recv()
+            .expect("an attached socket's command is answered at once")
+    }
+
+    #[test]
+    fn commands_sent_before_the_socket_is_attached_apply_when_it_attaches() {
+        // socketioxide sends CONNECT before its connect handler attaches
+        // the socket, so a client's first `subscribe` can come first.
+        let hub = hub();
+        for (n, table) in [(1, "items"), (2, "orders"), (3, "items")] {
+            hub.deliver(change(n, table, Some(1), 10), SOURCE).unwrap();
+        }
+        let socket = TestSocket::new(100);
+        let items = command(&hub, &socket, json!({"table": "public.items"}), true);
+        let orders = command(&hub, &socket, json!({"table": "public.orders"}), true);
+        let unsubscribed = command(&hub, &socket, json!({"table": "public.orders"}), false);
+        let refused = command(&hub, &socket, json!({"table": "orders"}), true);
+        assert!(
+            items.try_recv().is_err() && orders.try_recv().is_err(),
+            "the commands wait for the socket"
+        );
+        assert!(
+            refused.try_recv().unwrap().is_err(),
+            "an invalid command is refused at once"
+        );
+
+        hub.attach(Arc::new(socket.clone()), StartAt::Since(id(1)));
+        assert_eq!(items.try_recv(), Ok(Ok(())));
+        assert_eq!(orders.try_recv(), Ok(Ok(())));
+        assert_eq!(unsubscribed.try_recv(), Ok(Ok(())));
+        hub.deliver(change(4, "orders", Some(2), 10), SOURCE)
+            .unwrap();
+        hub.deliver(change(5, "items", Some(3), 10), SOURCE)
+            .unwrap();
+        assert_eq!(
+            socket.change_ids(),
+            vec![id(3).to_string(), id(5).to_string()],
+            "the replay and the live stream saw the subscriptions, in order"
+        );
+    }
+
+    #[test]
+    fn early_commands_are_bounded_and_forgotten_with_their_socket() {
+        let hub = hub();
+        let socket = TestSocket::new(100);
+        let waiting: Vec<_> = (0..MAX_EARLY_COMMANDS)
+            .map(|n| {
+                command(
+                    &hub,
+                    &socket,
+                    json!({"table": format!("public.t{n}")}),
+                    true,
+                )
+            })
+            .collect();
+        let over = command(&hub, &socket, json!({"table": "public.over"}), true);
+        let error = over.try_recv().unwrap().unwrap_err();
+        assert!(error.contains("retry"), "{error}");
+        assert!(waiting.iter().all(|w| w.try_recv().is_err()));
+
+        hub.detach(socket.sid());
+        assert!(
+            waiting
+                .iter()
+                .all(|w| w.try_recv() == Err(std::sync::mpsc::TryRecvError::Disconnected)),
+            "a socket that goes away before it attaches leaves no command behind"
+        );
+        hub.attach(Arc::new(socket.clone()), StartAt::Live);
+        hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
+            .unwrap();
+        assert_eq!(socket.change_ids(), vec![id(1).to_string()]);
     }
 
     #[test]
