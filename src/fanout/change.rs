@@ -1,15 +1,16 @@
 //! A change as the fan-out holds it: the routing header plus the exact bytes.
 //!
 //! [`Change::parse`] reads only what routing, dedupe and the snapshot
-//! hand-off need ([`EventHeader`]: id, op, schema, table, key, xid) and keeps
-//! the body as a [`RawValue`], so the `change` payload a browser receives is
-//! the RabbitMQ body byte for byte; nothing is ever re-serialized.
+//! hand-off need ([`EventHeader`]: id, op, schema, table, key, xid), in one
+//! pass that also checks the whole body is JSON, and keeps the body's own
+//! bytes, so the `change` payload a browser receives is the RabbitMQ body
+//! byte for byte; nothing is ever re-serialized or copied.
 //!
 //! It does not validate the rest of the event against the contract: that is
 //! the producer's job (`event::ChangeEvent::to_json`).
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde_json::error::Category;
 
 use crate::event::{EventId, Op};
 
@@ -52,8 +53,9 @@ pub struct Change {
     /// Canonical form of `key` for row subscriptions; `None` when the event
     /// has no key (`truncate`).
     pub row: Option<RowKey>,
-    /// The event exactly as received.
-    pub raw: Box<RawValue>,
+    /// The event exactly as received, without surrounding whitespace
+    /// (see [`Change::raw`]).
+    raw: String,
 }
 
 impl Change {
@@ -72,8 +74,8 @@ impl Change {
                 return Err((MalformedChange::Utf8(e), bytes));
             }
         };
-        let (header, raw) = match read_header(&text) {
-            Ok(parsed) => parsed,
+        let header = match read_header(&text) {
+            Ok(header) => header,
             Err(e) => return Err((e, text.into_bytes())),
         };
         let table = format!("{}.{}", header.schema, header.table);
@@ -91,25 +93,44 @@ impl Change {
             xid: header.xid,
             table,
             row,
-            raw,
+            raw: without_surrounding_whitespace(text),
         })
+    }
+
+    /// The event exactly as received: one JSON value, without the
+    /// whitespace a body may have around it.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 
     /// Approximate heap size, for the buffer's memory gauge.
     pub fn heap_size(&self) -> usize {
-        self.raw.get().len()
+        self.raw.len()
             + self.table.len()
             + self.row.as_ref().map_or(0, |r| r.table.len() + r.key.len())
     }
 }
 
-/// The header of a body, and the body as a raw value (a copy of `text`
-/// without surrounding whitespace), leaving `text` to the caller.
-fn read_header(text: &str) -> Result<(EventHeader, Box<RawValue>), MalformedChange> {
-    let borrowed: &RawValue = serde_json::from_str(text).map_err(MalformedChange::Json)?;
-    let header: EventHeader =
-        serde_json::from_str(borrowed.get()).map_err(MalformedChange::Header)?;
-    Ok((header, borrowed.to_owned()))
+/// The header of a body. Deserializing it reads the whole text (serde_json
+/// checks the values it skips and that nothing follows), so a body that is
+/// not JSON is told apart from one that lacks a field.
+fn read_header(text: &str) -> Result<EventHeader, MalformedChange> {
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        Category::Data => MalformedChange::Header(e),
+        Category::Syntax | Category::Eof | Category::Io => MalformedChange::Json(e),
+    })
+}
+
+/// `text` without JSON whitespace at either end; the same allocation when
+/// there is none (walcast's own bodies have none).
+fn without_surrounding_whitespace(text: String) -> String {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let trimmed = text.trim_matches(is_space);
+    if trimmed.len() == text.len() {
+        text
+    } else {
+        trimmed.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -121,12 +142,27 @@ mod tests {
     #[test]
     fn keeps_the_body_byte_for_byte() {
         let change = Change::parse(BODY.as_bytes().to_vec()).unwrap();
-        assert_eq!(change.raw.get(), BODY);
+        assert_eq!(change.raw(), BODY);
         assert_eq!(change.id.to_string(), "00000000016B3800-0000000003");
         assert_eq!(change.op, Op::Update);
         assert_eq!(change.xid, 1234);
         assert_eq!(change.table, "public.orders");
         assert_eq!(change.row.unwrap().key, r#"{"id":42}"#);
+    }
+
+    #[test]
+    fn whitespace_around_the_body_is_not_kept_and_trailing_text_is_refused() {
+        let change = Change::parse(format!(" \n{BODY}\r\n\t").into_bytes()).unwrap();
+        assert_eq!(change.raw(), BODY);
+        let trailing = Change::parse(format!("{BODY} x").into_bytes()).unwrap_err();
+        assert!(matches!(trailing, MalformedChange::Json(_)), "{trailing}");
+        let broken = Change::parse(BODY.replace("\"new\":{", "\"new\":[").into_bytes());
+        assert!(
+            matches!(broken, Err(MalformedChange::Json(_))),
+            "a syntax error after the header fields is still found"
+        );
+        let wrong_type = Change::parse(BODY.replace("1234", "\"1234\"").into_bytes());
+        assert!(matches!(wrong_type, Err(MalformedChange::Header(_))));
     }
 
     #[test]

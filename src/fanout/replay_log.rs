@@ -242,7 +242,7 @@ impl ReplayLog {
             self.oversize += 1;
             warn!(
                 id = %change.id,
-                bytes = change.raw.get().len(),
+                bytes = change.raw().len(),
                 max_record = MAX_RECORD,
                 "change too large for the replay log; delivered live, logged as a marker (after a restart, cursors before it get resync)"
             );
@@ -608,7 +608,7 @@ mod tests {
         let (mut log, mut buffer, _) = ReplayLog::open(dir.path(), 10, false).unwrap();
         let one_record = {
             let c = change(1);
-            (FRAME_HEADER + CHANGE_PREFIX + c.raw.get().len()) as u64
+            (FRAME_HEADER + CHANGE_PREFIX + c.raw().len()) as u64
         };
         let mut largest = 0;
         for n in 1..=100 {

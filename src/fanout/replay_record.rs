@@ -44,7 +44,7 @@ pub(super) fn encode_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 /// Appends `change`'s record, or its oversize marker when the record would
 /// exceed [`MAX_RECORD`]; returns whether the whole change was written.
 pub(super) fn encode_change(out: &mut Vec<u8>, change: &Change) -> bool {
-    let body = change.raw.get().as_bytes();
+    let body = change.raw().as_bytes();
     let start = out.len();
     let whole = CHANGE_PREFIX + body.len() <= MAX_RECORD;
     let len = if whole {

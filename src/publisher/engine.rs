@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
 use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
@@ -287,8 +286,8 @@ impl Engine {
                     self.highest_written = self.highest_written.max(seq);
                     self.stats
                         .published(message.routing_key.as_str(), republish);
-                    let channel = link.channel.clone();
-                    let exchange = ShortString::from(self.settings.exchange.as_str());
+                    let channel = Arc::clone(&link.channel);
+                    let exchange = link.exchange.clone();
                     let mut write: BoxFuture<_> = Box::pin(async move {
                         // Not mandatory: an event no queue is bound to is
                         // dropped by the broker (and acked), by design.

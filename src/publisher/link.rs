@@ -5,10 +5,12 @@
 //! what to write; this module does neither.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
 use lapin::options::ConfirmSelectOptions;
+use lapin::types::ShortString;
 use lapin::{Channel, Connection, Event};
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +27,11 @@ pub(crate) struct Link {
     /// The broker URL (redacted) this link went to.
     pub(super) url: String,
     pub(super) connection: Connection,
-    pub(super) channel: Channel,
+    /// Shared with every write in flight: a lapin `Channel` is a score of
+    /// reference counts, and a write's future holds one pointer to it.
+    pub(super) channel: Arc<Channel>,
+    /// `settings.exchange`, as every publish names it.
+    pub(super) exchange: ShortString,
     pub(super) events: Pin<Box<dyn Stream<Item = Event> + Send>>,
 }
 
@@ -72,7 +78,8 @@ pub(crate) async fn open_link(settings: &Settings) -> Result<Link, PublishError>
     Ok(Link {
         url,
         connection,
-        channel,
+        channel: Arc::new(channel),
+        exchange: ShortString::from(settings.exchange.as_str()),
         events,
     })
 }

@@ -1036,7 +1036,7 @@ mod tests {
         assert_eq!(got[0]["new"], json!({"id": 2}), "key columns only");
         assert_eq!(got[0]["old"], Value::Null);
         assert_eq!(got[1]["new"]["note"], "x".repeat(16), "items: whole");
-        let raw = |n: u64, table: &str| change(n, table, Some(n as i64), 10).raw.get().to_owned();
+        let raw = |n: u64, table: &str| change(n, table, Some(n as i64), 10).raw().to_owned();
         assert_eq!(
             whole.sent()[1..],
             [
@@ -1133,7 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_socket_past_its_byte_budget_is_disconnected() {
-        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let size = change(1, "orders", Some(1), 10).raw().len();
         let hub = budget_hub(size * 10);
         // Room for 1000 packets: only the bytes tell that it does not read.
         let stuck = attach(&hub, 1000, StartAt::Live);
@@ -1151,7 +1151,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_within_its_window_is_not_cut() {
-        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let size = change(1, "orders", Some(1), 10).raw().len();
         let hub = hub_with(HubOptions {
             replay_buffer: 1000,
             socket_buffer: 16,
@@ -1169,7 +1169,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_past_the_byte_budget_is_cut_at_the_budget() {
-        let size = change(1, "orders", Some(1), 10).raw.get().len();
+        let size = change(1, "orders", Some(1), 10).raw().len();
         let hub = budget_hub(size * 10);
         for n in 1..=100 {
             hub.deliver(change(n, "orders", Some(1), 10), SOURCE)

@@ -30,14 +30,14 @@ impl Packets {
         let Some(projection) = projection else {
             return self
                 .whole
-                .get_or_insert_with(|| ChangePacket::new(change.raw.get()));
+                .get_or_insert_with(|| ChangePacket::new(change.raw()));
         };
         let found = self
             .projected
             .iter()
             .position(|(p, _)| Arc::ptr_eq(p, projection) || **p == **projection);
         let index = found.unwrap_or_else(|| {
-            let payload = projection.apply(change.raw.get());
+            let payload = projection.apply(change.raw());
             self.projected
                 .push((projection.clone(), ChangePacket::new(&payload)));
             self.projected.len() - 1
@@ -92,7 +92,7 @@ mod tests {
         }
         let other = packets.get(&change, Some(&no_old)).payload().to_owned();
         assert_eq!(packets.encoded(), 3);
-        assert_eq!(packets.get(&change, None).payload(), change.raw.get());
+        assert_eq!(packets.get(&change, None).payload(), change.raw());
         let v: serde_json::Value = serde_json::from_str(&other).unwrap();
         assert_eq!(v["old"], serde_json::Value::Null);
         packets.clear();
