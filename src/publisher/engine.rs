@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
@@ -55,6 +56,24 @@ use crate::amqp::Endpoint;
 const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Writes `message` to `channel`. Not mandatory: an event no queue is
+/// bound to is dropped by the broker (and acked), by design.
+async fn publish(
+    channel: Arc<lapin::Channel>,
+    exchange: ShortString,
+    message: Arc<Encoded>,
+) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            exchange,
+            message.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &message.body,
+            message.properties.clone(),
+        )
+        .await
+}
 
 /// Where and how to connect; shared by every connection attempt.
 #[derive(Debug)]
@@ -288,19 +307,7 @@ impl Engine {
                         .published(message.routing_key.as_str(), republish);
                     let channel = Arc::clone(&link.channel);
                     let exchange = link.exchange.clone();
-                    let mut write: BoxFuture<_> = Box::pin(async move {
-                        // Not mandatory: an event no queue is bound to is
-                        // dropped by the broker (and acked), by design.
-                        channel
-                            .basic_publish(
-                                exchange,
-                                message.routing_key.clone(),
-                                BasicPublishOptions::default(),
-                                &message.body,
-                                message.properties.clone(),
-                            )
-                            .await
-                    });
+                    let mut write: BoxFuture<_> = Box::pin(publish(channel, exchange, message));
                     // The first poll assigns the delivery tag and queues the
                     // frames; doing it here, in sequence order, is what keeps
                     // the messages in order on the wire while several writes
