@@ -75,18 +75,20 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # every 5 s into FILE in between. cpu_watch_row LABEL FILE prints a table
 # row with the mean CPU (% of one core) of Postgres, RabbitMQ, walcast, the
 # load generator and the benchmark client, and how idle the machine was:
-# what shows which component sets a limit.
+# what shows which component sets a limit. walcast is told by its pid
+# (walcast_pid, from stack_up) as well as by name, so a renamed build
+# (BENCH_WALCAST_BIN) counts as walcast too.
 cpu_watch_start() { top -b -d 5 -w 512 > "$1" 2>/dev/null & cpu_watch_pid=$!; }
 cpu_watch_stop() { kill "$cpu_watch_pid" 2>/dev/null; wait "$cpu_watch_pid" 2>/dev/null || true; }
 cpu_watch_row() {
-  awk -v label="$1" '
+  awk -v label="$1" -v walcast_pid="${walcast_pid:-0}" '
     /^top -/ { block++; next }
     block > 1 && /^%Cpu/ { if (match($0, /[0-9.]+ id/)) { idle += substr($0, RSTART, RLENGTH - 3); samples++ } next }
     block > 1 && $1 ~ /^[0-9]+$/ {
       name = $12
       if (name == "postgres") part = "postgres"
       else if (name == "beam.smp") part = "rabbitmq"
-      else if (name == "walcast") part = "walcast"
+      else if (name == "walcast" || $1 == walcast_pid) part = "walcast"
       else if (name == "bench_load") part = "load"
       else if (name == "bench_sio" || name == "node") part = "client"
       else part = "other"
