@@ -30,11 +30,18 @@ pub type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// [`Hub::update_subscription`]).
 pub const MAX_EARLY_COMMANDS: usize = 64;
 
+/// How long commands wait for a socket that never attaches. socketioxide
+/// removes a socket whose CONNECT could not be sent without calling its
+/// disconnect handler, so nothing else would forget them; a socket that
+/// is sent CONNECT attaches within moments.
+pub(super) const EARLY_COMMANDS_KEPT: Duration = Duration::from_secs(60);
+
 /// A command that came before its socket was attached.
 pub(super) struct EarlyCommand {
     command: Command,
     subscribe: bool,
     reply: Reply,
+    pub(super) received: Instant,
 }
 
 /// Applies one command to an attached socket.
@@ -164,7 +171,9 @@ impl Hub {
     /// task of its own and runs the connect handler (which attaches) right
     /// after, so a client that subscribes as soon as it sees `connect` can
     /// be read on another thread in between. At most
-    /// [`MAX_EARLY_COMMANDS`] wait per socket; more are refused.
+    /// [`MAX_EARLY_COMMANDS`] wait per socket; more are refused. Commands
+    /// of a socket that has not attached after [`EARLY_COMMANDS_KEPT`] are
+    /// forgotten.
     pub fn update_subscription(
         &self,
         sid: Sid,
@@ -180,6 +189,15 @@ impl Hub {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(client) = state.clients.get_mut(&sid) else {
+            if !state.early.contains_key(&sid) {
+                // Rare and small: the map is empty but for sockets that are
+                // being set up right now.
+                state.early.retain(|_, commands| {
+                    commands
+                        .first()
+                        .is_some_and(|c| c.received.elapsed() < EARLY_COMMANDS_KEPT)
+                });
+            }
             let early = state.early.entry(sid).or_default();
             if early.len() >= MAX_EARLY_COMMANDS {
                 drop(guard);
@@ -191,6 +209,7 @@ impl Hub {
                 command,
                 subscribe,
                 reply,
+                received: Instant::now(),
             });
             return;
         };

@@ -87,7 +87,7 @@ use super::stats::{DisconnectReason, FanoutStats};
 use super::subscription::{Index, Limits, Subscriptions};
 use attach::EarlyCommand;
 #[cfg(test)]
-use attach::MAX_EARLY_COMMANDS;
+use attach::{EARLY_COMMANDS_KEPT, MAX_EARLY_COMMANDS};
 use packets::Packets;
 
 /// What the authorizer is given about a handshake.
@@ -973,6 +973,25 @@ mod tests {
         hub.deliver(change(1, "orders", Some(1), 10), SOURCE)
             .unwrap();
         assert_eq!(socket.change_ids(), vec![id(1).to_string()]);
+
+        // A socket that never attaches (socketioxide could not send its
+        // CONNECT and dropped it without a disconnect) is forgotten once
+        // another socket's early command finds it old.
+        let never = TestSocket::new(100);
+        let stale = command(&hub, &never, json!({"table": "public.orders"}), true);
+        for commands in hub.lock().early.values_mut() {
+            for c in commands {
+                c.received -= EARLY_COMMANDS_KEPT;
+            }
+        }
+        let fresh = TestSocket::new(100);
+        let _waiting = command(&hub, &fresh, json!({"table": "public.orders"}), true);
+        assert_eq!(
+            stale.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        );
+        assert!(!hub.lock().early.contains_key(&never.sid()));
+        assert!(hub.lock().early.contains_key(&fresh.sid()));
     }
 
     #[test]
