@@ -192,10 +192,14 @@ impl Hub {
             if !state.early.contains_key(&sid) {
                 // Rare and small: the map is empty but for sockets that are
                 // being set up right now.
-                state.early.retain(|_, commands| {
-                    commands
+                state.early.retain(|sid, commands| {
+                    let kept = commands
                         .first()
-                        .is_some_and(|c| c.received.elapsed() < EARLY_COMMANDS_KEPT)
+                        .is_some_and(|c| c.received.elapsed() < EARLY_COMMANDS_KEPT);
+                    if !kept {
+                        debug!(%sid, commands = commands.len(), "forgetting the commands of a socket that never attached");
+                    }
+                    kept
                 });
             }
             let early = state.early.entry(sid).or_default();
