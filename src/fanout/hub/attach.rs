@@ -14,7 +14,7 @@ use socketioxide::socket::Sid;
 use tracing::debug;
 
 use super::packets::Packets;
-use super::{passes_snapshot, send_resync, Client, Hub, Phase, Step, CATCH_UP_BATCH};
+use super::{passes_snapshot, send_resync, Client, Hub, Phase, State, Step, CATCH_UP_BATCH};
 use crate::event::EventId;
 use crate::fanout::budget::{drain_horizon, SendBudget};
 use crate::fanout::emit::{Emit, EmitError};
@@ -57,6 +57,33 @@ fn apply(
         index.subscribe(sid, &mut client.subs, command, limits)
     } else {
         index.unsubscribe(sid, &mut client.subs, &command.target);
+        Ok(())
+    }
+}
+
+impl State {
+    /// Holds a command of a socket that is not attached yet, forgetting
+    /// those of sockets that never attached; hands the reply back when the
+    /// socket already has [`MAX_EARLY_COMMANDS`] waiting.
+    fn hold(&mut self, sid: Sid, early: EarlyCommand) -> Result<(), Reply> {
+        if !self.early.contains_key(&sid) {
+            // Rare and small: the map is empty but for sockets that are
+            // being set up right now.
+            self.early.retain(|sid, commands| {
+                let kept = commands
+                    .first()
+                    .is_some_and(|c| c.received.elapsed() < EARLY_COMMANDS_KEPT);
+                if !kept {
+                    debug!(%sid, commands = commands.len(), "forgetting the commands of a socket that never attached");
+                }
+                kept
+            });
+        }
+        let waiting = self.early.entry(sid).or_default();
+        if waiting.len() >= MAX_EARLY_COMMANDS {
+            return Err(early.reply);
+        }
+        waiting.push(early);
         Ok(())
     }
 }
@@ -129,8 +156,8 @@ impl Hub {
             }
             state.index.add_socket(sid);
             let client = state.clients.entry(sid).insert_entry(client).into_mut();
+            let limits = &options.subscription_limits;
             for early in state.early.remove(&sid).unwrap_or_default() {
-                let limits = &options.subscription_limits;
                 let result = apply(
                     &mut state.index,
                     sid,
@@ -189,32 +216,18 @@ impl Hub {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(client) = state.clients.get_mut(&sid) else {
-            if !state.early.contains_key(&sid) {
-                // Rare and small: the map is empty but for sockets that are
-                // being set up right now.
-                state.early.retain(|sid, commands| {
-                    let kept = commands
-                        .first()
-                        .is_some_and(|c| c.received.elapsed() < EARLY_COMMANDS_KEPT);
-                    if !kept {
-                        debug!(%sid, commands = commands.len(), "forgetting the commands of a socket that never attached");
-                    }
-                    kept
-                });
-            }
-            let early = state.early.entry(sid).or_default();
-            if early.len() >= MAX_EARLY_COMMANDS {
-                drop(guard);
-                return reply(Err(format!(
-                    "more than {MAX_EARLY_COMMANDS} commands before the connection was set up; retry"
-                )));
-            }
-            early.push(EarlyCommand {
+            let early = EarlyCommand {
                 command,
                 subscribe,
                 reply,
                 received: Instant::now(),
-            });
+            };
+            if let Err(reply) = state.hold(sid, early) {
+                drop(guard);
+                reply(Err(format!(
+                    "more than {MAX_EARLY_COMMANDS} commands before the connection was set up; retry"
+                )));
+            }
             return;
         };
         let result = apply(&mut state.index, sid, client, command, subscribe, limits);
