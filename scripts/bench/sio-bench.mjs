@@ -333,7 +333,7 @@ if (isMainThread) {
       latencyMs: g.lat.summary(),
     })),
   };
-  process.stdout.write(JSON.stringify(summary) + "\n");
   for (const p of parts) p.close();
-  setTimeout(() => process.exit(0), 200);
+  // process.exit drops what a piped stdout has not written yet.
+  process.stdout.write(JSON.stringify(summary) + "\n", () => setTimeout(() => process.exit(0), 200));
 }

@@ -468,4 +468,5 @@ try {
   await context.close().catch(() => {});
   rmSync(profile, { recursive: true, force: true });
 }
-process.exit(exitCode);
+// process.exit drops what a piped stdout has not written yet.
+process.stdout.write('', () => process.exit(exitCode));

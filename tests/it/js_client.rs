@@ -12,6 +12,8 @@
 //!   replay buffer too small for what happened while it was down (a forced
 //!   `resync`, `since_too_old`).
 //! - The Python example (examples/python) does the same hand-off.
+//! - The Node client the tests drive prints every line before it exits,
+//!   however slowly the test reads it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,9 +26,9 @@ use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
 use crate::support::pgtest::TestDb;
-use crate::support::sio::{ensure_node_modules, NodeClient};
+use crate::support::sio::{ensure_node_modules, spawn_node, NodeClient};
 use crate::support::stack::{log_tail, shared_amqp_url, unique, RunSpec, Walcast};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
@@ -211,6 +213,66 @@ async fn ready_follows_every_replayed_change_and_precedes_every_live_one() {
     for client in [first, plain, since, listed] {
         client.close().await;
     }
+    walcast.stop().await;
+    delete_broker_objects(&spec).await;
+}
+
+/// The Node client exits after a `disconnect`; lines still in its stdout
+/// queue (a test reading slowly, a full pipe) are written first. Before,
+/// `process.exit` dropped them and a test read a line cut short, then EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_client_prints_every_line_before_it_exits() {
+    let db = TestDb::create("js_exit").await;
+    let spec = spec("exit", None);
+    let walcast = Walcast::start(&db, &spec).await;
+    walcast.wait_ready().await;
+
+    let mut child = spawn_node(json!({"url": walcast.url(), "auth": {}}));
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.unwrap();
+    assert!(first.contains(r#""t":"connect""#), "{first:?}");
+
+    // Far more than a pipe holds (64 KiB), not read while it arrives.
+    const ROWS: u64 = 2000;
+    db.psql(&format!(
+        "INSERT INTO orders (customer_name, product_name) \
+         SELECT 'customer ' || n, repeat('p', 200) FROM generate_series(1, {ROWS}) n"
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while delivered(&walcast).await < ROWS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "walcast took in too few changes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stdin.write_all(b"{\"cmd\":\"close\"}\n").await.unwrap();
+    // The client disconnects and exits; the old script was gone by now,
+    // with whatever its pipe had not taken.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut rest))
+        .await
+        .expect("the node client's stdout ends")
+        .unwrap();
+    let lines: Vec<&str> = rest.lines().collect();
+    for line in &lines {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("a line cut short ({e}): {line:?}"));
+    }
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["t"], "disconnect", "the last line is the disconnect");
+    assert!(
+        rest.len() > 128 * 1024,
+        "the client printed {} bytes; more than a pipe holds was expected",
+        rest.len()
+    );
+    assert!(child.wait().await.unwrap().success());
     walcast.stop().await;
     delete_broker_objects(&spec).await;
 }

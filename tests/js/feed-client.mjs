@@ -26,6 +26,9 @@ import walcast from '../../clients/js/walcast-client.js';
 
 const options = JSON.parse(process.argv[2] ?? '{}');
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+// process.exit drops what a piped stdout has not written yet; exit only
+// once every line printed so far is out.
+const exit = (code) => process.stdout.write('', () => process.exit(code));
 
 const feed = walcast.orders({
   url: options.url,
@@ -64,10 +67,10 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     feed.reconnect();
   } else if (cmd.cmd === 'close') {
     feed.close();
-    process.exit(0);
+    exit(0);
   }
 });
 process.stdin.on('end', () => {
   feed.close();
-  process.exit(0);
+  exit(0);
 });

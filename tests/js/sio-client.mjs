@@ -51,6 +51,13 @@ function out(obj) {
   process.stdout.write(JSON.stringify({ ts: now(), ...obj }) + "\n");
 }
 
+// process.exit drops what a piped stdout has not written yet: a test that
+// reads slowly would get a line cut short and then EOF. Exit only once
+// every line printed so far is out.
+function exit(code) {
+  process.stdout.write("", () => process.exit(code));
+}
+
 function connectOnce(url, auth) {
   return io(url, {
     auth,
@@ -79,11 +86,11 @@ if (mode === "client") {
   socket.on("change", () => out({ t: "change", raw: rawChanges.shift() }));
   socket.on("connect_error", (err) => {
     out({ t: "connect_error", message: err.message, data: err.data ?? null });
-    process.exit(0);
+    exit(0);
   });
   socket.on("disconnect", (reason) => {
     out({ t: "disconnect", reason });
-    process.exit(0);
+    exit(0);
   });
   // `ready` (once per connection) only when asked for, so that tests
   // reading a plain sequence of changes need not skip it.
@@ -111,7 +118,7 @@ if (mode === "client") {
   });
   rl.on("close", () => {
     socket.disconnect();
-    process.exit(0);
+    exit(0);
   });
 } else if (mode === "storm") {
   const total = options.total ?? 1000;
@@ -170,7 +177,7 @@ if (mode === "client") {
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   out({ t: "storm", ok, failed, refused, stuck, ms: Math.round(now() - t0) });
-  process.exit(0);
+  exit(0);
 } else if (mode === "hold") {
   const total = options.total ?? 100;
   const sockets = [];
@@ -195,7 +202,7 @@ if (mode === "client") {
   process.stdin.on("end", () => {
     for (const s of sockets) s.disconnect();
     out({ t: "released" });
-    setTimeout(() => process.exit(0), 200);
+    setTimeout(() => exit(0), 200);
   });
 } else {
   console.error(`unknown mode ${mode}`);
