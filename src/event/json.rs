@@ -51,12 +51,19 @@ impl ChangeEvent {
             (&self.new, &self.old)
         };
         let rows = [&self.key, new, old];
+        // Everything but the fixed fields (ids, positions, time and keys:
+        // under 256 bytes) in one reservation, so the body is allocated
+        // once: escaping aside, this is its size.
         let row_bytes: usize = rows
             .iter()
             .flat_map(|row| row.as_ref())
             .map(|row| row.as_bytes().len())
             .sum();
-        out.reserve(256 + row_bytes);
+        let name_bytes: usize = (self.changed.iter().flatten())
+            .chain(&self.unchanged_toast)
+            .map(|name| name.len() + 3)
+            .sum();
+        out.reserve(256 + row_bytes + name_bytes + self.schema.len() + self.table.len());
 
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(self.id.text().as_bytes());

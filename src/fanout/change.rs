@@ -78,7 +78,7 @@ impl Change {
             Ok(header) => header,
             Err(e) => return Err((e, text.into_bytes())),
         };
-        let table = format!("{}.{}", header.schema, header.table);
+        let table = crate::event::dotted(&[&header.schema, &header.table]);
         let row = match &header.key {
             None | Some(serde_json::Value::Null) => None,
             Some(key @ serde_json::Value::Object(_)) => Some(RowKey {

@@ -39,7 +39,8 @@ pub struct Encoded {
 
 /// Encodes `event`; serializes it once.
 pub fn encode(event: &ChangeEvent) -> Encoded {
-    let mut body = Vec::with_capacity(512);
+    // `write_json` reserves what the event needs at once.
+    let mut body = Vec::new();
     event.write_json(&mut body);
     message(event, body)
 }
@@ -48,7 +49,7 @@ pub fn encode(event: &ChangeEvent) -> Encoded {
 /// ([`ChangeEvent::write_oversize_json`]): same routing key and properties
 /// (so the same `message_id`), `new` and `old` null.
 pub fn encode_oversize(event: &ChangeEvent) -> Encoded {
-    let mut body = Vec::with_capacity(256);
+    let mut body = Vec::new();
     event.write_oversize_json(&mut body);
     message(event, body)
 }

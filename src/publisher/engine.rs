@@ -41,6 +41,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
@@ -56,6 +57,18 @@ use crate::amqp::Endpoint;
 const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A write's future: lapin's `basic_publish` state is over a kilobyte,
+/// which glibc serves from its shared arena (taking its lock, and
+/// consolidating its fast bins) rather than from the thread's cache, so
+/// the boxes of finished writes are kept and reused (`Engine::spare`).
+type WriteFuture = ReusableBoxFuture<'static, lapin::Result<PublisherConfirm>>;
+
+/// A write handed to lapin: still going, or done at its first poll.
+enum Write {
+    Pending(WriteFuture),
+    Done(Option<lapin::Result<PublisherConfirm>>),
+}
 
 /// Writes `message` to `channel`. Not mandatory: an event no queue is
 /// bound to is dropped by the broker (and acked), by design.
@@ -123,7 +136,9 @@ pub(crate) struct Engine {
     /// (which is `unconfirmed`'s order), with the time of the write.
     confirms: VecDeque<(u64, Instant, PublisherConfirm)>,
     /// Writes handed to lapin and not yet on the socket, in order.
-    writing: VecDeque<(u64, BoxFuture<lapin::Result<PublisherConfirm>>)>,
+    writing: VecDeque<(u64, Write)>,
+    /// Boxes of finished writes, reused for the next ones.
+    spare: Vec<WriteFuture>,
     link: Option<Link>,
     connecting: Option<BoxFuture<Result<Link, PublishError>>>,
     /// Failed connection attempts since the last confirm.
@@ -168,6 +183,7 @@ impl Engine {
             highest_written: 0,
             confirms: VecDeque::new(),
             writing: VecDeque::new(),
+            spare: Vec::new(),
             link: Some(link),
             connecting: None,
             attempt: 0,
@@ -203,7 +219,7 @@ impl Engine {
                     }
                     self.report_confirmed();
                 }
-                (seq, result) = next_write(&mut self.writing) => match result {
+                (seq, result) = next_write(&mut self.writing, &mut self.spare) => match result {
                     Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
                     Err(e) => self.on_error(e),
                 },
@@ -307,18 +323,26 @@ impl Engine {
                         .published(message.routing_key.as_str(), republish);
                     let channel = Arc::clone(&link.channel);
                     let exchange = link.exchange.clone();
-                    let mut write: BoxFuture<_> = Box::pin(publish(channel, exchange, message));
+                    let future = publish(channel, exchange, message);
+                    let mut write = match self.spare.pop() {
+                        Some(mut spare) => {
+                            spare.set(future);
+                            spare
+                        }
+                        None => ReusableBoxFuture::new(future),
+                    };
                     // The first poll assigns the delivery tag and queues the
                     // frames; doing it here, in sequence order, is what keeps
                     // the messages in order on the wire while several writes
                     // are outstanding. Later polls (with the task's waker)
                     // only wait for the socket.
                     let mut cx = Context::from_waker(Waker::noop());
-                    match write.as_mut().poll(&mut cx) {
-                        Poll::Ready(result) => self
-                            .writing
-                            .push_back((seq, Box::pin(std::future::ready(result)))),
-                        Poll::Pending => self.writing.push_back((seq, write)),
+                    match write.poll(&mut cx) {
+                        Poll::Ready(result) => {
+                            self.spare.push(write);
+                            self.writing.push_back((seq, Write::Done(Some(result))));
+                        }
+                        Poll::Pending => self.writing.push_back((seq, Write::Pending(write))),
                     }
                 }
             }
@@ -552,16 +576,23 @@ async fn next_confirm(
 }
 
 /// The oldest write, once its frames are on the socket; pending when none
-/// is outstanding. Cancel-safe like [`next_confirm`].
+/// is outstanding. Cancel-safe like [`next_confirm`]. Its box goes to
+/// `spare`.
 async fn next_write(
-    writing: &mut VecDeque<(u64, BoxFuture<lapin::Result<PublisherConfirm>>)>,
+    writing: &mut VecDeque<(u64, Write)>,
+    spare: &mut Vec<WriteFuture>,
 ) -> (u64, lapin::Result<PublisherConfirm>) {
     let Some((seq, write)) = writing.front_mut() else {
         return std::future::pending().await;
     };
     let seq = *seq;
-    let result = write.as_mut().await;
-    writing.pop_front();
+    let result = match write {
+        Write::Pending(future) => std::future::poll_fn(|cx| future.poll(cx)).await,
+        Write::Done(result) => result.take().expect("a finished write is taken once"),
+    };
+    if let Some((_, Write::Pending(future))) = writing.pop_front() {
+        spare.push(future);
+    }
     (seq, result)
 }
 
