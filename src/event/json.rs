@@ -43,6 +43,20 @@ impl ChangeEvent {
         self.write_json_as(out, true);
     }
 
+    /// About the size of [`ChangeEvent::write_json`]'s output (escaping
+    /// aside), for allocating a body once: the fixed fields (ids,
+    /// positions, time and keys) take under 256 bytes.
+    pub fn json_size_hint(&self) -> usize {
+        let mut size = 256 + self.schema.len() + self.table.len();
+        for row in [&self.key, &self.new, &self.old].into_iter().flatten() {
+            size += row.as_bytes().len();
+        }
+        for name in self.changed.iter().flatten().chain(&self.unchanged_toast) {
+            size += name.len() + 3;
+        }
+        size
+    }
+
     /// The one writer of both encodings; `oversize` leaves out the rows.
     fn write_json_as(&self, out: &mut Vec<u8>, oversize: bool) {
         let (new, old) = if oversize {
@@ -51,19 +65,12 @@ impl ChangeEvent {
             (&self.new, &self.old)
         };
         let rows = [&self.key, new, old];
-        // Everything but the fixed fields (ids, positions, time and keys:
-        // under 256 bytes) in one reservation, so the body is allocated
-        // once: escaping aside, this is its size.
         let row_bytes: usize = rows
             .iter()
             .flat_map(|row| row.as_ref())
             .map(|row| row.as_bytes().len())
             .sum();
-        let name_bytes: usize = (self.changed.iter().flatten())
-            .chain(&self.unchanged_toast)
-            .map(|name| name.len() + 3)
-            .sum();
-        out.reserve(256 + row_bytes + name_bytes + self.schema.len() + self.table.len());
+        out.reserve(256 + row_bytes);
 
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(self.id.text().as_bytes());

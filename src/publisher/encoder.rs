@@ -39,8 +39,7 @@ pub struct Encoded {
 
 /// Encodes `event`; serializes it once.
 pub fn encode(event: &ChangeEvent) -> Encoded {
-    // `write_json` reserves what the event needs at once.
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(event.json_size_hint());
     event.write_json(&mut body);
     message(event, body)
 }
