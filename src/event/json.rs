@@ -274,6 +274,39 @@ mod tests {
     }
 
     #[test]
+    fn the_size_hint_covers_an_event_with_long_names_and_positions() {
+        let names: Vec<ColumnName> = (0..40)
+            .map(|i| Arc::from(format!("a_rather_long_column_name_{i}")))
+            .collect();
+        let row = |value: i64| Row::new(names.iter().map(|n| (n.clone(), Datum::Int(value))));
+        let event = ChangeEvent {
+            id: EventId {
+                commit_lsn: Lsn(u64::MAX),
+                ordinal: u32::MAX,
+            },
+            op: Op::Update,
+            schema: Arc::from("a_schema_with_a_long_name"),
+            table: Arc::from("and_a_table_with_a_longer_one"),
+            key: Some(row(1)),
+            new: Some(row(-1234567890)),
+            old: Some(row(1234567890)),
+            changed: Some(names[..20].to_vec()),
+            unchanged_toast: names[20..].to_vec(),
+            lsn: Lsn(u64::MAX),
+            commit_lsn: Lsn(u64::MAX),
+            xid: u32::MAX,
+            commit_time: PgTimestamp(i64::MAX / 2),
+        };
+        let json = event.to_json();
+        assert!(
+            event.json_size_hint() >= json.len(),
+            "hint {} for {} bytes",
+            event.json_size_hint(),
+            json.len()
+        );
+    }
+
+    #[test]
     fn oversize_stub_keeps_everything_but_the_rows() {
         let name: ColumnName = Arc::from("id");
         let note: ColumnName = Arc::from("note");
