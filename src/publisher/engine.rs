@@ -33,15 +33,11 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
 use lapin::{Confirmation, Event, PublisherConfirm};
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
@@ -51,42 +47,13 @@ use super::link::{close_in_background, open_link, reconnect_delay, Link, CLOSE_T
 use super::stats::PublisherStats;
 use super::unconfirmed::{fit, Unconfirmed};
 use super::window::Window;
+use super::writes::Writes;
 use crate::amqp::Endpoint;
 
 /// Writes handed to lapin but not yet flushed to the socket, at most.
 const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// A write's future: lapin's `basic_publish` state is over a kilobyte,
-/// which glibc serves from its shared arena (taking its lock, and
-/// consolidating its fast bins) rather than from the thread's cache, so
-/// the boxes of finished writes are kept and reused (`Engine::spare`).
-type WriteFuture = ReusableBoxFuture<'static, lapin::Result<PublisherConfirm>>;
-
-/// A write handed to lapin: still going, or done at its first poll.
-enum Write {
-    Pending(WriteFuture),
-    Done(Option<lapin::Result<PublisherConfirm>>),
-}
-
-/// Writes `message` to `channel`. Not mandatory: an event no queue is
-/// bound to is dropped by the broker (and acked), by design.
-async fn publish(
-    channel: Arc<lapin::Channel>,
-    exchange: ShortString,
-    message: Arc<Encoded>,
-) -> lapin::Result<PublisherConfirm> {
-    channel
-        .basic_publish(
-            exchange,
-            message.routing_key.clone(),
-            BasicPublishOptions::default(),
-            &message.body,
-            message.properties.clone(),
-        )
-        .await
-}
 
 /// Where and how to connect; shared by every connection attempt.
 #[derive(Debug)]
@@ -136,9 +103,7 @@ pub(crate) struct Engine {
     /// (which is `unconfirmed`'s order), with the time of the write.
     confirms: VecDeque<(u64, Instant, PublisherConfirm)>,
     /// Writes handed to lapin and not yet on the socket, in order.
-    writing: VecDeque<(u64, Write)>,
-    /// Boxes of finished writes, reused for the next ones.
-    spare: Vec<WriteFuture>,
+    writes: Writes,
     link: Option<Link>,
     connecting: Option<BoxFuture<Result<Link, PublishError>>>,
     /// Failed connection attempts since the last confirm.
@@ -182,8 +147,7 @@ impl Engine {
             written: 0,
             highest_written: 0,
             confirms: VecDeque::new(),
-            writing: VecDeque::new(),
-            spare: Vec::new(),
+            writes: Writes::default(),
             link: Some(link),
             connecting: None,
             attempt: 0,
@@ -219,7 +183,7 @@ impl Engine {
                     }
                     self.report_confirmed();
                 }
-                (seq, result) = next_write(&mut self.writing, &mut self.spare) => match result {
+                (seq, result) = self.writes.next() => match result {
                     Ok(confirm) => self.confirms.push_back((seq, Instant::now(), confirm)),
                     Err(e) => self.on_error(e),
                 },
@@ -311,7 +275,7 @@ impl Engine {
     fn schedule(&mut self) {
         match &self.link {
             Some(link) => {
-                while self.writing.len() < MAX_WRITES_IN_FLIGHT
+                while self.writes.len() < MAX_WRITES_IN_FLIGHT
                     && self.written < self.unconfirmed.len()
                 {
                     let Unconfirmed { seq, message, .. } = &self.unconfirmed[self.written];
@@ -323,27 +287,7 @@ impl Engine {
                         .published(message.routing_key.as_str(), republish);
                     let channel = Arc::clone(&link.channel);
                     let exchange = link.exchange.clone();
-                    let future = publish(channel, exchange, message);
-                    let mut write = match self.spare.pop() {
-                        Some(mut spare) => {
-                            spare.set(future);
-                            spare
-                        }
-                        None => ReusableBoxFuture::new(future),
-                    };
-                    // The first poll assigns the delivery tag and queues the
-                    // frames; doing it here, in sequence order, is what keeps
-                    // the messages in order on the wire while several writes
-                    // are outstanding. Later polls (with the task's waker)
-                    // only wait for the socket.
-                    let mut cx = Context::from_waker(Waker::noop());
-                    match write.poll(&mut cx) {
-                        Poll::Ready(result) => {
-                            self.spare.push(write);
-                            self.writing.push_back((seq, Write::Done(Some(result))));
-                        }
-                        Poll::Pending => self.writing.push_back((seq, Write::Pending(write))),
-                    }
+                    self.writes.start(seq, channel, exchange, message);
                 }
             }
             None => {
@@ -542,7 +486,7 @@ impl Engine {
                 warn!(what, unconfirmed, "unexpected publisher state; reconnecting and republishing unconfirmed messages")
             }
         }
-        self.writing.clear();
+        self.writes.clear();
         self.confirms.clear();
         self.written = 0;
         self.stats.set_connected(false);
@@ -573,27 +517,6 @@ async fn next_confirm(
     let confirmation = confirm.await;
     confirms.pop_front();
     (seq, written_at, confirmation)
-}
-
-/// The oldest write, once its frames are on the socket; pending when none
-/// is outstanding. Cancel-safe like [`next_confirm`]. Its box goes to
-/// `spare`.
-async fn next_write(
-    writing: &mut VecDeque<(u64, Write)>,
-    spare: &mut Vec<WriteFuture>,
-) -> (u64, lapin::Result<PublisherConfirm>) {
-    let Some((seq, write)) = writing.front_mut() else {
-        return std::future::pending().await;
-    };
-    let seq = *seq;
-    let result = match write {
-        Write::Pending(future) => std::future::poll_fn(|cx| future.poll(cx)).await,
-        Write::Done(result) => result.take().expect("a finished write is taken once"),
-    };
-    if let Some((_, Write::Pending(future))) = writing.pop_front() {
-        spare.push(future);
-    }
-    (seq, result)
 }
 
 /// Awaits the future in `slot` and empties the slot; pending when empty.
