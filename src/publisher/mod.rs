@@ -4,7 +4,8 @@
 //! [`Publisher`] implements [`Sink`] for `walcast run`. Each event is
 //! encoded once ([`encoder`]), numbered, and handed to a background task
 //! (`engine`) that publishes it to the durable topic exchange on a channel in
-//! confirm mode (its writes in flight are `writes`). Up to `rabbitmq.publish_window` messages and
+//! confirm mode (its writes in flight are `writes`). Up to
+//! `rabbitmq.publish_window` messages and
 //! `rabbitmq.publish_window_bytes` bytes may be unconfirmed at once
 //! (`window`); [`Sink::send`] waits only when the window is full, which is
 //! walcast's backpressure (the capture loop stops reading WAL meanwhile).
