@@ -47,7 +47,7 @@ done
 log "services and builds"
 bash scripts/ensure-services.sh >/dev/null 2>&1
 [ -d tests/js/node_modules ] || (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio
+cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio --example bench_floor
 export BENCH_NO_BUILD=1
 
 mkdir -p target/bench

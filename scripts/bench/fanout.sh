@@ -17,6 +17,17 @@
 # events behind), plus the CPU seconds the client and walcast used while
 # the load ran and drained, and the headline: walcast's CPU time (user +
 # system) per socket delivery.
+#
+# Then the floor under that figure on this machine (examples/bench_floor.rs,
+# unless BENCH_FANOUT_FLOOR=0), with the same sockets, rate and seconds and
+# walcast stopped: a pre-framed WebSocket message of BENCH_FLOOR_PAYLOAD
+# bytes (default 700) through nothing but a bounded channel and a writer
+# task per socket (the architecture of engineioxide, without socketioxide,
+# engineioxide or walcast's hub), and through one task writing every socket
+# (only the write system calls). Its CPU per delivery is what no server that
+# writes each socket once per event can go under here; on loopback it
+# includes the receiving side's TCP work, which the kernel does in the
+# sender's system call.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -48,3 +59,16 @@ jq -r --arg rate "$rate" '
     "| fan-out: walcast CPU per socket delivery | \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 100 | round / 100) else "n/a" end) µs | \($s.cpu.serverSec | . * 100 | round / 100) CPU-s for \($g.received) deliveries to \($g.connected) sockets at \($rate) changes/s |",
     "| fan-out: deliveries to \($g.connected) sockets | \(if $g.spanMs > 0 then ($g.received / $g.spanMs * 1000 | round) else 0 end) deliveries/s | \($s.load.rate | round) changes/s (\($rate)/s asked); delivery \(if ($g.expected // 0) > 0 then ($g.received / $g.expected * 10000 | floor / 10000) else "n/a" end) (\($g.received)/\($g.expected)); latency p50 \($g.latencyMs.p50 // 0 | round) ms, p99 \($g.latencyMs.p99 // 0 | round) ms; \($g.disconnects) disconnects; CPU while loaded: walcast \($s.cpu.serverSec / $s.cpu.wallSec * 100 | round) %, client \($s.cpu.clientSec / $s.cpu.wallSec * 100 | round) % of a core (\($s.cpu.clientThreads) thread(s), RSS \($s.clientRssMiB) MiB) |"' \
   <<<"$summary"
+
+[ "${BENCH_FANOUT_FLOOR:-1}" = 1 ] || exit 0
+stack_down
+trap - EXIT
+for mode in tasks direct; do
+  log "floor: $mode, $sockets sockets, $rate events/s for $seconds s"
+  floor=$("$floor_tool" --mode "$mode" --sockets "$sockets" --rate "$rate" --seconds "$seconds" \
+    --payload-bytes "${BENCH_FLOOR_PAYLOAD:-700}")
+  jq -r '
+    (if .mode == "tasks" then "a channel and a writer task per socket" else "one task writes every socket" end) as $how
+    | "| fan-out floor (\(.mode)): CPU per socket delivery | \(.usPerDelivery) µs | \($how), no Socket.IO stack: user \(.userUs) + system \(.systemUs) µs; \(.deliveries) deliveries of \(.frameBytes)-byte frames to \(.sockets) sockets, \(.events) events sent in \(.broadcastSec) s, \(.full) refused, client got \(.clientBytes / .expectedBytes * 10000 | floor / 10000) of the bytes; latency p50 \(.latencyMs.p50) ms, p99 \(.latencyMs.p99) ms, max \(.latencyMs.max) ms |"' \
+    <<<"$floor"
+done

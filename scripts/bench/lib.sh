@@ -20,13 +20,14 @@ bin="${BENCH_WALCAST_BIN:-$root/target/release/walcast}"
 amqp_tool="$root/target/release/examples/bench_amqp"
 load_tool="$root/target/release/examples/bench_load"
 sio_tool="$root/target/release/examples/bench_sio"
+floor_tool="$root/target/release/examples/bench_floor"
 
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 
 # Builds walcast and the helper programs (release) unless BENCH_NO_BUILD=1.
 bench_build() {
   [ "${BENCH_NO_BUILD:-0}" = 1 ] && return 0
-  cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio
+  cargo build --release --quiet --bin walcast --example bench_amqp --example bench_load --example bench_sio --example bench_floor
 }
 
 now() { date +%s.%N; }
