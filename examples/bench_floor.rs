@@ -21,7 +21,7 @@
 //!   cargo run --release --example bench_floor -- --mode tasks --sockets 10000 --rate 20 --seconds 10
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -213,6 +213,8 @@ async fn server(args: Args) -> Result<()> {
             "clientBytes": client["bytes"],
             "expectedBytes": frame_len * events as usize * args.sockets,
             "latencyMs": client["latencyMs"],
+            "deliveriesPerSec": client["spanSec"].as_f64().filter(|s| *s > 0.0)
+                .map(|s| (deliveries as f64 / s).round()),
             "broadcastSec": (broadcast.as_secs_f64() * 100.0).round() / 100.0,
             "wallSec": (wall.as_secs_f64() * 100.0).round() / 100.0,
             "serverCpuSec": ((user + system).as_secs_f64() * 1000.0).round() / 1000.0,
@@ -257,11 +259,13 @@ async fn client(port: u16, args: &Args) -> Result<()> {
     let events = (args.rate * args.seconds) as usize;
     let stamp = stamp_offset(payload);
     let total = Arc::new(AtomicUsize::new(0));
+    let span = Arc::new((AtomicU64::new(u64::MAX), AtomicU64::new(0)));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut readers = Vec::with_capacity(args.sockets);
     for i in 0..args.sockets {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         let total = total.clone();
+        let span = span.clone();
         let latencies = latencies.clone();
         let sampled = i % 100 == 0;
         readers.push(tokio::spawn(async move {
@@ -272,6 +276,7 @@ async fn client(port: u16, args: &Args) -> Result<()> {
                     for _ in 0..events {
                         stream.read_exact(&mut frame).await?;
                         got += frame_len;
+                        span.seen(frame_len);
                         let sent: u64 = std::str::from_utf8(&frame[stamp..stamp + 16])
                             .ok()
                             .and_then(|t| t.parse().ok())
@@ -284,7 +289,10 @@ async fn client(port: u16, args: &Args) -> Result<()> {
                     while got < frame_len * events {
                         match stream.read(&mut buf).await? {
                             0 => break,
-                            n => got += n,
+                            n => {
+                                got += n;
+                                span.seen(n);
+                            }
                         }
                     }
                 }
@@ -310,10 +318,27 @@ async fn client(port: u16, args: &Args) -> Result<()> {
         "{}",
         json!({
             "bytes": total.load(Ordering::Relaxed),
+            "spanSec": span.1.load(Ordering::Relaxed).saturating_sub(span.0.load(Ordering::Relaxed)) as f64 / 1e6,
             "latencyMs": {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)},
         })
     );
     Ok(())
+}
+
+/// The first and the last time any socket read bytes, in microseconds
+/// since the epoch.
+trait Span {
+    fn seen(&self, bytes: usize);
+}
+
+impl Span for (AtomicU64, AtomicU64) {
+    fn seen(&self, bytes: usize) {
+        if bytes > 0 {
+            let now = now_micros();
+            self.0.fetch_min(now, Ordering::Relaxed);
+            self.1.fetch_max(now, Ordering::Relaxed);
+        }
+    }
 }
 
 /// User and system CPU time of this process so far.

@@ -69,6 +69,6 @@ for mode in tasks direct; do
     --payload-bytes "${BENCH_FLOOR_PAYLOAD:-700}")
   jq -r '
     (if .mode == "tasks" then "a channel and a writer task per socket" else "one task writes every socket" end) as $how
-    | "| fan-out floor (\(.mode)): CPU per socket delivery | \(.usPerDelivery) µs | \($how), no Socket.IO stack: user \(.userUs) + system \(.systemUs) µs; \(.deliveries) deliveries of \(.frameBytes)-byte frames to \(.sockets) sockets, \(.events) events sent in \(.broadcastSec) s, \(.full) refused, client got \(.clientBytes / .expectedBytes * 10000 | floor / 10000) of the bytes; latency p50 \(.latencyMs.p50) ms, p99 \(.latencyMs.p99) ms, max \(.latencyMs.max) ms |"' \
+    | "| fan-out floor (\(.mode)): CPU per socket delivery | \(.usPerDelivery) µs | \($how), no Socket.IO stack: user \(.userUs) + system \(.systemUs) µs; \(.deliveries) deliveries of \(.frameBytes)-byte frames to \(.sockets) sockets, \(.events) events sent in \(.broadcastSec) s, \(.deliveriesPerSec) deliveries/s received (first to last byte), \(.full) refused, client got \(.clientBytes / .expectedBytes * 10000 | floor / 10000) of the bytes; latency p50 \(.latencyMs.p50) ms, p99 \(.latencyMs.p99) ms, max \(.latencyMs.max) ms |"' \
     <<<"$floor"
 done
