@@ -343,8 +343,18 @@ impl Consumer {
             .await
             .map_err(SessionError::Setup)?;
         let dead_letters = &topology.dead_letters;
-        self.deliver_all(connection, &mut deliveries, dead_letters, events, shutdown)
-            .await
+        let end = self
+            .deliver_all(connection, &mut deliveries, dead_letters, events, shutdown)
+            .await;
+        if matches!(end, Ok(SessionEnd::Shutdown)) {
+            // A stop closes the channels before the connection. lapin
+            // closes a dropped channel on its own; when the connection is
+            // closing by then, that close fails and lapin logs it as a
+            // connection error, at ERROR, on every clean stop.
+            drop(deliveries);
+            topology.close().await;
+        }
+        end
     }
 }
 

@@ -7,9 +7,11 @@
 //! It does not consume: `delivery.rs` starts that on the channel declared
 //! here.
 
+use lapin::types::ShortString;
 use lapin::{Channel, Connection};
+use tracing::debug;
 
-use super::{Consumer, ConsumerError};
+use super::{Consumer, ConsumerError, IO_TIMEOUT};
 use crate::amqp;
 
 /// What a session declared, and the channels it consumes and
@@ -21,6 +23,22 @@ pub(super) struct Topology {
     pub(super) dead_letters: Channel,
     /// Consumers the gateway queue had already when it was declared.
     pub(super) others: u32,
+}
+
+impl Topology {
+    /// Closes the dead-letter channel, then the consuming one (which ends
+    /// the consumer on it), each within [`IO_TIMEOUT`]; a channel that does
+    /// not close is left to the connection's close.
+    pub(super) async fn close(self) {
+        for channel in [self.dead_letters, self.channel] {
+            let close = channel.close(200, ShortString::from("walcast gateway stopping"));
+            match tokio::time::timeout(IO_TIMEOUT, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(channel = channel.id(), error = %e, "channel.close failed"),
+                Err(_) => debug!(channel = channel.id(), "channel.close did not answer"),
+            }
+        }
+    }
 }
 
 impl Consumer {

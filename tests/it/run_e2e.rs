@@ -290,3 +290,61 @@ async fn gateways_need_queues_of_their_own_and_a_shared_one_is_refused() {
         assert!(!log.contains("panicked"), "{log}");
     }
 }
+
+/// A clean stop is not an error: after SIGTERM, a healthy `walcast run`
+/// (all roles, a change delivered) logs nothing at ERROR level until it
+/// exits. Operators alert on ERROR lines; one on every restart teaches
+/// them to ignore the real ones. (The gateway used to drop its channels
+/// while closing its connection; lapin then closed the dead-letter channel
+/// on a connection already closing and logged that as a connection error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_stop_logs_no_error() {
+    let db = TestDb::create("clean_stop").await;
+    let mut walcast = Walcast::start(
+        &db,
+        &spec("capture,gateway,api", unique("gateway"), unique("exchange")),
+    )
+    .await;
+    walcast.wait_ready().await;
+    let mut client = NodeClient::connect(&walcast.url(), json!({})).await;
+    let id: i64 = db
+        .client()
+        .await
+        .query_one(
+            "INSERT INTO orders (customer_name, product_name) VALUES ('stop', 'psql') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let event = next_change(&mut client, &[id], &walcast).await;
+    assert_eq!(event["op"], "insert", "{event}");
+
+    walcast.signal("TERM");
+    let status = tokio::time::timeout(TIMEOUT, walcast.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "walcast did not exit within {TIMEOUT:?} of SIGTERM; log:\n{}",
+                stack::log_tail(&walcast.log())
+            )
+        })
+        .unwrap();
+    // The log reader may still hold the last lines.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = walcast.log();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("walcast::app: stopped"), "{log}");
+    let stop = log
+        .find("shutdown requested")
+        .unwrap_or_else(|| panic!("no \"shutdown requested\" in the log:\n{log}"));
+    let errors: Vec<&str> = log[stop..]
+        .lines()
+        .filter(|line| line.contains(" ERROR "))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a clean stop logged errors:\n{}\n\nlog:\n{log}",
+        errors.join("\n")
+    );
+}
