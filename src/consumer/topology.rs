@@ -7,12 +7,18 @@
 //! It does not consume: `delivery.rs` starts that on the channel declared
 //! here.
 
+use std::time::Duration;
+
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
 use tracing::debug;
 
-use super::{Consumer, ConsumerError, IO_TIMEOUT};
+use super::{Consumer, ConsumerError};
 use crate::amqp;
+
+/// How long a stop waits for the broker to close the session's channels
+/// (milliseconds on a healthy broker) before it closes the connection.
+const CLOSE_CHANNELS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a session declared, and the channels it consumes and
 /// dead-letters on.
@@ -27,16 +33,26 @@ pub(super) struct Topology {
 
 impl Topology {
     /// Closes the dead-letter channel, then the consuming one (which ends
-    /// the consumer on it), each within [`IO_TIMEOUT`]; a channel that does
+    /// the consumer on it), within [`CLOSE_CHANNELS_TIMEOUT`] together: a
+    /// stop waits for a slow broker no longer than that here, and what did
     /// not close is left to the connection's close.
     pub(super) async fn close(self) {
-        for channel in [self.dead_letters, self.channel] {
-            let close = channel.close(200, ShortString::from("walcast gateway stopping"));
-            match tokio::time::timeout(IO_TIMEOUT, close).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(channel = channel.id(), error = %e, "channel.close failed"),
-                Err(_) => debug!(channel = channel.id(), "channel.close did not answer"),
+        let close = async {
+            for channel in [self.dead_letters, self.channel] {
+                let id = channel.id();
+                if let Err(e) = channel
+                    .close(200, ShortString::from("walcast gateway stopping"))
+                    .await
+                {
+                    debug!(channel = id, error = %e, "channel.close failed");
+                }
             }
+        };
+        if tokio::time::timeout(CLOSE_CHANNELS_TIMEOUT, close)
+            .await
+            .is_err()
+        {
+            debug!("channel.close did not answer; closing the connection");
         }
     }
 }
