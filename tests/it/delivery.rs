@@ -259,18 +259,9 @@ async fn sigterm_under_load_drains_and_exits_cleanly() {
     );
 
     let signalled = tokio::time::Instant::now();
-    walcast.signal("TERM");
     // The drain waits for confirms from a healthy broker: seconds, not the
     // 30 s drain timeout; the bound leaves room for a loaded machine.
-    let status = tokio::time::timeout(Duration::from_secs(45), walcast.child.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "walcast did not exit within 45 s of SIGTERM; log:\n{}",
-                stack::log_tail(&walcast.log())
-            )
-        })
-        .unwrap();
+    let status = walcast.stop_within("TERM", Duration::from_secs(45)).await;
     eprintln!("walcast exited {:?} after SIGTERM", signalled.elapsed());
     let log = walcast.log();
     assert!(

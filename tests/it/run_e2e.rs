@@ -320,16 +320,7 @@ async fn a_clean_stop_logs_no_error() {
     let event = next_change(&mut client, &[id], &walcast).await;
     assert_eq!(event["op"], "insert", "{event}");
 
-    walcast.signal("TERM");
-    let status = tokio::time::timeout(TIMEOUT, walcast.child.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "walcast did not exit within {TIMEOUT:?} of SIGTERM; log:\n{}",
-                stack::log_tail(&walcast.log())
-            )
-        })
-        .unwrap();
+    let status = walcast.stop_within("TERM", TIMEOUT).await;
     // The log reader may still hold the last lines.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = walcast.log();

@@ -183,6 +183,19 @@ impl Walcast {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends `signal` and waits at most `limit` for the process to exit;
+    /// fails the test with the log's tail when it does not.
+    pub async fn stop_within(&mut self, signal: &str, limit: Duration) -> std::process::ExitStatus {
+        self.signal(signal);
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for walcast"),
+            Err(_) => panic!(
+                "walcast did not exit within {limit:?} of SIG{signal}; log:\n{}",
+                log_tail(&self.log())
+            ),
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
