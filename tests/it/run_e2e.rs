@@ -321,8 +321,12 @@ async fn a_clean_stop_logs_no_error() {
     assert_eq!(event["op"], "insert", "{event}");
 
     let status = walcast.stop_within("TERM", TIMEOUT).await;
-    // The log reader may still hold the last lines.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The log reader may not have read the last lines yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !walcast.log().contains("walcast::app: stopped") && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = walcast.log();
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(log.contains("walcast::app: stopped"), "{log}");
