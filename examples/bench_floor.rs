@@ -111,8 +111,16 @@ fn frame(payload: usize, sent: SystemTime) -> Bytes {
 
 /// Where a frame's send time is: its 16 digits follow `42["change",{"t":`.
 fn stamp_offset(payload: usize) -> usize {
-    let header = if payload <= 125 { 2 } else { 4 };
-    header + "42[\"change\",{\"t\":".len()
+    header_len(payload) + "42[\"change\",{\"t\":".len()
+}
+
+/// Bytes of a frame's WebSocket header: 2, or 4 with a 16-bit length.
+fn header_len(payload: usize) -> usize {
+    if payload <= 125 {
+        2
+    } else {
+        4
+    }
 }
 
 /// Microseconds since the epoch.
@@ -197,7 +205,7 @@ async fn server(args: Args) -> Result<()> {
         )
     })?;
     let deliveries = args.sockets * events as usize - full;
-    let frame_len = frame(payload, SystemTime::now()).len();
+    let frame_len = header_len(payload) + payload;
     let user = after.0 - before.0;
     let system = after.1 - before.1;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / deliveries as f64;
@@ -255,7 +263,7 @@ async fn writer(mut stream: TcpStream, mut rx: mpsc::Receiver<Bytes>, closed: Ar
 /// socket in 100, the latency from send to the frame's last byte read.
 async fn client(port: u16, args: &Args) -> Result<()> {
     let payload = usize::from(args.payload_bytes);
-    let frame_len = frame(payload, SystemTime::now()).len();
+    let frame_len = header_len(payload) + payload;
     let events = (args.rate * args.seconds) as usize;
     let stamp = stamp_offset(payload);
     let total = Arc::new(AtomicUsize::new(0));
