@@ -19,6 +19,18 @@
 //! from an event's send to its frame's last byte. Prints one JSON line.
 //!
 //!   cargo run --release --example bench_floor -- --mode tasks --sockets 10000 --rate 20 --seconds 10
+//!
+//! - `--peer sio`: the same `tasks` floor for walcast's own benchmark
+//!   client (`examples/bench_sio.rs`), so that latency is compared with the
+//!   same client process on the machine. The server answers the WebSocket
+//!   and Engine.IO/Socket.IO handshake (open packet, namespace `/`), then
+//!   only writes pre-framed `42["change",{"commit_time":…}]` messages. It
+//!   prints `{"port":…,"trigger":…}` and serves until killed; bench_sio's
+//!   `load` is `bench_floor --trigger PORT`, which starts one broadcast of
+//!   `--rate` × `--seconds` events to every socket connected by then and
+//!   prints `{"committed":…,"rate":…,"full":…,"sockets":…}` when it has
+//!   been sent. bench_sio reports the server's CPU (`serverPid`), latency
+//!   and deliveries as it does for walcast.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,10 +40,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {
@@ -39,6 +53,15 @@ enum Mode {
     Tasks,
     /// One task writes every socket.
     Direct,
+}
+
+/// Who reads the sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    /// A plain TCP reader in a child process of this binary.
+    Own,
+    /// walcast's benchmark client, `bench_sio`, started by the caller.
+    Sio,
 }
 
 #[derive(Parser, Debug)]
@@ -64,32 +87,68 @@ struct Args {
     /// `max_buffer_size` is 128).
     #[arg(long, default_value_t = 128)]
     queue: usize,
+    /// Who reads the sockets (`sio`: only with `--mode tasks`).
+    #[arg(long, value_enum, default_value = "own")]
+    peer: Peer,
     /// Internal: read `--sockets` sockets from this port (the child).
     #[arg(long, hide = true)]
     client: Option<u16>,
+    /// Start a broadcast of a `--peer sio` server listening for triggers on
+    /// this port, and print its summary (bench_sio's `load`).
+    #[arg(long)]
+    trigger: Option<u16>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     raise_fd_limit();
-    if let Some(port) = args.client {
+    if let Some(port) = args.client.or(args.trigger) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        return runtime.block_on(client(port, &args));
+        return match args.trigger {
+            Some(_) => runtime.block_on(trigger(port)),
+            None => runtime.block_on(client(port, &args)),
+        };
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         builder.worker_threads(workers);
     }
     let runtime = builder.enable_all().build()?;
-    runtime.block_on(server(args))
+    match (args.peer, args.mode) {
+        (Peer::Own, _) => runtime.block_on(server(args)),
+        (Peer::Sio, Mode::Tasks) => runtime.block_on(sio_server(args)),
+        (Peer::Sio, Mode::Direct) => bail!("--peer sio takes --mode tasks"),
+    }
 }
 
 /// A server-to-client WebSocket text frame (unmasked) of `payload` bytes
 /// (at least 64), a Socket.IO `change` event's shape, carrying the time it
 /// was sent (microseconds since the epoch) for the client's latency.
 fn frame(payload: usize, sent: SystemTime) -> Bytes {
+    let micros = sent
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    padded_frame(
+        payload,
+        &format!("42[\"change\",{{\"t\":{micros:016},\"x\":\""),
+    )
+}
+
+/// The same frame for bench_sio, which reads a change's `commit_time`.
+fn sio_frame(payload: usize, sent: SystemTime) -> Bytes {
+    let time = chrono::DateTime::<chrono::Utc>::from(sent)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    padded_frame(
+        payload,
+        &format!("42[\"change\",{{\"commit_time\":\"{time}\",\"x\":\""),
+    )
+}
+
+/// A text frame of `payload` bytes: `head`, `x`s, and `"}]`.
+fn padded_frame(payload: usize, head: &str) -> Bytes {
     let mut out = Vec::with_capacity(payload + 4);
     out.push(0x81);
     if payload <= 125 {
@@ -98,11 +157,6 @@ fn frame(payload: usize, sent: SystemTime) -> Bytes {
         out.push(126);
         out.extend_from_slice(&(payload as u16).to_be_bytes());
     }
-    let micros = sent
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
-    let head = format!("42[\"change\",{{\"t\":{micros:016},\"x\":\"");
     out.extend_from_slice(head.as_bytes());
     out.resize(out.len() + payload - head.len() - 3, b'x');
     out.extend_from_slice(b"\"}]");
@@ -160,9 +214,10 @@ async fn server(args: Args) -> Result<()> {
             let closed = Arc::new(AtomicUsize::new(0));
             let senders: Vec<_> = streams
                 .into_iter()
-                .map(|stream| {
+                .map(|mut stream| {
                     let (tx, rx) = mpsc::channel(args.queue);
-                    tokio::spawn(writer(stream, rx, closed.clone()));
+                    let closed = closed.clone();
+                    tokio::spawn(async move { writer(&mut stream, rx, closed).await });
                     tx
                 })
                 .collect();
@@ -236,7 +291,11 @@ async fn server(args: Args) -> Result<()> {
 
 /// A socket's writer: waits for a frame, then writes it and whatever else
 /// is queued by then in one system call.
-async fn writer(mut stream: TcpStream, mut rx: mpsc::Receiver<Bytes>, closed: Arc<AtomicUsize>) {
+async fn writer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut rx: mpsc::Receiver<Bytes>,
+    closed: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         let result = match rx.try_recv() {
@@ -256,6 +315,95 @@ async fn writer(mut stream: TcpStream, mut rx: mpsc::Receiver<Bytes>, closed: Ar
             return;
         }
     }
+}
+
+/// `--peer sio`: accepts Socket.IO sockets until killed and broadcasts to
+/// those connected whenever a trigger connects.
+async fn sio_server(args: Args) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let triggers = TcpListener::bind("127.0.0.1:0").await?;
+    println!(
+        "{}",
+        json!({"port": listener.local_addr()?.port(), "trigger": triggers.local_addr()?.port()})
+    );
+    let senders = Arc::new(Mutex::new(Vec::new()));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (queue, accepted) = (args.queue, senders.clone());
+    let acceptor = closed.clone();
+    tokio::spawn(async move {
+        let mut sid = 0u64;
+        while let Ok((stream, _)) = listener.accept().await {
+            sid += 1;
+            let (accepted, closed) = (accepted.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                if let Ok(mut ws) = sio_handshake(stream, sid).await {
+                    let (tx, rx) = mpsc::channel(queue);
+                    accepted.lock().unwrap().push(tx);
+                    writer(ws.get_mut(), rx, closed).await;
+                }
+            });
+        }
+    });
+    let payload = usize::from(args.payload_bytes);
+    let events = args.rate * args.seconds;
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    loop {
+        let (mut control, _) = triggers.accept().await?;
+        let targets = senders.lock().unwrap().clone();
+        let started = Instant::now();
+        let mut full = 0usize;
+        let mut tick = tokio::time::interval(period);
+        for _ in 0..events {
+            tick.tick().await;
+            let frame = sio_frame(payload, SystemTime::now());
+            for tx in &targets {
+                if tx.try_send(frame.clone()).is_err() {
+                    full += 1;
+                }
+            }
+        }
+        let summary = json!({
+            "committed": events,
+            "rate": f64::from(events) / started.elapsed().as_secs_f64(),
+            "full": full,
+            "sockets": targets.len(),
+            "writersFailed": closed.load(Ordering::Relaxed),
+        });
+        control.write_all(format!("{summary}\n").as_bytes()).await?;
+    }
+}
+
+/// The WebSocket upgrade, Engine.IO's open packet and Socket.IO's connect
+/// to namespace `/`: what bench_sio waits for before a socket is ready.
+async fn sio_handshake(
+    stream: TcpStream,
+    sid: u64,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    stream.set_nodelay(true)?;
+    let mut ws = tokio_tungstenite::accept_async(stream).await?;
+    let open = json!({"sid": format!("{sid:016}"), "upgrades": [], "pingInterval": 300_000,
+        "pingTimeout": 20_000, "maxPayload": 1_000_000});
+    ws.send(Message::text(format!("0{open}"))).await?;
+    loop {
+        match ws.next().await.context("closed before connecting")?? {
+            Message::Text(text) if text.as_str().starts_with("40") => break,
+            Message::Close(_) => bail!("closed before connecting"),
+            _ => {}
+        }
+    }
+    let connected = json!({"sid": format!("s{sid:015}")});
+    ws.send(Message::text(format!("40{connected}"))).await?;
+    Ok(ws)
+}
+
+/// `--trigger PORT`: one broadcast of a `--peer sio` server; prints its
+/// summary.
+async fn trigger(port: u16) -> Result<()> {
+    let mut control = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut summary = String::new();
+    control.read_to_string(&mut summary).await?;
+    print!("{summary}");
+    Ok(())
 }
 
 /// The child: connects `sockets` sockets and reads until each has every

@@ -27,7 +27,11 @@
 # (only the write system calls). Its CPU per delivery is what no server that
 # writes each socket once per event can go under here; on loopback it
 # includes the receiving side's TCP work, which the kernel does in the
-# sender's system call.
+# sender's system call. Last, the task-per-socket floor once more, read by
+# the same client process as walcast (bench_sio, `--peer sio`: the floor
+# answers the Engine.IO/Socket.IO handshake and writes pre-framed `change`
+# events carrying `commit_time`), so that its latency and deliveries/s are
+# measured exactly as walcast's, with the same client's CPU on the machine.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -72,3 +76,26 @@ for mode in tasks direct; do
     | "| fan-out floor (\(.mode)): CPU per socket delivery | \(.usPerDelivery) µs | \($how), no Socket.IO stack: user \(.userUs) + system \(.systemUs) µs; \(.deliveries) deliveries of \(.frameBytes)-byte frames to \(.sockets) sockets, \(.events) events sent in \(.broadcastSec) s, \(.deliveriesPerSec) deliveries/s received (first to last byte), \(.full) refused, client got \(.clientBytes / .expectedBytes * 10000 | floor / 10000) of the bytes; latency p50 \(.latencyMs.p50) ms, p99 \(.latencyMs.p99) ms, max \(.latencyMs.max) ms |"' \
     <<<"$floor"
 done
+
+log "floor: tasks, read by bench_sio, $sockets sockets, $rate events/s for $seconds s"
+floor_out=$(mktemp)
+"$floor_tool" --mode tasks --peer sio --sockets "$sockets" --rate "$rate" --seconds "$seconds" \
+  --payload-bytes "${BENCH_FLOOR_PAYLOAD:-700}" >"$floor_out" &
+floor_pid=$!
+trap 'kill "$floor_pid" 2>/dev/null; rm -f "$floor_out"' EXIT
+for _ in $(seq 1 100); do [ -s "$floor_out" ] && break; sleep 0.1; done
+floor_port=$(jq -r .port "$floor_out")
+floor_trigger=$(jq -r .trigger "$floor_out")
+options=$(jq -cn --arg url "http://127.0.0.1:$floor_port" --argjson sockets "$sockets" \
+  --argjson pid "$floor_pid" --arg tool "$floor_tool" --arg trigger "$floor_trigger" \
+  --argjson threads "$threads" \
+  '{url: $url, serverPid: $pid, concurrency: 100, drainMs: 120000, threads: $threads,
+    groups: [{name: "all", count: $sockets, sampleEvery: 100}],
+    load: [$tool, "--trigger", $trigger]}')
+summary=$("$sio_tool" "$options")
+kill "$floor_pid" 2>/dev/null || true
+jq -r '
+  . as $s
+  | .groups[0] as $g
+  | "| fan-out floor (tasks), read by bench_sio: CPU per socket delivery | \(if $g.received > 0 then ($s.cpu.serverSec / $g.received * 1e6 | . * 100 | round / 100) else "n/a" end) µs | a channel and a writer task per socket, no Socket.IO stack, the Socket.IO client of the walcast rows; \($g.received) deliveries to \($g.connected) sockets, \($s.load.full) refused; \($g.received / $g.spanMs * 1000 | round) deliveries/s (first to last receipt); delivery \($g.received / $g.expected * 10000 | floor / 10000); latency p50 \($g.latencyMs.p50 | round) ms, p99 \($g.latencyMs.p99 | round) ms, max \($g.latencyMs.max | round) ms; CPU while loaded: server \($s.cpu.serverSec / $s.cpu.wallSec * 100 | round) %, client \($s.cpu.clientSec / $s.cpu.wallSec * 100 | round) % of a core |"' \
+  <<<"$summary"
