@@ -52,12 +52,24 @@ struct Bucket {
 }
 
 /// What may be queued for one socket, in bytes; see the module doc.
+///
+/// The hub asks it once per socket per event, so the common case reads
+/// and writes only the struct itself (inline in the hub's client entry):
+/// the newest bucket is kept here while it takes packets, and the oldest
+/// closed one is copied here. The queue of closed buckets is touched when
+/// a bucket closes or is forgotten, at most every [`BUCKET`] or an eighth
+/// of the window.
 #[derive(Debug)]
 pub(crate) struct SendBudget {
     max_bytes: usize,
     window: usize,
     horizon: Duration,
-    buckets: VecDeque<Bucket>,
+    /// Buckets that take no more packets, oldest first.
+    closed: VecDeque<Bucket>,
+    /// A copy of `closed`'s front (`None` when `closed` is empty).
+    oldest_closed: Option<Bucket>,
+    /// The newest bucket, newer than every closed one.
+    open: Option<Bucket>,
     packets: usize,
     bytes: usize,
 }
@@ -70,7 +82,9 @@ impl SendBudget {
             max_bytes,
             window: window.max(1),
             horizon,
-            buckets: VecDeque::new(),
+            closed: VecDeque::new(),
+            oldest_closed: None,
+            open: None,
             packets: 0,
             bytes: 0,
         }
@@ -94,7 +108,7 @@ impl SendBudget {
     pub(crate) fn record(&mut self, size: usize, now: Instant) {
         // Small buckets let the window rule forget packets in good time.
         let bucket_packets = (self.window / 8).max(1);
-        match self.buckets.back_mut() {
+        match &mut self.open {
             Some(bucket)
                 if now.saturating_duration_since(bucket.started) < BUCKET
                     && bucket.packets < bucket_packets =>
@@ -102,11 +116,17 @@ impl SendBudget {
                 bucket.packets += 1;
                 bucket.bytes += size;
             }
-            _ => self.buckets.push_back(Bucket {
-                started: now,
-                packets: 1,
-                bytes: size,
-            }),
+            open => {
+                let fresh = Bucket {
+                    started: now,
+                    packets: 1,
+                    bytes: size,
+                };
+                if let Some(full) = open.replace(fresh) {
+                    self.oldest_closed.get_or_insert(full);
+                    self.closed.push_back(full);
+                }
+            }
         }
         self.packets += 1;
         self.bytes += size;
@@ -115,19 +135,24 @@ impl SendBudget {
     /// Drops the buckets that are surely out of the queue: older than the
     /// horizon, or with at least `window` newer packets after them.
     fn forget(&mut self, now: Instant) {
-        while let Some(oldest) = self.buckets.front().copied() {
+        while let Some(oldest) = self.oldest_closed.or(self.open) {
             let aged = now.saturating_duration_since(oldest.started) >= self.horizon;
             let overtaken = self.packets - oldest.packets >= self.window;
             if !aged && !overtaken {
                 break;
             }
-            self.buckets.pop_front();
+            if self.oldest_closed.is_some() {
+                self.closed.pop_front();
+                self.oldest_closed = self.closed.front().copied();
+            } else {
+                self.open = None;
+            }
             self.packets -= oldest.packets;
             self.bytes -= oldest.bytes;
         }
-        if self.buckets.is_empty() && self.buckets.capacity() > 16 {
+        if self.closed.is_empty() && self.closed.capacity() > 16 {
             // An idle socket gives back what a burst made it hold.
-            self.buckets.shrink_to(16);
+            self.closed.shrink_to(16);
         }
     }
 }
@@ -197,6 +222,94 @@ mod tests {
             budget.queued(now)
         );
         assert!(budget.queued(now) >= 16 * 100);
+    }
+
+    /// The budget as one queue of buckets, the newest taking packets:
+    /// what [`SendBudget`] keeps, without its inline copies.
+    struct Reference {
+        window: usize,
+        horizon: Duration,
+        buckets: VecDeque<Bucket>,
+        packets: usize,
+        bytes: usize,
+    }
+
+    impl Reference {
+        fn record(&mut self, size: usize, now: Instant) {
+            match self.buckets.back_mut() {
+                Some(b)
+                    if now.saturating_duration_since(b.started) < BUCKET
+                        && b.packets < (self.window / 8).max(1) =>
+                {
+                    b.packets += 1;
+                    b.bytes += size;
+                }
+                _ => self.buckets.push_back(Bucket {
+                    started: now,
+                    packets: 1,
+                    bytes: size,
+                }),
+            }
+            self.packets += 1;
+            self.bytes += size;
+        }
+
+        fn queued(&mut self, now: Instant) -> usize {
+            while let Some(oldest) = self.buckets.front().copied() {
+                let aged = now.saturating_duration_since(oldest.started) >= self.horizon;
+                if !aged && self.packets - oldest.packets < self.window {
+                    break;
+                }
+                self.buckets.pop_front();
+                self.packets -= oldest.packets;
+                self.bytes -= oldest.bytes;
+            }
+            self.bytes
+        }
+    }
+
+    #[test]
+    fn the_inline_buckets_count_exactly_what_one_queue_of_buckets_counts() {
+        // A fixed pseudo-random walk: bursts, pauses past the horizon,
+        // windows overtaken, sizes from 1 byte to 2 KiB.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for window in [1, 8, 64] {
+            let horizon = Duration::from_secs(2);
+            let mut budget = SendBudget::new(usize::MAX, window, horizon);
+            let mut reference = Reference {
+                window,
+                horizon,
+                buckets: VecDeque::new(),
+                packets: 0,
+                bytes: 0,
+            };
+            let mut now = Instant::now();
+            for step in 0..20_000 {
+                now += match next(100) {
+                    0 => Duration::from_millis(2_500),
+                    1..=20 => Duration::from_millis(next(300)),
+                    _ => Duration::ZERO,
+                };
+                let size = 1 + next(2048) as usize;
+                if next(2) == 0 {
+                    // As the hub does: ask first, then record.
+                    assert_eq!(budget.queued(now), reference.queued(now));
+                }
+                budget.record(size, now);
+                reference.record(size, now);
+                assert_eq!(
+                    budget.queued(now),
+                    reference.queued(now),
+                    "window {window}, step {step}"
+                );
+            }
+        }
     }
 
     #[test]

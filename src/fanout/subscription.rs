@@ -363,12 +363,28 @@ impl Index {
         }
     }
 
+    /// How many sockets receive everything (have not subscribed yet).
+    pub fn everything(&self) -> usize {
+        self.all.len()
+    }
+
     /// The sockets a change of `table` (and `row`; `None` for a change
     /// without a key, which concerns every row) goes to, each once, in no
     /// particular order.
     pub fn targets(&self, table: &str, row: Option<&RowKey>, out: &mut Vec<Sid>) {
         out.clear();
         out.extend(self.all.iter().copied());
+        self.add_subscribed(table, row, out);
+    }
+
+    /// [`Index::targets`] without the sockets that receive everything:
+    /// those that subscribed to this table or row, each once.
+    pub fn subscribed(&self, table: &str, row: Option<&RowKey>, out: &mut Vec<Sid>) {
+        out.clear();
+        self.add_subscribed(table, row, out);
+    }
+
+    fn add_subscribed(&self, table: &str, row: Option<&RowKey>, out: &mut Vec<Sid>) {
         let mut sources = 0;
         if let Some(set) = self.tables.get(table) {
             out.extend(set.iter().copied());

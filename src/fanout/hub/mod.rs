@@ -56,6 +56,7 @@
 mod attach;
 mod disconnect;
 mod history;
+mod offer;
 mod packets;
 
 use std::collections::HashMap;
@@ -78,7 +79,7 @@ use crate::event::EventId;
 
 use super::budget::SendBudget;
 use super::change::Change;
-use super::emit::{Emit, EmitError};
+use super::emit::Emit;
 use super::log_writer::{LogWriter, Op};
 use super::replay::{ReplayBuffer, ResyncReason};
 use super::replay_log::{ReplayLog, ReplayLogError};
@@ -88,6 +89,7 @@ use super::subscription::{Index, Limits, Subscriptions};
 use attach::EarlyCommand;
 #[cfg(test)]
 use attach::{EARLY_COMMANDS_KEPT, MAX_EARLY_COMMANDS};
+use offer::Offer;
 use packets::Packets;
 
 /// What the authorizer is given about a handshake.
@@ -428,7 +430,6 @@ impl Hub {
     /// followed one restarts the history first (module doc).
     pub fn deliver(&self, change: Change, source: &str) -> Result<Delivered, DeliverError> {
         let stats = &self.inner.stats;
-        let mut slow = Vec::new();
         let sockets;
         {
             let mut guard = self.lock();
@@ -462,44 +463,40 @@ impl Hub {
             if late {
                 warn!(id = %change.id, latest = ?state.buffer.latest_id(), "change arrived after newer ones (a republish after a nack); delivering it out of id order");
             }
-            state
-                .index
-                .targets(&change.table, change.row.as_ref(), &mut state.targets);
-            let now = Instant::now();
-            let mut emitted = 0u64;
-            let mut gone = Vec::new();
-            for sid in &state.targets {
-                let Some(client) = state.clients.get_mut(sid) else {
-                    continue;
-                };
-                if let Phase::CatchingUp { cursor } = client.phase {
-                    if cursor.is_none_or(|c| change.id > c) {
-                        continue; // the replay will reach it
+            // Most sockets usually take everything. Then the registry is
+            // walked in its own memory order (each socket's entry is the
+            // first thing a delivery touches; looked up in the index's
+            // order, every one is a cache miss) and the index only adds the
+            // sockets that subscribed to this table or row.
+            let walk = state.index.everything() * 2 >= state.clients.len();
+            if walk {
+                state
+                    .index
+                    .subscribed(&change.table, change.row.as_ref(), &mut state.targets);
+            } else {
+                state
+                    .index
+                    .targets(&change.table, change.row.as_ref(), &mut state.targets);
+            }
+            let mut offer = Offer::new(&change, late, &mut state.packets);
+            if walk {
+                for (sid, client) in state.clients.iter_mut() {
+                    if client.subs.all {
+                        offer.to(*sid, client);
                     }
-                }
-                if blocked_by_floor(client.floor, change.id, late)
-                    || !passes_snapshot(client, change.id, change.xid, late)
-                {
-                    continue;
-                }
-                // Encoded once per projection, shared by every socket.
-                let packet = state
-                    .packets
-                    .get(&change, client.subs.projection(&change.table));
-                let size = packet.payload_len();
-                if !client.budget.fits(size, now) {
-                    slow.push((*sid, DisconnectReason::QueueBytes));
-                    continue;
-                }
-                match client.socket.emit_change(packet) {
-                    Ok(()) => {
-                        client.budget.record(size, now);
-                        emitted += 1;
-                    }
-                    Err(EmitError::Full) => slow.push((*sid, DisconnectReason::QueueFull)),
-                    Err(EmitError::Closed) => gone.push(*sid),
                 }
             }
+            for sid in &state.targets {
+                if let Some(client) = state.clients.get_mut(sid) {
+                    offer.to(*sid, client);
+                }
+            }
+            let Offer {
+                emitted,
+                gone,
+                slow,
+                ..
+            } = offer;
             state.packets.clear();
             for sid in gone {
                 state.detach(sid, stats);
@@ -660,6 +657,55 @@ mod tests {
         let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
         assert_eq!(a.change_ids(), ids);
         assert_eq!(b.change_ids(), ids);
+    }
+
+    #[test]
+    fn everyone_and_each_subscriber_get_a_change_once_however_they_are_found() {
+        // With most sockets taking everything, `deliver` walks its registry
+        // and asks the index only for the subscribers; with most sockets
+        // subscribed it asks the index for all of them. Either way each
+        // socket whose subscriptions match gets the change once.
+        for everything in [6, 1] {
+            let hub = hub();
+            let all: Vec<TestSocket> = (0..everything)
+                .map(|_| attach(&hub, 100, StartAt::Live))
+                .collect();
+            let orders = json!({"table": "public.orders"});
+            let order7 = json!({"table": "public.orders", "key": {"id": 7}});
+            let table = attach(&hub, 100, StartAt::Live);
+            subscribe(&hub, &table, orders.clone()).unwrap();
+            let row = attach(&hub, 100, StartAt::Live);
+            subscribe(&hub, &row, order7.clone()).unwrap();
+            let both = attach(&hub, 100, StartAt::Live);
+            subscribe(&hub, &both, orders).unwrap();
+            subscribe(&hub, &both, order7).unwrap();
+            let other = attach(&hub, 100, StartAt::Live);
+            subscribe(&hub, &other, json!({"table": "public.items"})).unwrap();
+
+            let changes = [
+                (change(1, "orders", Some(7), 10), 3),
+                (change(2, "orders", Some(8), 10), 2),
+                (change(3, "orders", None, 10), 3),
+                (change(4, "items", Some(7), 10), 1),
+            ];
+            for (change, subscribers) in changes {
+                assert_eq!(
+                    hub.deliver(change, SOURCE).unwrap(),
+                    Delivered::Fanned {
+                        sockets: everything + subscribers
+                    },
+                    "{everything} sockets take everything"
+                );
+            }
+            let ids = |ns: &[u64]| ns.iter().map(|&n| id(n).to_string()).collect::<Vec<_>>();
+            for socket in &all {
+                assert_eq!(socket.change_ids(), ids(&[1, 2, 3, 4]));
+            }
+            assert_eq!(table.change_ids(), ids(&[1, 2, 3]));
+            assert_eq!(row.change_ids(), ids(&[1, 3]));
+            assert_eq!(both.change_ids(), ids(&[1, 2, 3]));
+            assert_eq!(other.change_ids(), ids(&[4]));
+        }
     }
 
     #[test]
