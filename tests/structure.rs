@@ -21,7 +21,7 @@ const MAX_FN_LINES: usize = 120;
 struct Source {
     /// Path relative to the crate root, e.g. `src/fanout/hub.rs`.
     path: String,
-    /// The lines before the first top-level `#[cfg(test)]`.
+    /// The lines before the first top-level `#[cfg(test)] mod … {`.
     production: Vec<String>,
 }
 
@@ -110,11 +110,19 @@ fn sources() -> Vec<Source> {
         .filter(|f| !test_only.contains(&normalize(f)))
         .map(|f| {
             let text = std::fs::read_to_string(f).unwrap();
-            let production = text
-                .lines()
-                .take_while(|l| !l.starts_with("#[cfg(test)]"))
-                .map(str::to_owned)
-                .collect();
+            let lines: Vec<&str> = text.lines().collect();
+            // The tail is the first top-level `#[cfg(test)] mod … {`; a
+            // test-only `use`, item or `mod x;` before it does not end the
+            // file.
+            let tail = (0..lines.len())
+                .find(|&i| {
+                    lines[i].starts_with("#[cfg(test)]")
+                        && lines
+                            .get(i + 1)
+                            .is_some_and(|next| next.starts_with("mod ") && next.ends_with('{'))
+                })
+                .unwrap_or(lines.len());
+            let production = lines[..tail].iter().map(|l| (*l).to_owned()).collect();
             Source {
                 path: f.strip_prefix(root).unwrap().display().to_string(),
                 production,

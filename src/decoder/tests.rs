@@ -6,6 +6,7 @@
 //! are tested in `value` and `array`; these tests cover the event shape.
 
 use super::*;
+use crate::event::PgTimestamp;
 
 use super::wire_builders as wire;
 
