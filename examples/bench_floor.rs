@@ -221,16 +221,7 @@ async fn server(args: Args) -> Result<()> {
                     tx
                 })
                 .collect();
-            let mut tick = tokio::time::interval(period);
-            for _ in 0..events {
-                tick.tick().await;
-                let frame = frame(payload, SystemTime::now());
-                for tx in &senders {
-                    if tx.try_send(frame.clone()).is_err() {
-                        full += 1;
-                    }
-                }
-            }
+            full = broadcast(&senders, events, period, |sent| frame(payload, sent)).await;
             if closed.load(Ordering::Relaxed) > 0 {
                 bail!("a writer failed");
             }
@@ -287,6 +278,28 @@ async fn server(args: Args) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Hands `events` frames, one every `period`, to every socket's channel;
+/// returns how many a full channel refused.
+async fn broadcast(
+    senders: &[mpsc::Sender<Bytes>],
+    events: u32,
+    period: Duration,
+    frame: impl Fn(SystemTime) -> Bytes,
+) -> usize {
+    let mut full = 0;
+    let mut tick = tokio::time::interval(period);
+    for _ in 0..events {
+        tick.tick().await;
+        let frame = frame(SystemTime::now());
+        for tx in senders {
+            if tx.try_send(frame.clone()).is_err() {
+                full += 1;
+            }
+        }
+    }
+    full
 }
 
 /// A socket's writer: waits for a frame, then writes it and whatever else
@@ -351,17 +364,7 @@ async fn sio_server(args: Args) -> Result<()> {
         let (mut control, _) = triggers.accept().await?;
         let targets = senders.lock().unwrap().clone();
         let started = Instant::now();
-        let mut full = 0usize;
-        let mut tick = tokio::time::interval(period);
-        for _ in 0..events {
-            tick.tick().await;
-            let frame = sio_frame(payload, SystemTime::now());
-            for tx in &targets {
-                if tx.try_send(frame.clone()).is_err() {
-                    full += 1;
-                }
-            }
-        }
+        let full = broadcast(&targets, events, period, |sent| sio_frame(payload, sent)).await;
         let summary = json!({
             "committed": events,
             "rate": f64::from(events) / started.elapsed().as_secs_f64(),
