@@ -468,8 +468,13 @@ impl Hub {
             // first thing a delivery touches; looked up in the index's
             // order, every one is a cache miss) and the index only adds the
             // sockets that subscribed to this table or row.
-            let walk = state.index.everything() * 2 >= state.clients.len();
-            if walk {
+            let mut offer = Offer::new(&change, late, &mut state.packets);
+            if state.index.everything() * 2 >= state.clients.len() {
+                for (sid, client) in state.clients.iter_mut() {
+                    if client.subs.all {
+                        offer.to(*sid, client);
+                    }
+                }
                 state
                     .index
                     .subscribed(&change.table, change.row.as_ref(), &mut state.targets);
@@ -477,14 +482,6 @@ impl Hub {
                 state
                     .index
                     .targets(&change.table, change.row.as_ref(), &mut state.targets);
-            }
-            let mut offer = Offer::new(&change, late, &mut state.packets);
-            if walk {
-                for (sid, client) in state.clients.iter_mut() {
-                    if client.subs.all {
-                        offer.to(*sid, client);
-                    }
-                }
             }
             for sid in &state.targets {
                 if let Some(client) = state.clients.get_mut(sid) {
