@@ -16,7 +16,7 @@ use tracing::debug;
 use super::packets::Packets;
 use super::{passes_snapshot, send_resync, Client, Hub, Phase, State, Step, CATCH_UP_BATCH};
 use crate::event::EventId;
-use crate::fanout::budget::{drain_horizon, SendBudget};
+use crate::fanout::budget::SendBudget;
 use crate::fanout::emit::{Emit, EmitError};
 use crate::fanout::handshake::StartAt;
 use crate::fanout::replay::{ReplayBuffer, ResyncReason};
@@ -128,11 +128,7 @@ impl Hub {
                 snapshot: None,
                 snapshot_passed_at: None,
                 floor: None,
-                budget: SendBudget::new(
-                    options.socket_buffer_bytes,
-                    options.socket_buffer,
-                    drain_horizon(options.ping_interval, options.ping_timeout),
-                ),
+                budget: SendBudget::default(),
                 _expiry: expiry,
             };
             match start {
@@ -298,7 +294,8 @@ impl Hub {
             cursor = live_from(&state.buffer);
         }
         let start = cursor;
-        let now = Instant::now();
+        let limits = &self.inner.budget;
+        let now = limits.now();
         let mut emitted = 0u64;
         let mut outcome = Step::Done;
         let mut over_budget = false;
@@ -317,13 +314,13 @@ impl Hub {
                 // The estimate falls only with time (see `budget`): a
                 // replay past the budget is not waited out but cut, and the
                 // client resumes with `since` from what it got.
-                if !client.budget.fits(size, now) {
+                if !client.budget.fits(limits, size, now) {
                     over_budget = true;
                     break;
                 }
                 match client.socket.emit_change(packet) {
                     Ok(()) => {
-                        client.budget.record(size, now);
+                        client.budget.record(limits, size, now);
                         emitted += 1;
                     }
                     Err(EmitError::Full) => {

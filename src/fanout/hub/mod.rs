@@ -77,7 +77,7 @@ use tracing::{debug, info, warn};
 use crate::config::FanoutConfig;
 use crate::event::EventId;
 
-use super::budget::SendBudget;
+use super::budget::{drain_horizon, BudgetLimits, SendBudget};
 use super::change::Change;
 use super::emit::Emit;
 use super::log_writer::{LogWriter, Op};
@@ -233,6 +233,8 @@ struct Inner {
     state: Mutex<State>,
     stats: FanoutStats,
     options: HubOptions,
+    /// Every socket's byte budget limits and clock (from `options`).
+    budget: BudgetLimits,
     shutdown: CancellationToken,
     /// Rate limit of the horizon-duplicate warning (ms since `started`).
     started: Instant,
@@ -365,6 +367,11 @@ impl Hub {
                     early: HashMap::new(),
                 }),
                 stats,
+                budget: BudgetLimits::new(
+                    options.socket_buffer_bytes,
+                    options.socket_buffer,
+                    drain_horizon(options.ping_interval, options.ping_timeout),
+                ),
                 options,
                 shutdown,
                 started: Instant::now(),
@@ -468,7 +475,7 @@ impl Hub {
             // first thing a delivery touches; looked up in the index's
             // order, every one is a cache miss) and the index only adds the
             // sockets that subscribed to this table or row.
-            let mut offer = Offer::new(&change, late, &mut state.packets);
+            let mut offer = Offer::new(&change, late, &self.inner.budget, &mut state.packets);
             if state.index.everything() * 2 >= state.clients.len() {
                 for (sid, client) in state.clients.iter_mut() {
                     if client.subs.all {

@@ -7,12 +7,11 @@
 //! or queue is full (then it is noted as slow, to be disconnected), or it
 //! is closing (noted as gone). It decides nothing else and holds no lock.
 
-use std::time::Instant;
-
 use socketioxide::socket::Sid;
 
 use super::packets::Packets;
 use super::{blocked_by_floor, passes_snapshot, Client, Phase};
+use crate::fanout::budget::{BudgetLimits, Tick};
 use crate::fanout::change::Change;
 use crate::fanout::emit::EmitError;
 use crate::fanout::stats::DisconnectReason;
@@ -21,7 +20,8 @@ pub(super) struct Offer<'a> {
     change: &'a Change,
     /// The change came after newer ones (see `blocked_by_floor`).
     late: bool,
-    now: Instant,
+    limits: &'a BudgetLimits,
+    now: Tick,
     packets: &'a mut Packets,
     /// Sockets the change was queued for.
     pub(super) emitted: u64,
@@ -32,11 +32,17 @@ pub(super) struct Offer<'a> {
 }
 
 impl<'a> Offer<'a> {
-    pub(super) fn new(change: &'a Change, late: bool, packets: &'a mut Packets) -> Offer<'a> {
+    pub(super) fn new(
+        change: &'a Change,
+        late: bool,
+        limits: &'a BudgetLimits,
+        packets: &'a mut Packets,
+    ) -> Offer<'a> {
         Offer {
             change,
             late,
-            now: Instant::now(),
+            limits,
+            now: limits.now(),
             packets,
             emitted: 0,
             slow: Vec::new(),
@@ -62,13 +68,13 @@ impl<'a> Offer<'a> {
             .packets
             .get(change, client.subs.projection(&change.table));
         let size = packet.payload_len();
-        if !client.budget.fits(size, self.now) {
+        if !client.budget.fits(self.limits, size, self.now) {
             self.slow.push((sid, DisconnectReason::QueueBytes));
             return;
         }
         match client.socket.emit_change(packet) {
             Ok(()) => {
-                client.budget.record(size, self.now);
+                client.budget.record(self.limits, size, self.now);
                 self.emitted += 1;
             }
             Err(EmitError::Full) => self.slow.push((sid, DisconnectReason::QueueFull)),
