@@ -64,10 +64,6 @@ cpu_seconds() {
 # rabbit_pid: the RabbitMQ node's Erlang VM (for its CPU time).
 rabbit_pid() { pgrep -o -x beam.smp || true; }
 
-# metric URL NAME: the value of an unlabelled sample in walcast's /metrics
-# (empty when it cannot be read).
-metric() { curl -s --max-time 2 "$1/metrics" | awk -v n="$2" '$1 == n {print $2; exit}'; }
-
 # peak_rss_kib PID: VmHWM of a live process.
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
