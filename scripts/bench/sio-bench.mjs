@@ -77,7 +77,22 @@ class Samples {
   summary() {
     const a = this.buf.subarray(0, this.n).sort();
     const q = (p) => (this.n ? a[Math.min(this.n - 1, Math.floor(p * this.n))] : null);
-    return { samples: this.n, p50: q(0.5), p99: q(0.99), max: this.n ? a[this.n - 1] : null };
+    // Samples above each bound (the duration histograms' 100 and 250 ms
+    // buckets, for node_clients.sh's "where late changes were held").
+    const above = (bound) => {
+      let lo = 0;
+      let hi = this.n;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (a[mid] <= bound) lo = mid + 1;
+        else hi = mid;
+      }
+      return this.n - lo;
+    };
+    return {
+      samples: this.n, p50: q(0.5), p99: q(0.99), max: this.n ? a[this.n - 1] : null,
+      above: { 100: above(100), 250: above(250) },
+    };
   }
 }
 

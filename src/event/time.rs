@@ -2,8 +2,9 @@
 //! RFC 3339 text form (`2026-11-22T05:04:10.580065Z`), formatted by hand on
 //! the stack for the years 0 to 9999 and by chrono beyond them.
 //!
-//! It does not read clocks for any stage other than `now()`, and it does not
-//! parse timestamps: walcast only ever writes them.
+//! It does not read clocks for any stage other than `now()`. It parses a
+//! timestamp only to measure how old a change is ([`PgTimestamp::parse`],
+//! for the fan-out's lag), never to rebuild an event.
 
 use std::fmt;
 
@@ -28,6 +29,17 @@ impl PgTimestamp {
     /// Microseconds since the Unix epoch.
     pub fn unix_micros(self) -> i64 {
         self.0.saturating_add(PG_EPOCH_UNIX_SECS * 1_000_000)
+    }
+
+    /// An RFC 3339 timestamp (`commit_time` as the contract writes it, or
+    /// with any offset); `None` for any other text or one out of range.
+    pub fn parse(text: &str) -> Option<Self> {
+        let unix = chrono::DateTime::parse_from_rfc3339(text)
+            .ok()?
+            .timestamp_micros();
+        Some(PgTimestamp(
+            unix.checked_sub(PG_EPOCH_UNIX_SECS * 1_000_000)?,
+        ))
     }
 
     pub fn to_chrono(self) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -116,6 +128,27 @@ mod tests {
         let ts = PgTimestamp(unix - PG_EPOCH_UNIX_SECS * 1_000_000);
         assert_eq!(ts.to_string(), "2026-11-22T05:04:10.580065Z");
         assert_eq!(PgTimestamp(0).to_string(), "2000-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn parses_what_it_writes() {
+        for micros in [
+            0,
+            1,
+            -1,
+            848_639_050_580_065,
+            253_402_300_799_999_999 - 946_684_800_000_000,
+        ] {
+            let ts = PgTimestamp(micros);
+            assert_eq!(PgTimestamp::parse(&ts.to_string()), Some(ts), "{ts}");
+        }
+        assert_eq!(
+            PgTimestamp::parse("2000-01-01T01:00:00+01:00"),
+            Some(PgTimestamp(0))
+        );
+        for text in ["", "2026-11-22", "yesterday", "2026-13-01T00:00:00Z"] {
+            assert_eq!(PgTimestamp::parse(text), None, "{text:?}");
+        }
     }
 
     #[test]

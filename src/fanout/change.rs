@@ -1,18 +1,22 @@
 //! A change as the fan-out holds it: the routing header plus the exact bytes.
 //!
 //! [`Change::parse`] reads only what routing, dedupe and the snapshot
-//! hand-off need ([`EventHeader`]: id, op, schema, table, key, xid), in one
-//! pass that also checks the whole body is JSON, and keeps the body's own
+//! hand-off need ([`EventHeader`]: id, op, schema, table, key, xid), plus
+//! `commit_time` for the lag metric, in one pass that also checks the
+//! whole body is JSON, and keeps the body's own
 //! bytes, so the `change` payload a browser receives is the RabbitMQ body
 //! byte for byte; nothing is ever re-serialized or copied.
 //!
 //! It does not validate the rest of the event against the contract: that is
 //! the producer's job (`event::ChangeEvent::to_json`).
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use crate::event::{EventId, Op};
+use crate::event::{EventId, Op, PgTimestamp};
 
 use super::subscription::{canonical_json, RowKey};
 
@@ -27,6 +31,55 @@ pub struct EventHeader {
     #[serde(default)]
     pub key: Option<serde_json::Value>,
     pub xid: u32,
+    /// Only measured, never required: a missing or unreadable
+    /// `commit_time` leaves the change as it is, unmeasured.
+    #[serde(default)]
+    pub commit_time: CommitTime,
+}
+
+/// `commit_time` if it is an RFC 3339 timestamp, else `None`; any JSON
+/// value is accepted (the fan-out routes by the other fields, and a body
+/// it could route is not refused for a field it only measures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitTime(pub Option<PgTimestamp>);
+
+impl<'de> Deserialize<'de> for CommitTime {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyValue;
+        impl<'de> Visitor<'de> for AnyValue {
+            type Value = CommitTime;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<CommitTime, E> {
+                Ok(CommitTime(PgTimestamp::parse(text)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<CommitTime, E> {
+                Ok(CommitTime(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<CommitTime, E> {
+                Ok(CommitTime(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<CommitTime, E> {
+                Ok(CommitTime(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<CommitTime, E> {
+                Ok(CommitTime(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<CommitTime, E> {
+                Ok(CommitTime(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommitTime, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(CommitTime(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CommitTime, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(CommitTime(None))
+            }
+        }
+        deserializer.deserialize_any(AnyValue)
+    }
 }
 
 /// Why a RabbitMQ body is not a change event.
@@ -53,6 +106,8 @@ pub struct Change {
     /// Canonical form of `key` for row subscriptions; `None` when the event
     /// has no key (`truncate`).
     pub row: Option<RowKey>,
+    /// When its transaction committed, if the body says so readably.
+    pub commit_time: Option<PgTimestamp>,
     /// The event exactly as received, without surrounding whitespace
     /// (see [`Change::raw`]).
     raw: String,
@@ -93,6 +148,7 @@ impl Change {
             xid: header.xid,
             table,
             row,
+            commit_time: header.commit_time.0,
             raw: without_surrounding_whitespace(text),
         })
     }
@@ -148,6 +204,31 @@ mod tests {
         assert_eq!(change.xid, 1234);
         assert_eq!(change.table, "public.orders");
         assert_eq!(change.row.unwrap().key, r#"{"id":42}"#);
+    }
+
+    #[test]
+    fn reads_commit_time_and_never_refuses_a_body_for_it() {
+        let change = Change::parse(BODY.as_bytes().to_vec()).unwrap();
+        assert_eq!(
+            change.commit_time,
+            PgTimestamp::parse("2026-11-22T05:04:10.580065Z")
+        );
+        assert!(change.commit_time.is_some());
+        let commit_time = r#""commit_time":"2026-11-22T05:04:10.580065Z""#;
+        for other in [
+            "",
+            r#","commit_time":null"#,
+            r#","commit_time":12"#,
+            r#","commit_time":"yesterday""#,
+            r#","commit_time":["2026-11-22T05:04:10Z"]"#,
+            r#","commit_time":{"at":"2026-11-22T05:04:10Z"}"#,
+        ] {
+            let body = BODY.replace(&format!(",{commit_time}"), other);
+            let change =
+                Change::parse(body.clone().into_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(change.commit_time, None, "{body}");
+            assert_eq!(change.raw(), body);
+        }
     }
 
     #[test]

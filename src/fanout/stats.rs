@@ -19,11 +19,13 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::TableName;
-use crate::event::Op;
+use crate::event::{Op, PgTimestamp};
+use crate::histogram::{duration_histogram, observe};
 
 /// The table label of deliveries from tables the gateway does not follow.
 pub const OTHER_TABLE: &str = "other";
@@ -90,6 +92,18 @@ struct Counters {
     buffered_events: AtomicU64,
     buffered_bytes: AtomicU64,
     source_changes: AtomicU64,
+    lag: DeliverLag,
+}
+
+/// `walcast_fanout_commit_to_deliver_lag_seconds`: from a change's commit
+/// in Postgres to the hub queueing it for every live socket it is for.
+#[derive(Debug)]
+struct DeliverLag(Histogram);
+
+impl Default for DeliverLag {
+    fn default() -> Self {
+        DeliverLag(duration_histogram())
+    }
 }
 
 /// A cloneable handle on the fan-out's counters.
@@ -163,6 +177,16 @@ impl FanoutStats {
     /// Adds the `walcast_fanout_*` families to `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(Families(self.clone())));
+        registry.register(
+            "walcast_fanout_commit_to_deliver_lag_seconds",
+            "Time from a change's commit in Postgres to the hub queueing it for every live socket it is for (replays not counted)",
+            self.0.lag.0.clone(),
+        );
+    }
+
+    /// Commit time to live delivery, of every change delivered live.
+    pub fn commit_to_deliver_lag(&self) -> &Histogram {
+        &self.0.lag.0
     }
 
     /// Sockets disconnected by the hub, by reason (every reason, zeros
@@ -241,6 +265,14 @@ impl FanoutStats {
         };
         let label = if own_label { table } else { OTHER_TABLE };
         by_table.entry(label.to_owned()).or_insert([0; OPS.len()])[slot] += 1;
+    }
+
+    /// A change committed at `commit_time` was queued for its live sockets
+    /// at `now`. Clocks of two hosts: a commit "in the future" counts as no
+    /// lag.
+    pub(crate) fn record_deliver_lag(&self, commit_time: PgTimestamp, now: PgTimestamp) {
+        let micros = u64::try_from(now.0.saturating_sub(commit_time.0)).unwrap_or(0);
+        observe(&self.0.lag.0, std::time::Duration::from_micros(micros));
     }
 
     pub(crate) fn record_disconnect(&self, reason: DisconnectReason) {

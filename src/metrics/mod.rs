@@ -182,6 +182,7 @@ impl Metrics {
     ///   `walcast_fanout_delivered_total{table,op}`,
     ///   `walcast_fanout_{duplicates,malformed,source_changes,emitted,slow_disconnects,resyncs,connects_refused}_total`,
     ///   `walcast_fanout_disconnects_total{reason}`,
+    ///   `walcast_fanout_commit_to_deliver_lag_seconds` (histogram),
     ///   `walcast_fanout_connected_sockets`,
     ///   `walcast_fanout_replay_buffer_{events,bytes}`;
     /// - api: `walcast_http_requests_total{method,route,status}`,
@@ -312,7 +313,7 @@ mod tests {
 
     /// Every family the README and [`Metrics::render`] document, by the
     /// name in its `# TYPE` line.
-    const DOCUMENTED: [(&str, &str); 51] = [
+    const DOCUMENTED: [(&str, &str); 52] = [
         ("walcast_build_info", "gauge"),
         ("walcast_process_start_time_seconds", "gauge"),
         ("walcast_component_healthy", "gauge"),
@@ -362,6 +363,7 @@ mod tests {
         ("walcast_fanout_resyncs_total", "counter"),
         ("walcast_fanout_connects_refused_total", "counter"),
         ("walcast_fanout_disconnects_total", "counter"),
+        ("walcast_fanout_commit_to_deliver_lag_seconds", "histogram"),
         ("walcast_fanout_connected_sockets", "gauge"),
         ("walcast_fanout_replay_buffer_events", "gauge"),
         ("walcast_fanout_replay_buffer_bytes", "gauge"),

@@ -516,6 +516,22 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     assert!(scrape
         .get("walcast_capture_last_commit_to_publish_lag_seconds", &[])
         .is_some());
+    // Every change reached the socket live, each timed from its commit.
+    assert_eq!(
+        scrape.types["walcast_fanout_commit_to_deliver_lag_seconds"],
+        "histogram"
+    );
+    assert_eq!(
+        scrape.value("walcast_fanout_commit_to_deliver_lag_seconds_count", &[]),
+        5.0
+    );
+    assert_eq!(
+        scrape.value(
+            "walcast_fanout_commit_to_deliver_lag_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        5.0
+    );
     assert_eq!(
         scrape.types["walcast_publisher_confirm_latency_seconds"],
         "histogram"

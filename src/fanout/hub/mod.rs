@@ -75,7 +75,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::FanoutConfig;
-use crate::event::EventId;
+use crate::event::{EventId, PgTimestamp};
 
 use super::budget::{drain_horizon, BudgetLimits, SendBudget};
 use super::change::Change;
@@ -509,6 +509,11 @@ impl Hub {
                 .iter()
                 .filter_map(|(sid, reason)| Some((state.detach(*sid, stats)?, *reason)))
                 .collect();
+            // Timed before it counts as delivered, so that a scrape never
+            // sees a delivery whose lag is missing.
+            if let Some(commit_time) = change.commit_time {
+                stats.record_deliver_lag(commit_time, PgTimestamp::now());
+            }
             stats.record_delivered(&change.table, change.op);
             state.buffer.push_shared(change);
             stats.set_buffer(state.buffer.len(), state.buffer.bytes());
@@ -661,6 +666,35 @@ mod tests {
         let ids: Vec<String> = (1..=3).map(|n| id(n).to_string()).collect();
         assert_eq!(a.change_ids(), ids);
         assert_eq!(b.change_ids(), ids);
+    }
+
+    #[test]
+    fn each_change_delivered_live_is_timed_from_its_commit() {
+        let hub = hub();
+        let _socket = attach(&hub, 100, StartAt::Live);
+        // Change `n`, committed `micros_ago` (negative: in the future).
+        let committed = |n: u64, micros_ago: i64| {
+            let at = PgTimestamp(PgTimestamp::now().0 - micros_ago);
+            let body = change(n, "orders", Some(n as i64), 10)
+                .raw()
+                .replace(",\"xid\":", &format!(",\"commit_time\":\"{at}\",\"xid\":"));
+            Change::parse(body.into_bytes()).unwrap()
+        };
+        let stats = hub.stats();
+        let lag = stats.commit_to_deliver_lag();
+        hub.deliver(committed(1, 2_000_000), SOURCE).unwrap();
+        assert_eq!(lag.count(), 1);
+        assert!((2.0..3.0).contains(&lag.sum()), "{}", lag.sum());
+        // A duplicate was timed when it was delivered; a change without a
+        // readable commit time cannot be timed.
+        hub.deliver(committed(1, 60_000_000), SOURCE).unwrap();
+        hub.deliver(change(2, "orders", Some(2), 10), SOURCE)
+            .unwrap();
+        assert_eq!(lag.count(), 1);
+        // A commit "in the future" (another host's clock) counts as no lag.
+        hub.deliver(committed(3, -5_000_000), SOURCE).unwrap();
+        assert_eq!(lag.count(), 2);
+        assert!((2.0..3.0).contains(&lag.sum()), "{}", lag.sum());
     }
 
     #[test]
