@@ -98,6 +98,16 @@ impl Scrape {
         Scrape { samples, types }
     }
 
+    /// Observations of histogram `family`, checked to be one: its type,
+    /// and `_count` equal to the `+Inf` bucket.
+    fn histogram_count(&self, family: &str) -> f64 {
+        assert_eq!(self.types[family], "histogram", "{family}");
+        let count = self.value(&format!("{family}_count"), &[]);
+        let all = self.value(&format!("{family}_bucket"), &[("le", "+Inf")]);
+        assert_eq!(count, all, "{family}: _count against the +Inf bucket");
+        count
+    }
+
     /// The value of the one series of `name` whose labels include `labels`.
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = self.samples.iter().filter(|(n, l, _)| {
@@ -503,14 +513,7 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
     assert!(scrape.value("walcast_fanout_replay_buffer_events", &[]) >= 5.0);
     assert!(scrape.value("walcast_fanout_replay_buffer_bytes", &[]) > 0.0);
     assert_eq!(
-        scrape.value("walcast_capture_commit_to_publish_lag_seconds_count", &[]),
-        5.0
-    );
-    assert_eq!(
-        scrape.value(
-            "walcast_capture_commit_to_publish_lag_seconds_bucket",
-            &[("le", "+Inf")]
-        ),
+        scrape.histogram_count("walcast_capture_commit_to_publish_lag_seconds"),
         5.0
     );
     assert!(scrape
@@ -518,18 +521,7 @@ async fn metrics_follow_traffic_and_readyz_follows_rabbitmq() {
         .is_some());
     // Every change reached the socket live, each timed from its commit.
     assert_eq!(
-        scrape.types["walcast_fanout_commit_to_deliver_lag_seconds"],
-        "histogram"
-    );
-    assert_eq!(
-        scrape.value("walcast_fanout_commit_to_deliver_lag_seconds_count", &[]),
-        5.0
-    );
-    assert_eq!(
-        scrape.value(
-            "walcast_fanout_commit_to_deliver_lag_seconds_bucket",
-            &[("le", "+Inf")]
-        ),
+        scrape.histogram_count("walcast_fanout_commit_to_deliver_lag_seconds"),
         5.0
     );
     assert_eq!(
