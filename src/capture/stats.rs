@@ -295,9 +295,8 @@ impl CaptureStats {
     }
 
     fn record_handed_over(&self, commit_time: PgTimestamp, now: PgTimestamp) {
-        // Clocks of two hosts: a commit "in the future" counts as no lag.
-        // (An i64 difference never reaches NO_LAG.)
-        let micros = u64::try_from(now.0.saturating_sub(commit_time.0)).unwrap_or(0);
+        // (A saturated i64 difference never reaches NO_LAG.)
+        let micros = commit_time.micros_until(now);
         self.0.last_lag_micros.store(micros, Ordering::Relaxed);
         observe(&self.0.lag, Duration::from_micros(micros));
     }

@@ -26,6 +26,13 @@ impl PgTimestamp {
         PgTimestamp(micros - PG_EPOCH_UNIX_SECS * 1_000_000)
     }
 
+    /// Microseconds from `self` to `now`, zero if `now` is earlier: a
+    /// timestamp from another host's clock "in the future" counts as no
+    /// time at all.
+    pub fn micros_until(self, now: PgTimestamp) -> u64 {
+        u64::try_from(now.0.saturating_sub(self.0)).unwrap_or(0)
+    }
+
     /// Microseconds since the Unix epoch.
     pub fn unix_micros(self) -> i64 {
         self.0.saturating_add(PG_EPOCH_UNIX_SECS * 1_000_000)
@@ -128,6 +135,20 @@ mod tests {
         let ts = PgTimestamp(unix - PG_EPOCH_UNIX_SECS * 1_000_000);
         assert_eq!(ts.to_string(), "2026-11-22T05:04:10.580065Z");
         assert_eq!(PgTimestamp(0).to_string(), "2000-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn micros_until_a_later_time_and_never_below_zero() {
+        assert_eq!(
+            PgTimestamp(10).micros_until(PgTimestamp(2_000_010)),
+            2_000_000
+        );
+        assert_eq!(PgTimestamp(10).micros_until(PgTimestamp(10)), 0);
+        assert_eq!(PgTimestamp(10).micros_until(PgTimestamp(-5)), 0);
+        assert_eq!(
+            PgTimestamp(i64::MIN).micros_until(PgTimestamp(i64::MAX)),
+            i64::MAX as u64
+        );
     }
 
     #[test]

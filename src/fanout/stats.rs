@@ -268,10 +268,9 @@ impl FanoutStats {
     }
 
     /// A change committed at `commit_time` was queued for its live sockets
-    /// at `now`. Clocks of two hosts: a commit "in the future" counts as no
-    /// lag.
+    /// at `now`.
     pub(crate) fn record_deliver_lag(&self, commit_time: PgTimestamp, now: PgTimestamp) {
-        let micros = u64::try_from(now.0.saturating_sub(commit_time.0)).unwrap_or(0);
+        let micros = commit_time.micros_until(now);
         observe(&self.0.lag.0, std::time::Duration::from_micros(micros));
     }
 
